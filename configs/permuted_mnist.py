@@ -1,0 +1,40 @@
+"""HyperMask on Permuted MNIST-10 with the published best hyperparameters (SPEC section 3).
+
+Variants: `configs/permuted_mnist.py` (published) and
+`configs/permuted_mnist.py:small` (a few minutes on a 2-core CPU).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(variant='published'):
+  config = ml_collections.ConfigDict()
+  config.method = 'hypermask'
+  config.dataset = 'permuted_mnist'
+  config.data_dir = ''  # '' = TFDS's default data_dir
+  config.download = True  # let TFDS download if the dataset is not prepared in data_dir
+  config.seed = 1
+  config.num_tasks = 10
+  config.max_tasks = config_dict.placeholder(int)  # size of per-task arrays; None: num_tasks
+  config.target_hidden = (1000, 1000)
+  config.embedding_size = 24
+  config.hnet_hidden = (100, 100)
+  config.learning_rate = 1e-3
+  config.batch_size = 128
+  config.steps_per_task = 5000
+  config.beta = 5e-4
+  config.lam = 1e-3
+  config.l1_masked = True
+  config.sparsity = 0.0
+  config.log_every_steps = 500
+  config.eval_batch_size = 1000
+  if variant == 'small':
+    config.num_tasks = 3
+    config.target_hidden = (100, 100)
+    config.hnet_hidden = (25, 25)
+    config.steps_per_task = 1500
+    config.log_every_steps = 250
+  elif variant != 'published':
+    raise ValueError(f"unknown variant {variant!r}: use 'published' or 'small'")
+  return config

@@ -1,0 +1,82 @@
+"""Prints the train-step time of a config at task 1 and at task T (T-1 previous tasks), and its compile time.
+
+  python experiments/benchmark_step.py --config=configs/permuted_mnist.py
+  python experiments/benchmark_step.py --config=configs/split_mnist.py --steps=50
+
+Data is synthetic with the benchmark's shapes (timing does not depend on the
+pixels), so it runs anywhere. Steps run as the training loop runs them: one
+compiled lax.scan over a chunk of `--steps` steps.
+"""
+
+import time
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+import numpy as np
+
+from hypermask_jax import config_checks
+from hypermask_jax import train
+from hypermask_jax.data import tasks
+
+config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per measurement (one compiled chunk).')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Measurements per task; the best is reported.')
+
+
+def synthetic_task_set(config):
+  rs = np.random.RandomState(0)
+  make = lambda n: (rs.randint(0, 256, (n, 28, 28, 1)).astype(np.uint8),
+                    rs.randint(0, 10, n).astype(np.int32))
+  train_split, test_split = make(12000), make(2000)
+  if config.dataset == 'permuted_mnist':
+    return tasks.permuted_mnist(train_split, test_split, config.num_tasks, config.seed)
+  return tasks.split_mnist(train_split, test_split, config.num_tasks, val_size=100)
+
+
+def time_chunk(trainer, state, data, hp, repeats):
+  best = float('inf')
+  for _ in range(repeats):
+    tic = time.perf_counter()
+    state, _ = trainer.train_chunk(state, data, hp)
+    jax.block_until_ready(state)
+    best = min(best, time.perf_counter() - tic)
+  return state, best
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  with config.unlocked():
+    config.log_every_steps = _STEPS.value
+    config.steps_per_task = max(config.steps_per_task, _STEPS.value * (_REPEATS.value + 1))
+  config = config_checks.resolve(config)
+  data = synthetic_task_set(config)
+  method = train.METHODS[config.method](config, data.input_dim, data.num_classes)
+  trainer = train.Trainer(config, method)
+  hp = train.hyperparams(config)
+  state = trainer.init_state(config.seed, hp)
+  counts = method.param_counts(state.params)
+  print(f'config: {config.dataset}, {config.method}, target {tuple(config.target_hidden)}, '
+        f'hnet {tuple(config.hnet_hidden)}, batch {config.batch_size}, max_tasks {config.max_tasks}')
+  print(f'parameters: hypernetwork {counts["hnet"]:,}, target {counts["target"]:,}')
+  print(f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), '
+        f'{len(jax.devices())} device(s)')
+
+  state = trainer.begin_task(state, 0, hp)
+  tic = time.perf_counter()
+  trainer.train_chunk.lower(state, data, hp).compile()
+  print(f'compile time of the train chunk: {time.perf_counter() - tic:.1f} s')
+  state, _ = trainer.train_chunk(state, data, hp)  # warm-up (and the jit cache fill)
+  jax.block_until_ready(state)
+  for task in (0, config.num_tasks - 1):
+    state = trainer.begin_task(state, task, hp)
+    state, seconds = time_chunk(trainer, state, data, hp, _REPEATS.value)
+    print(f'task {task + 1:3d} ({task:3d} previous tasks): '
+          f'{1e3 * seconds / _STEPS.value:9.2f} ms/step  ({_STEPS.value / seconds:8.1f} steps/s)')
+  print(f'traces: {dict(trainer.traces)}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,1 @@
+"""hypermask_jax: continual learning with hypernetworks (HyperMask, HNET) in JAX/Flax."""

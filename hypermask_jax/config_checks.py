@@ -1,0 +1,77 @@
+"""Checks a config before any compute, naming the bad field and what it allows."""
+
+import math
+import numbers
+
+from hypermask_jax.data import tasks
+
+METHODS = ('hypermask',)
+
+
+class ConfigError(ValueError):
+  """A config field holds a value the library cannot run with."""
+
+
+def _number(config, field, low=None, high=None, low_open=False, high_open=False, integer=False):
+  value = config[field]
+  kind = 'an integer' if integer else 'a number'
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+    raise ConfigError(f'config.{field}={value!r}: must be {kind}')
+  if not math.isfinite(value):
+    raise ConfigError(f'config.{field}={value!r}: must be finite')
+  bad_low = low is not None and (value <= low if low_open else value < low)
+  bad_high = high is not None and (value >= high if high_open else value > high)
+  if bad_low or bad_high:
+    lo = '' if low is None else ('(' if low_open else '[') + f'{low}, '
+    hi = 'inf)' if high is None else f'{high}' + (')' if high_open else ']')
+    raise ConfigError(f'config.{field}={value!r}: must be {kind} in {lo or "(-inf, "}{hi}')
+
+
+def _sizes(config, field):
+  value = config[field]
+  if (not isinstance(value, (tuple, list))
+      or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+                 for v in value)):
+    raise ConfigError(f'config.{field}={value!r}: must be a tuple of positive integers')
+
+
+def resolve(config):
+  """A validated copy of config with its defaults filled in (max_tasks = num_tasks if unset)."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    if config.max_tasks is None:
+      config.max_tasks = config.num_tasks
+  validate(config)
+  return config
+
+
+def validate(config):
+  """Raises ConfigError for the first field that is out of range."""
+  if config.dataset not in tasks.BENCHMARKS:
+    raise ConfigError(f'config.dataset={config.dataset!r}: must be one of {tasks.BENCHMARKS}')
+  if config.method not in METHODS:
+    raise ConfigError(f'config.method={config.method!r}: must be one of {METHODS}')
+  for field in ('num_tasks', 'max_tasks', 'batch_size', 'steps_per_task', 'embedding_size',
+                'log_every_steps', 'eval_batch_size'):
+    _number(config, field, low=1, integer=True)
+  _number(config, 'seed', low=0, integer=True)
+  _number(config, 'learning_rate', low=0, low_open=True)
+  _number(config, 'beta', low=0)
+  _number(config, 'lam', low=0)
+  _number(config, 'sparsity', low=0, high=100, high_open=True)
+  _sizes(config, 'target_hidden')
+  _sizes(config, 'hnet_hidden')
+  if config.num_tasks > config.max_tasks:
+    raise ConfigError(f'config.num_tasks={config.num_tasks} exceeds config.max_tasks='
+                      f'{config.max_tasks}: raise max_tasks to at least num_tasks')
+  if config.dataset == 'split_mnist' and config.num_tasks > tasks.SPLIT_MNIST_TASKS:
+    raise ConfigError(f'config.num_tasks={config.num_tasks}: split_mnist has at most '
+                      f'{tasks.SPLIT_MNIST_TASKS} tasks')
+
+
+def validate_against_data(config, task_set):
+  """Checks what depends on the loaded data: the batch must fit in every task's train split."""
+  smallest = int(task_set.train.size.min())
+  if config.batch_size > smallest:
+    raise ConfigError(f'config.batch_size={config.batch_size}: larger than the smallest task '
+                      f'training set ({smallest} examples); must be at most {smallest}')

@@ -1,0 +1,120 @@
+"""Continual-learning task sets held on the device, with batches drawn inside compiled code.
+
+Every split stores the images of all tasks once (uint8) plus per-task offsets
+and sizes, so the task index can be a traced integer: one compiled program
+serves every task. Permuted MNIST shares one image array across tasks and
+applies each task's pixel permutation on the device.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hypermask_jax.data import tfds_io
+
+BENCHMARKS = ('permuted_mnist', 'split_mnist')
+SPLIT_MNIST_TASKS = 5
+SPLIT_MNIST_MEAN, SPLIT_MNIST_STD = 0.1307, 0.3081
+
+
+@flax.struct.dataclass
+class Split:
+  """The examples of every task in one split, addressed per task by offset and size."""
+  images: jax.Array  # uint8 [N, H, W, C]
+  labels: jax.Array  # int32 [N], already relative to the task (0..classes-1)
+  offset: jax.Array  # int32 [T]
+  size: jax.Array  # int32 [T]
+  max_size: int = flax.struct.field(pytree_node=False)
+
+
+@flax.struct.dataclass
+class TaskSet:
+  """Train, validation and test splits of one benchmark, plus how its inputs are formed."""
+  train: Split
+  val: Split
+  test: Split
+  perms: jax.Array  # int32 [T, D]: per-task input permutation (permuted_mnist), else [T, 0]
+  benchmark: str = flax.struct.field(pytree_node=False)
+  num_classes: int = flax.struct.field(pytree_node=False)
+
+  @property
+  def num_tasks(self):
+    return self.train.size.shape[0]
+
+  @property
+  def input_dim(self):
+    return {'permuted_mnist': 32 * 32, 'split_mnist': 28 * 28}[self.benchmark]
+
+  def inputs(self, images, task, rng, train):
+    """Turns uint8 images of `task` into the float network inputs, on the device."""
+    x = images.astype(jnp.float32) / 255.0
+    if self.benchmark == 'permuted_mnist':
+      x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))).reshape(x.shape[0], -1)
+      return jnp.take(x, self.perms[task], axis=1)
+    if train:
+      x = random_crop(rng, x, pad=4)
+    return ((x - SPLIT_MNIST_MEAN) / SPLIT_MNIST_STD).reshape(x.shape[0], -1)
+
+
+def random_crop(rng, images, pad):
+  """Zero-pads each image by `pad` and crops it back at a random offset (torchvision RandomCrop)."""
+  n, h, w, _ = images.shape
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  corners = jax.random.randint(rng, (n, 2), 0, 2 * pad + 1)
+  crop = lambda img, c: jax.lax.dynamic_slice(img, (c[0], c[1], 0), (h, w, img.shape[-1]))
+  return jax.vmap(crop)(padded, corners)
+
+
+def draw_batch(split, task, rng, batch_size):
+  """Samples a batch (uniformly, with replacement) from the task's part of the split."""
+  idx = split.offset[task] + jax.random.randint(rng, (batch_size,), 0, split.size[task])
+  return split.images[idx], split.labels[idx]
+
+
+def _split(images, labels, offsets, sizes):
+  return Split(images=jnp.asarray(images), labels=jnp.asarray(labels, jnp.int32),
+               offset=jnp.asarray(offsets, jnp.int32), size=jnp.asarray(sizes, jnp.int32),
+               max_size=int(max(sizes)))
+
+
+def permuted_mnist(train, test, num_tasks, seed, val_size=5000):
+  """Permuted MNIST: one seeded permutation of the padded 1024 pixels per task (task 0 too)."""
+  (x, y), (x_test, y_test) = train, test
+  rs = np.random.RandomState(seed)
+  perms = np.stack([rs.permutation(32 * 32) for _ in range(num_tasks)])
+  shared = lambda xs, ys: _split(xs, ys, [0] * num_tasks, [len(ys)] * num_tasks)
+  return TaskSet(train=shared(x[val_size:], y[val_size:]), val=shared(x[:val_size], y[:val_size]),
+                 test=shared(x_test, y_test), perms=jnp.asarray(perms, jnp.int32),
+                 benchmark='permuted_mnist', num_classes=10)
+
+
+def split_mnist(train, test, num_tasks, val_size=1000):
+  """Split MNIST: task i holds digits {2i, 2i+1} labelled 0/1; validation = first 1000 of each."""
+  parts = {'train': [], 'val': [], 'test': []}
+  for task in range(num_tasks):
+    for name, (x, y) in (('train', train), ('test', test)):
+      keep = (y == 2 * task) | (y == 2 * task + 1)
+      xs, ys = x[keep], y[keep] - 2 * task
+      if name == 'train':
+        parts['val'].append((xs[:val_size], ys[:val_size]))
+        xs, ys = xs[val_size:], ys[val_size:]
+      parts[name].append((xs, ys))
+
+  def concat(chunks):
+    sizes = [len(ys) for _, ys in chunks]
+    return _split(np.concatenate([xs for xs, _ in chunks]), np.concatenate([ys for _, ys in chunks]),
+                  np.cumsum([0] + sizes[:-1]), sizes)
+
+  return TaskSet(train=concat(parts['train']), val=concat(parts['val']), test=concat(parts['test']),
+                 perms=jnp.zeros((num_tasks, 0), jnp.int32), benchmark='split_mnist', num_classes=2)
+
+
+def load_task_set(config):
+  """Loads the benchmark named by config.dataset from TFDS into device memory."""
+  data_dir, download = config.data_dir or None, config.download
+  train = tfds_io.load_split('mnist', 'train', data_dir, download)
+  test = tfds_io.load_split('mnist', 'test', data_dir, download)
+  if config.dataset == 'permuted_mnist':
+    return permuted_mnist(train, test, config.num_tasks, config.seed)
+  return split_mnist(train, test, config.num_tasks)

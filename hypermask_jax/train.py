@@ -1,0 +1,179 @@
+"""The training loop shared by all methods: tasks one after another, each a compiled lax.scan.
+
+One jitted function per kind of work (start a task, run a chunk of steps,
+evaluate a task), each compiled once per config: the task index and the step
+are traced integers and per-task state lives in arrays of size max_tasks.
+"""
+
+import collections
+import math
+import time
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hypermask_jax import config_checks
+from hypermask_jax import hypermask
+from hypermask_jax import metrics
+from hypermask_jax import outputs
+from hypermask_jax.data import tasks
+
+METHODS = {'hypermask': hypermask.HyperMask}
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything training needs: all of it a pytree, so it can be donated, vmapped or saved."""
+  params: dict
+  opt_state: optax.OptState
+  memory: dict  # what the method keeps from before the current task (regularisation targets)
+  task: jax.Array  # int32 scalar
+  step: jax.Array  # int32 scalar, step within the task
+  rng: jax.Array  # the run's key; batch draws use fold_in(task, step), so no iterator state
+
+
+def hyperparams(config):
+  """The traced hyperparameters: they may later be vmapped over a grid without recompiling."""
+  return {k: jnp.asarray(config[k], jnp.float32)
+          for k in ('learning_rate', 'beta', 'lam', 'sparsity')}
+
+
+def optimizer(hp):
+  """A fresh Adam per task (SPEC 1.1), its rate traced."""
+  return optax.adam(hp['learning_rate'])
+
+
+class Trainer:
+  """Compiled train/eval functions for one config; `traces` counts how often each was traced."""
+
+  def __init__(self, config, method):
+    self.config = config
+    self.method = method
+    self.traces = collections.Counter()
+    self.chunk = min(config.log_every_steps, config.steps_per_task)
+    self.begin_task = jax.jit(self._begin_task, donate_argnums=0)
+    self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
+    self.evaluate = jax.jit(self._evaluate)
+
+  def init_state(self, seed, hp):
+    rng = jax.random.key(seed)
+    params = self.method.init_params(jax.random.fold_in(rng, 0))
+    return TrainState(params=params, opt_state=optimizer(hp).init(params),
+                      memory=jax.eval_shape(self.method.begin_task, params),
+                      task=jnp.int32(0), step=jnp.int32(0), rng=jax.random.fold_in(rng, 1))
+
+  def _begin_task(self, state, task, hp):
+    self.traces['begin_task'] += 1
+    return state.replace(memory=self.method.begin_task(state.params),
+                         opt_state=optimizer(hp).init(state.params),
+                         task=jnp.asarray(task, jnp.int32), step=jnp.int32(0))
+
+  def _train_step(self, state, data, hp):
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.task), state.step)
+    rng_batch, rng_inputs = jax.random.split(rng)
+    images, labels = tasks.draw_batch(data.train, state.task, rng_batch, self.config.batch_size)
+    x = data.inputs(images, state.task, rng_inputs, train=True)
+    grad_fn = jax.value_and_grad(self.method.loss, has_aux=True)
+    (_, aux), grads = grad_fn(state.params, x, labels, state.task, state.step, state.memory, hp)
+    updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params)
+    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+                         step=state.step + 1), aux
+
+  def _train_chunk(self, state, data, hp):
+    """Runs up to self.chunk steps; steps past steps_per_task are skipped (same compiled shape)."""
+    self.traces['train_chunk'] += 1
+
+    def body(state, _):
+      active = state.step < self.config.steps_per_task
+      skip = lambda state: (state, jax.tree.map(jnp.zeros_like, aux_shape))
+      new_state, aux = jax.lax.cond(active, lambda s: self._train_step(s, data, hp), skip, state)
+      return new_state, (aux, active)
+
+    aux_shape = jax.eval_shape(lambda s: self._train_step(s, data, hp)[1], state)
+    return jax.lax.scan(body, state, length=self.chunk)
+
+  def _evaluate(self, params, data, split, task, hp):
+    """Accuracy (%) of task `task` on `split`, in fixed-size batches with padding masked out."""
+    self.traces['evaluate'] += 1
+    weights = self.method.eval_weights(params, task, hp)
+    size, bs = split.size[task], self.config.eval_batch_size
+
+    def correct(i):
+      pos = i * bs + jnp.arange(bs)
+      idx = split.offset[task] + jnp.minimum(pos, size - 1)
+      x = data.inputs(split.images[idx], task, None, train=False)
+      hits = jnp.argmax(self.method.apply(weights, x), -1) == split.labels[idx]
+      return jnp.sum(hits & (pos < size))
+
+    batches = jnp.arange(math.ceil(split.max_size / bs))
+    return 100.0 * jnp.sum(jax.lax.map(correct, batches)) / size
+
+
+def _format_eta(seconds):
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
+
+
+def train_and_evaluate(config, workdir):
+  """Runs the whole task sequence of `config`; writes results into `workdir`; returns the summary."""
+  config = config_checks.resolve(config)
+  out = outputs.Workdir(workdir)
+  finished = out.start(config)
+  if finished is not None:
+    logging.info('%s already holds the finished results of this config; not retraining.',
+                 workdir)
+    return finished
+  started = time.time()
+  data = tasks.load_task_set(config)
+  config_checks.validate_against_data(config, data)
+  method = METHODS[config.method](config, data.input_dim, data.num_classes)
+  trainer = Trainer(config, method)
+  hp = hyperparams(config)
+  state = trainer.init_state(config.seed, hp)
+  counts = method.param_counts(state.params)
+  logging.info('Parameters: hypernetwork %d, target %d (%d masked).', counts['hnet'],
+               counts['target'], counts['masked'])
+
+  num_tasks, steps = config.num_tasks, config.steps_per_task
+  acc = metrics.new_accuracy_matrix(num_tasks)
+  chunks = math.ceil(steps / trainer.chunk)
+  train_time, steps_done = 0.0, 0
+  for task in range(num_tasks):
+    state = trainer.begin_task(state, task, hp)
+    for c in range(chunks):
+      tic = time.time()
+      state, (aux, active) = trainer.train_chunk(state, data, hp)
+      aux, active = jax.device_get((aux, active))
+      elapsed = time.time() - tic
+      if task > 0 or c > 0:  # the first chunk includes compilation
+        train_time += elapsed
+        steps_done += int(active.sum())
+      means = {k: float(np.sum(v * active) / max(active.sum(), 1)) for k, v in aux.items()}
+      val = float(trainer.evaluate(state.params, data, data.val, task, hp))
+      rate = steps_done / train_time if train_time else float('nan')
+      remaining = (num_tasks - task - 1) * steps + steps - int(state.step)
+      record = {'task': task, 'step': int(state.step), **means, 'val_accuracy': val,
+                'steps_per_sec': rate}
+      out.log_metrics(record)
+      logging.info('task %d/%d step %d/%d | loss %.4f ce %.4f reg %.3g l1 %.3g | '
+                   'train acc %.2f val acc %.2f | %.1f steps/s ETA %s', task + 1, num_tasks,
+                   int(state.step), steps, means['loss'], means['ce'], means['reg'],
+                   means['l1'], 100 * means['accuracy'], val, rate,
+                   _format_eta(remaining / rate) if rate == rate else '?')
+    for j in range(task + 1):
+      acc[task, j] = float(trainer.evaluate(state.params, data, data.test, j, hp))
+    out.write_accuracy(acc[:task + 1, :task + 1])
+    logging.info('after task %d: test accuracy %s (mean %.2f)', task + 1,
+                 ' '.join(f'{a:.2f}' for a in acc[task, :task + 1]), acc[task, :task + 1].mean())
+
+  summary = {**metrics.summary(acc), 'accuracy_matrix': acc.tolist(),
+             'wall_time_sec': time.time() - started, 'train_steps_per_sec': steps_done / train_time
+             if train_time else None, 'params': counts, 'traces': dict(trainer.traces)}
+  out.write_summary(summary)
+  logging.info('done: mean accuracy %.2f, BWT %.2f, forgetting %.2f; results in %s',
+               summary['mean_accuracy'], summary['bwt'], summary['forgetting'], workdir)
+  return summary

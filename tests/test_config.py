@@ -1,0 +1,96 @@
+"""Bad input: a clear error naming the field, before any compute, from the API and the CLI."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import permuted_mnist
+from configs import split_mnist
+from hypermask_jax import config_checks
+from tests.conftest import synthetic_mnist
+from hypermask_jax.data import tasks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('dataset', 'cifar10', "config.dataset='cifar10': must be one of"),
+    ('method', 'ewc', "config.method='ewc': must be one of"),
+    ('beta', -1.0, 'config.beta=-1.0: must be a number in [0, inf)'),
+    ('lam', 'abc', "config.lam='abc': must be a number"),
+    ('learning_rate', 0.0, 'config.learning_rate=0.0: must be a number in (0, inf)'),
+    ('sparsity', 100.0, 'config.sparsity=100.0: must be a number in [0, 100)'),
+    ('sparsity', -0.5, 'config.sparsity=-0.5: must be a number in [0, 100)'),
+    ('batch_size', 0, 'config.batch_size=0: must be an integer in [1, inf)'),
+    ('steps_per_task', 2.5, 'config.steps_per_task=2.5: must be an integer'),
+    ('target_hidden', (100, -1), 'config.target_hidden=(100, -1): must be a tuple of positive'),
+    ('beta', float('nan'), 'config.beta=nan: must be finite'),
+])
+def test_bad_field_is_named(field, value, message):
+  config = permuted_mnist.get_config()
+  with config.ignore_type():
+    config[field] = value
+  with pytest.raises(config_checks.ConfigError) as e:
+    config_checks.resolve(config)
+  assert message in str(e.value)
+
+
+def test_more_tasks_than_max_tasks():
+  config = permuted_mnist.get_config()
+  config.num_tasks = 12
+  config.max_tasks = 10
+  with pytest.raises(config_checks.ConfigError, match='num_tasks=12 exceeds config.max_tasks=10'):
+    config_checks.resolve(config)
+
+
+def test_max_tasks_defaults_to_num_tasks():
+  config = permuted_mnist.get_config()
+  config.num_tasks = 20
+  resolved = config_checks.resolve(config)
+  assert resolved.max_tasks == 20 and config.max_tasks is None
+  config.max_tasks = 30
+  assert config_checks.resolve(config).max_tasks == 30 and config.num_tasks == 20
+
+
+def test_split_mnist_has_five_tasks():
+  config = split_mnist.get_config()
+  config.num_tasks = 6
+  with pytest.raises(config_checks.ConfigError, match='split_mnist has at most 5'):
+    config_checks.resolve(config)
+
+
+def test_batch_larger_than_a_task():
+  train, test = synthetic_mnist(n_train=600, n_test=100)
+  data = tasks.split_mnist(train, test, num_tasks=5, val_size=10)
+  config = split_mnist.get_config()
+  with pytest.raises(config_checks.ConfigError, match='config.batch_size=128: larger than the '
+                     'smallest task training set'):
+    config_checks.validate_against_data(config, data)
+
+
+def run_cli(*args, workdir):
+  return subprocess.run(
+      [sys.executable, '-m', 'hypermask_jax.main', '--config=configs/permuted_mnist.py:small',
+       f'--workdir={workdir}', *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_rejects_bad_input_before_compute(tmp_path):
+  result = run_cli('--config.sparsity=120', workdir=tmp_path / 'a')
+  assert result.returncode == 2
+  assert 'error: config.sparsity=120.0: must be a number in [0, 100)' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'a').exists()
+  result = run_cli('--config.beta=abc', workdir=tmp_path / 'b')
+  assert result.returncode != 0 and 'config.beta' in result.stderr
+  assert not (tmp_path / 'b').exists()
+
+
+def test_cli_missing_dataset_message(tmp_path):
+  result = run_cli(f'--config.data_dir={tmp_path / "empty"}', '--config.download=False',
+                   workdir=tmp_path / 'w')
+  assert result.returncode == 2
+  assert f"data_dir='{tmp_path / 'empty'}'" in result.stderr
+  assert 'python -m hypermask_jax.data.prepare mnist' in result.stderr
+  assert 'Traceback' not in result.stderr

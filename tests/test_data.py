@@ -1,0 +1,120 @@
+"""Task builders, on-device batches and augmentation, the TFDS loader and the offline importer."""
+
+import gzip
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from hypermask_jax.data import prepare
+from hypermask_jax.data import tasks
+from hypermask_jax.data import tfds_io
+from tests.conftest import synthetic_mnist
+
+
+def test_permuted_mnist_layout():
+  train, test = synthetic_mnist(n_train=600, n_test=200)
+  ts = tasks.permuted_mnist(train, test, num_tasks=4, seed=7, val_size=100)
+  assert ts.train.images.shape == (500, 28, 28, 1) and ts.val.images.shape == (100, 28, 28, 1)
+  np.testing.assert_array_equal(ts.val.images, train[0][:100])  # validation = first images
+  np.testing.assert_array_equal(ts.train.size, [500] * 4)
+  np.testing.assert_array_equal(ts.test.offset, [0] * 4)
+  rs = np.random.RandomState(7)
+  expected = np.stack([rs.permutation(1024) for _ in range(4)])
+  np.testing.assert_array_equal(ts.perms, expected)
+  assert not np.array_equal(expected[0], np.arange(1024))  # task 0 is permuted too
+
+
+def test_permuted_inputs_pad_then_permute():
+  train, test = synthetic_mnist(n_train=20, n_test=10)
+  ts = tasks.permuted_mnist(train, test, num_tasks=2, seed=0, val_size=5)
+  images = ts.test.images[:3]
+  for task in range(2):
+    x = np.asarray(ts.inputs(images, task, None, train=False))
+    padded = np.pad(np.asarray(images, np.float32) / 255, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    np.testing.assert_allclose(x, padded.reshape(3, 1024)[:, np.asarray(ts.perms[task])])
+
+
+def test_split_mnist_tasks():
+  train, test = synthetic_mnist(n_train=3000, n_test=500)
+  ts = tasks.split_mnist(train, test, num_tasks=5, val_size=50)
+  for t in range(5):
+    for split in (ts.train, ts.val, ts.test):
+      lo, n = int(split.offset[t]), int(split.size[t])
+      assert set(np.asarray(split.labels[lo:lo + n]).tolist()) <= {0, 1}
+    lo, n = int(ts.test.offset[t]), int(ts.test.size[t])
+    digits = test[1][(test[1] == 2 * t) | (test[1] == 2 * t + 1)]
+    np.testing.assert_array_equal(ts.test.labels[lo:lo + n], digits - 2 * t)
+    assert int(ts.val.size[t]) == 50
+    assert int(ts.train.size[t]) == int(np.sum((train[1] // 2) == t)) - 50
+  assert ts.num_classes == 2 and ts.input_dim == 784
+
+
+def test_random_crop_stays_in_padded_image():
+  images = jnp.ones((64, 28, 28, 1))
+  crops = tasks.random_crop(jax.random.key(0), images, pad=4)
+  assert crops.shape == images.shape
+  # Each crop is a 28x28 window of the zero-padded image: at most 4 zero rows/cols per side.
+  rows_kept = np.asarray(crops[..., 0].max(axis=2) > 0).sum(axis=1)
+  assert rows_kept.min() >= 24 and rows_kept.max() == 28
+  assert len({tuple(np.asarray(c[..., 0].sum(axis=0))) for c in crops}) > 1  # offsets differ
+
+
+def test_draw_batch_stays_inside_the_task():
+  train, test = synthetic_mnist(n_train=3000, n_test=500)
+  ts = tasks.split_mnist(train, test, num_tasks=5, val_size=50)
+  images, labels = tasks.draw_batch(ts.test, 3, jax.random.key(1), 512)
+  lo, n = int(ts.test.offset[3]), int(ts.test.size[3])
+  member = {tuple(np.asarray(x).ravel()[:50]) for x in ts.test.images[lo:lo + n]}
+  assert all(tuple(np.asarray(x).ravel()[:50]) in member for x in images[:20])
+  assert set(np.asarray(labels).tolist()) == {0, 1}
+
+
+def test_loader_reads_mock_data():
+  with tfds.testing.mock_data(num_examples=12):
+    images, labels = tfds_io.load_split('mnist', 'train')
+  assert images.shape == (12, 28, 28, 1) and images.dtype == np.uint8
+  assert labels.shape == (12,) and labels.dtype == np.int32
+
+
+def test_missing_dataset_names_data_dir_and_importer(tmp_path):
+  with pytest.raises(tfds_io.DatasetUnavailableError) as e:
+    tfds_io.load_split('mnist', 'train', str(tmp_path), download=False)
+  assert str(tmp_path) in str(e.value)
+  assert 'python -m hypermask_jax.data.prepare mnist' in str(e.value)
+
+
+def write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(d.to_bytes(4, 'big') for d in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_importer_round_trip(tmp_path):
+  train, test = synthetic_mnist(n_train=30, n_test=10)
+  raw = tmp_path / 'raw'
+  raw.mkdir()
+  for split, (x, y) in (('train', train), ('test', test)):
+    images_file, labels_file = prepare.MNIST_FILES[split]
+    write_idx(raw / images_file, x[..., 0])
+    write_idx(raw / labels_file, y)
+  data_dir = str(tmp_path / 'tfds')
+  assert prepare.prepare('mnist', str(raw), data_dir)
+  assert not prepare.prepare('mnist', str(raw), data_dir)  # second call: already there
+  for split, (x, y) in (('train', train), ('test', test)):
+    images, labels = tfds_io.load_split('mnist', split, data_dir, download=False)
+    order = np.argsort([bytes(img.tobytes()) for img in images])
+    expected = np.argsort([bytes(img.tobytes()) for img in x])
+    np.testing.assert_array_equal(images[order], x[expected])  # same examples (TFDS shuffles)
+    np.testing.assert_array_equal(labels[order], y[expected])
+
+
+def test_importer_rejects_a_bad_file(tmp_path):
+  for name in prepare.MNIST_FILES['train'] + prepare.MNIST_FILES['test']:
+    with gzip.open(tmp_path / name, 'wb') as f:
+      f.write(b'not an idx file')
+  with pytest.raises(ValueError, match='IDX'):
+    prepare.read_mnist(str(tmp_path))
