@@ -2,13 +2,18 @@
 
   python experiments/benchmark_step.py --config=configs/permuted_mnist.py
   python experiments/benchmark_step.py --config=configs/split_mnist.py --steps=50
+  python experiments/benchmark_step.py --compare_torch   # also times a PyTorch step, same run
 
 Data is synthetic with the benchmark's shapes (timing does not depend on the
 pixels), so it runs anywhere. Steps run as the training loop runs them: one
 compiled lax.scan over a chunk of `--steps` steps.
 """
 
+import pathlib
+import sys
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable as a script
 
 from absl import app
 from absl import flags
@@ -23,6 +28,9 @@ from hypermask_jax.data import tasks
 config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per measurement (one compiled chunk).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Measurements per task; the best is reported.')
+_COMPARE_TORCH = flags.DEFINE_bool(
+    'compare_torch', False, 'Also time the PyTorch step of experiments/torch_reference.py '
+    '(needs `pip install torch==2.13.0`) and print the ratio.')
 
 
 def synthetic_task_set(config):
@@ -64,6 +72,11 @@ def main(argv):
   print(f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         f'{len(jax.devices())} device(s)')
 
+  if _COMPARE_TORCH.value:
+    try:
+      from experiments import torch_reference  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise app.UsageError(f'--compare_torch needs PyTorch ({e}); pip install torch==2.13.0')
   state = trainer.begin_task(state, 0, hp)
   tic = time.perf_counter()
   trainer.train_chunk.lower(state, data, hp).compile()
@@ -73,8 +86,13 @@ def main(argv):
   for task in (0, config.num_tasks - 1):
     state = trainer.begin_task(state, task, hp)
     state, seconds = time_chunk(trainer, state, data, hp, _REPEATS.value)
-    print(f'task {task + 1:3d} ({task:3d} previous tasks): '
-          f'{1e3 * seconds / _STEPS.value:9.2f} ms/step  ({_STEPS.value / seconds:8.1f} steps/s)')
+    step = seconds / _STEPS.value
+    line = f'task {task + 1:3d} ({task:3d} previous tasks): jax {1e3 * step:9.2f} ms/step'
+    if _COMPARE_TORCH.value:
+      torch_step = torch_reference.time_steps(config, data.input_dim, data.num_classes, task,
+                                              _STEPS.value, _REPEATS.value)
+      line += f' | torch {1e3 * torch_step:9.2f} ms/step | jax is {torch_step / step:.2f}x faster'
+    print(line)
   print(f'traces: {dict(trainer.traces)}')
 
 

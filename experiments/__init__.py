@@ -1,0 +1,1 @@
+"""Runnable experiments: benchmarks and reproduction scripts."""
