@@ -29,12 +29,15 @@ def get_config(variant='published'):
   config.sparsity = 0.0
   config.log_every_steps = 500
   config.eval_batch_size = 1000
+  config.checkpoint_every_steps = 2000  # and at the end of every task
+  config.checkpoints_to_keep = 3
   if variant == 'small':
     config.num_tasks = 3
     config.target_hidden = (100, 100)
     config.hnet_hidden = (25, 25)
     config.steps_per_task = 1500
     config.log_every_steps = 250
+    config.checkpoint_every_steps = 500
   elif variant != 'published':
     raise ValueError(f"unknown variant {variant!r}: use 'published' or 'small'")
   return config

@@ -1,8 +1,12 @@
-"""Prints the train-step time of a config at task 1 and at task T (T-1 previous tasks), and its compile time.
+"""Prints a config's train-step time at task 1 and task T (T-1 previous tasks), compile and save times.
 
   python experiments/benchmark_step.py --config=configs/permuted_mnist.py
   python experiments/benchmark_step.py --config=configs/split_mnist.py --steps=50
   python experiments/benchmark_step.py --compare_torch   # also times a PyTorch step, same run
+
+The checkpoint figures: how long `save` blocks training (the rest is written
+in the background) and how long the whole save takes, and the share of
+training time the blocking part costs at the config's checkpoint_every_steps.
 
 Data is synthetic with the benchmark's shapes (timing does not depend on the
 pixels), so it runs anywhere. Steps run as the training loop runs them: one
@@ -11,6 +15,7 @@ compiled lax.scan over a chunk of `--steps` steps.
 
 import pathlib
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable as a script
@@ -21,6 +26,7 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
+from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
 from hypermask_jax import train
 from hypermask_jax.data import tasks
@@ -94,6 +100,36 @@ def main(argv):
       line += f' | torch {1e3 * torch_step:9.2f} ms/step | jax is {torch_step / step:.2f}x faster'
     print(line)
   print(f'traces: {dict(trainer.traces)}')
+  report_checkpoint_cost(trainer, state, data, hp, seconds)
+
+
+def report_checkpoint_cost(trainer, state, data, hp, chunk_seconds):
+  """Times an asynchronous save and how much it slows the training that runs beside it.
+
+  Training continues while the save is written (as in a run), so the cost is
+  the save's blocking part plus whatever the background writer takes from the
+  training chunks that overlap it (they share the CPU cores).
+  """
+  config = trainer.config
+  size = sum(x.nbytes for x in jax.tree.leaves(state))
+  with tempfile.TemporaryDirectory() as workdir:
+    checkpointer = checkpoints.Checkpointer(workdir, keep=2)
+    tic = time.perf_counter()
+    checkpointer.save(0, state, {'step': 0})
+    blocking = time.perf_counter() - tic
+    chunks = 0
+    while checkpointer.manager.is_saving_in_progress():
+      state, _ = trainer.train_chunk(state, data, hp)
+      jax.block_until_ready(state)
+      chunks += 1
+    total = time.perf_counter() - tic
+    checkpointer.close()
+  slowdown = max(total - chunks * chunk_seconds, blocking)
+  interval = config.checkpoint_every_steps / _STEPS.value * chunk_seconds
+  print(f'checkpoint: {size / 2**30:.2f} GiB; save blocks training {blocking:.2f} s and is on '
+        f'disk after {total:.1f} s ({chunks} chunks trained meanwhile); it costs training '
+        f'{slowdown:.2f} s, {100 * slowdown / interval:.2f}% of the {interval:.0f} s between '
+        f'saves at checkpoint_every_steps={config.checkpoint_every_steps}')
 
 
 if __name__ == '__main__':

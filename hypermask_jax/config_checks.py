@@ -52,7 +52,8 @@ def validate(config):
   if config.method not in METHODS:
     raise ConfigError(f'config.method={config.method!r}: must be one of {METHODS}')
   for field in ('num_tasks', 'max_tasks', 'batch_size', 'steps_per_task', 'embedding_size',
-                'log_every_steps', 'eval_batch_size'):
+                'log_every_steps', 'eval_batch_size', 'checkpoint_every_steps',
+                'checkpoints_to_keep'):
     _number(config, field, low=1, integer=True)
   _number(config, 'seed', low=0, integer=True)
   _number(config, 'learning_rate', low=0, low_open=True)

@@ -7,7 +7,6 @@ supports (e.g. gs://).
 import json
 
 from etils import epath
-import numpy as np
 
 CONFIG = 'config.json'
 SUMMARY = 'summary.json'
@@ -41,48 +40,62 @@ def flat_config(config):
   return out
 
 
+# Fields that change where results go or how often they are saved, not what they are.
+NOT_RESULT_FIELDS = ('data_dir', 'download', 'checkpoint_every_steps', 'checkpoints_to_keep')
+
+
+def _diff_message(path, what, diff):
+  fields = '\n'.join(f'  {k}: saved {a!r}, requested {b!r}' for k, (a, b) in diff.items())
+  return f'{path} holds {what} with a different config. Differing fields:\n{fields}'
+
+
 class Workdir:
-  """Writes one run's outputs and refuses to overwrite a finished run."""
+  """Writes one run's outputs; refuses to mix configs or to overwrite a finished run."""
 
   def __init__(self, path):
     self.path = epath.Path(path)
 
-  def finished_summary(self):
-    summary = self.path / SUMMARY
-    return json.loads(summary.read_text()) if summary.exists() else None
-
-  def start(self, config):
+  def start(self, config, allow_config_change=False):
     """Checks the workdir against the requested config, then saves that config.
 
-    Returns the finished run's summary if this exact config already finished
-    here (nothing is rerun); raises WorkdirError if the workdir holds a finished
-    run of a different config.
+    Returns the summary if this config already finished here (nothing is
+    rerun). Raises WorkdirError if the workdir holds a finished run of another
+    config, or an unfinished one whose config differs in a field that changes
+    results (unless allow_config_change).
     """
     requested = flat_config(config)
-    summary = self.finished_summary()
-    if summary is not None:
-      saved = json.loads((self.path / CONFIG).read_text())
-      diff = config_diff(saved, requested)
+    saved_file, summary_file = self.path / CONFIG, self.path / SUMMARY
+    saved = json.loads(saved_file.read_text()) if saved_file.exists() else None
+    if summary_file.exists():
+      diff = config_diff(saved or {}, requested)
       if diff:
-        fields = '\n'.join(f'  {k}: saved {a!r}, requested {b!r}' for k, a, b in
-                           ((k, *v) for k, v in diff.items()))
-        raise WorkdirError(f'{self.path} holds a finished run with a different config; '
-                           f'use another --workdir. Differing fields:\n{fields}')
-      return summary
+        raise WorkdirError(_diff_message(self.path, 'a finished run', diff)
+                           + '\nUse another --workdir.')
+      return json.loads(summary_file.read_text())
+    if saved is not None:
+      diff = {k: v for k, v in config_diff(saved, requested).items() if k not in NOT_RESULT_FIELDS}
+      if diff and not allow_config_change:
+        raise WorkdirError(_diff_message(self.path, 'an unfinished run', diff)
+                           + '\nUse another --workdir, or --allow_config_change to resume it '
+                           'with the new config.')
     self.path.mkdir(parents=True, exist_ok=True)
-    (self.path / CONFIG).write_text(json.dumps(requested, indent=2, sort_keys=True))
-    (self.path / METRICS).write_text('')
+    saved_file.write_text(json.dumps(requested, indent=2, sort_keys=True))
     return None
+
+  def rewrite_metrics(self, records):
+    """The metrics log as of the checkpoint being resumed (records after it are dropped)."""
+    (self.path / METRICS).write_text(''.join(json.dumps(r) + '\n' for r in records))
 
   def log_metrics(self, record):
     with (self.path / METRICS).open('a') as f:
       f.write(json.dumps(record) + '\n')
 
-  def write_accuracy(self, acc):
-    """Accuracy matrix in percent; NaN (JSON null, empty CSV cell) where j > i."""
-    rows = [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in acc]
+  def write_accuracy(self, acc, tasks_done):
+    """The first tasks_done rows of the accuracy matrix (%); None/empty where j > i."""
+    rows = [[None if v is None else round(v, 4) for v in row[:tasks_done]]
+            for row in acc[:tasks_done]]
     (self.path / ACCURACY_JSON).write_text(json.dumps(rows))
-    lines = ['after_task,' + ','.join(f'task_{j}' for j in range(acc.shape[1]))]
+    lines = ['after_task,' + ','.join(f'task_{j}' for j in range(tasks_done))]
     lines += [f'{i},' + ','.join('' if v is None else f'{v:.4f}' for v in row)
               for i, row in enumerate(rows)]
     (self.path / ACCURACY_CSV).write_text('\n'.join(lines) + '\n')

@@ -6,6 +6,7 @@ are traced integers and per-task state lives in arrays of size max_tasks.
 """
 
 import collections
+import json
 import math
 import time
 
@@ -16,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
 from hypermask_jax import hypermask
 from hypermask_jax import metrics
 from hypermask_jax import outputs
+from hypermask_jax import preemption
 from hypermask_jax.data import tasks
 
 METHODS = {'hypermask': hypermask.HyperMask}
@@ -60,10 +63,11 @@ class Trainer:
     self.evaluate = jax.jit(self._evaluate)
 
   def init_state(self, seed, hp):
-    rng = jax.random.key(seed)
+    rng = jax.random.PRNGKey(seed)  # raw uint32 key data: plain arrays in checkpoints
     params = self.method.init_params(jax.random.fold_in(rng, 0))
-    return TrainState(params=params, opt_state=optimizer(hp).init(params),
-                      memory=jax.eval_shape(self.method.begin_task, params),
+    memory = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                          jax.eval_shape(self.method.begin_task, params))
+    return TrainState(params=params, opt_state=optimizer(hp).init(params), memory=memory,
                       task=jnp.int32(0), step=jnp.int32(0), rng=jax.random.fold_in(rng, 1))
 
   def _begin_task(self, state, task, hp):
@@ -118,62 +122,122 @@ def _format_eta(seconds):
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
 
 
-def train_and_evaluate(config, workdir):
-  """Runs the whole task sequence of `config`; writes results into `workdir`; returns the summary."""
+def _new_progress(num_tasks):
+  """What a checkpoint records besides the train state (JSON)."""
+  return {'accuracy': [[None] * num_tasks for _ in range(num_tasks)], 'records': [],
+          'wall_time': 0.0, 'train_time': 0.0, 'steps_timed': 0}
+
+
+def train_and_evaluate(config, workdir, allow_config_change=False):
+  """Runs the whole task sequence of `config` in `workdir`, resuming from its newest checkpoint.
+
+  Returns the summary. Raises preemption.Preempted after saving if SIGTERM or
+  SIGINT arrived; running the same call again continues where it stopped and
+  ends with the results an uninterrupted run would have produced.
+  """
   config = config_checks.resolve(config)
   out = outputs.Workdir(workdir)
-  finished = out.start(config)
+  finished = out.start(config, allow_config_change)
   if finished is not None:
     logging.info('%s already holds the finished results of this config; not retraining.',
                  workdir)
     return finished
-  started = time.time()
   data = tasks.load_task_set(config)
   config_checks.validate_against_data(config, data)
   method = METHODS[config.method](config, data.input_dim, data.num_classes)
   trainer = Trainer(config, method)
   hp = hyperparams(config)
+  checkpointer = checkpoints.Checkpointer(workdir, config.checkpoints_to_keep)
+  with preemption.StopSignals() as stop:
+    try:
+      return _run(config, out, data, method, trainer, hp, checkpointer, stop)
+    finally:
+      checkpointer.close()
+
+
+def _run(config, out, data, method, trainer, hp, checkpointer, stop):
+  """The task loop, from a fresh start or from the newest checkpoint."""
+  started = time.time()
+  num_tasks, steps = config.num_tasks, config.steps_per_task
   state = trainer.init_state(config.seed, hp)
   counts = method.param_counts(state.params)
   logging.info('Parameters: hypernetwork %d, target %d (%d masked).', counts['hnet'],
                counts['target'], counts['masked'])
+  restored = checkpointer.restore_latest(state)
+  if restored is None:
+    progress, first_task, resume_mid_task = _new_progress(num_tasks), 0, False
+  else:
+    state, progress = restored
+    task, step = int(state.task), int(state.step)
+    logging.info('Resumed from the checkpoint at task %d step %d.', task + 1, step)
+    resume_mid_task = progress['accuracy'][task][task] is None
+    first_task = task if resume_mid_task else task + 1
+  out.rewrite_metrics(progress['records'])
+  wall_before = progress['wall_time']
+  compiled = False  # the first chunk of this process includes compiling: not timed
 
-  num_tasks, steps = config.num_tasks, config.steps_per_task
-  acc = metrics.new_accuracy_matrix(num_tasks)
-  chunks = math.ceil(steps / trainer.chunk)
-  train_time, steps_done = 0.0, 0
-  for task in range(num_tasks):
-    state = trainer.begin_task(state, task, hp)
-    for c in range(chunks):
+  def save(state):
+    progress['wall_time'] = wall_before + time.time() - started
+    step = int(state.task) * steps + int(state.step)
+    logging.info('saving checkpoint %d (task %d step %d)', step, int(state.task) + 1,
+                 int(state.step))
+    # A snapshot: the asynchronous save may serialise it after `progress` has moved on.
+    checkpointer.save(step, state, json.loads(json.dumps(progress)))
+
+  def stop_if_requested(state, saved):
+    if stop.requested:
+      if not saved:
+        save(state)
+      checkpointer.wait()
+      raise preemption.Preempted(f'stopped by {stop.requested} at task {int(state.task) + 1} '
+                                 f'step {int(state.step)}; checkpoint saved')
+
+  for task in range(first_task, num_tasks):
+    if not (resume_mid_task and task == first_task):
+      state = trainer.begin_task(state, task, hp)
+    while int(state.step) < steps:
+      before = task * steps + int(state.step)
       tic = time.time()
       state, (aux, active) = trainer.train_chunk(state, data, hp)
       aux, active = jax.device_get((aux, active))
       elapsed = time.time() - tic
-      if task > 0 or c > 0:  # the first chunk includes compilation
-        train_time += elapsed
-        steps_done += int(active.sum())
+      if compiled:
+        progress['train_time'] += elapsed
+        progress['steps_timed'] += int(active.sum())
+      compiled = True
+      rate = progress['steps_timed'] / max(progress['train_time'], 1e-9)
       means = {k: float(np.sum(v * active) / max(active.sum(), 1)) for k, v in aux.items()}
       val = float(trainer.evaluate(state.params, data, data.val, task, hp))
-      rate = steps_done / train_time if train_time else float('nan')
-      remaining = (num_tasks - task - 1) * steps + steps - int(state.step)
       record = {'task': task, 'step': int(state.step), **means, 'val_accuracy': val,
                 'steps_per_sec': rate}
+      progress['records'].append(record)
       out.log_metrics(record)
+      remaining = (num_tasks - task) * steps - int(state.step)
       logging.info('task %d/%d step %d/%d | loss %.4f ce %.4f reg %.3g l1 %.3g | '
                    'train acc %.2f val acc %.2f | %.1f steps/s ETA %s', task + 1, num_tasks,
                    int(state.step), steps, means['loss'], means['ce'], means['reg'],
                    means['l1'], 100 * means['accuracy'], val, rate,
-                   _format_eta(remaining / rate) if rate == rate else '?')
-    for j in range(task + 1):
-      acc[task, j] = float(trainer.evaluate(state.params, data, data.test, j, hp))
-    out.write_accuracy(acc[:task + 1, :task + 1])
+                   _format_eta(remaining / rate) if progress['steps_timed'] else '?')
+      if int(state.step) < steps:  # the end of a task is saved (and a stop honoured) after eval
+        after = task * steps + int(state.step)
+        periodic = after // config.checkpoint_every_steps > before // config.checkpoint_every_steps
+        if periodic:
+          save(state)
+        stop_if_requested(state, saved=periodic)
+    row = [float(trainer.evaluate(state.params, data, data.test, j, hp)) for j in range(task + 1)]
+    progress['accuracy'][task][:task + 1] = row
+    out.write_accuracy(progress['accuracy'], task + 1)
     logging.info('after task %d: test accuracy %s (mean %.2f)', task + 1,
-                 ' '.join(f'{a:.2f}' for a in acc[task, :task + 1]), acc[task, :task + 1].mean())
+                 ' '.join(f'{a:.2f}' for a in row), np.mean(row))
+    save(state)
+    stop_if_requested(state, saved=True)
 
-  summary = {**metrics.summary(acc), 'accuracy_matrix': acc.tolist(),
-             'wall_time_sec': time.time() - started, 'train_steps_per_sec': steps_done / train_time
-             if train_time else None, 'params': counts, 'traces': dict(trainer.traces)}
+  acc = np.array(progress['accuracy'], dtype=float)
+  summary = {**metrics.summary(acc), 'accuracy_matrix': progress['accuracy'],
+             'wall_time_sec': wall_before + time.time() - started,
+             'train_steps_per_sec': progress['steps_timed'] / max(progress['train_time'], 1e-9),
+             'params': counts, 'traces': dict(trainer.traces)}
   out.write_summary(summary)
   logging.info('done: mean accuracy %.2f, BWT %.2f, forgetting %.2f; results in %s',
-               summary['mean_accuracy'], summary['bwt'], summary['forgetting'], workdir)
+               summary['mean_accuracy'], summary['bwt'], summary['forgetting'], out.path)
   return summary
