@@ -24,12 +24,13 @@ from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
-import numpy as np
 
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
 from hypermask_jax import train
 from hypermask_jax.data import tasks
+from hypermask_jax.methods import METHODS
+from hypermask_jax.methods import base
 
 config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per measurement (one compiled chunk).')
@@ -37,16 +38,6 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Measurements per task; the best i
 _COMPARE_TORCH = flags.DEFINE_bool(
     'compare_torch', False, 'Also time the PyTorch step of experiments/torch_reference.py '
     '(needs `pip install torch==2.13.0`) and print the ratio.')
-
-
-def synthetic_task_set(config):
-  rs = np.random.RandomState(0)
-  make = lambda n: (rs.randint(0, 256, (n, 28, 28, 1)).astype(np.uint8),
-                    rs.randint(0, 10, n).astype(np.int32))
-  train_split, test_split = make(12000), make(2000)
-  if config.dataset == 'permuted_mnist':
-    return tasks.permuted_mnist(train_split, test_split, config.num_tasks, config.seed)
-  return tasks.split_mnist(train_split, test_split, config.num_tasks, val_size=100)
 
 
 def time_chunk(trainer, state, data, hp, repeats):
@@ -66,15 +57,15 @@ def main(argv):
     config.log_every_steps = _STEPS.value
     config.steps_per_task = max(config.steps_per_task, _STEPS.value * (_REPEATS.value + 1))
   config = config_checks.resolve(config)
-  data = synthetic_task_set(config)
-  method = train.METHODS[config.method](config, data.input_dim, data.num_classes)
+  data = tasks.synthetic_task_set(config)
+  method = METHODS[config.method](config, data.input_dim, data.num_classes)
   trainer = train.Trainer(config, method)
   hp = train.hyperparams(config)
   state = trainer.init_state(config.seed, hp)
   counts = method.param_counts(state.params)
   print(f'config: {config.dataset}, {config.method}, target {tuple(config.target_hidden)}, '
         f'hnet {tuple(config.hnet_hidden)}, batch {config.batch_size}, max_tasks {config.max_tasks}')
-  print(f'parameters: hypernetwork {counts["hnet"]:,}, target {counts["target"]:,}')
+  print(f'parameters: {base.describe_counts(counts)}')
   print(f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         f'{len(jax.devices())} device(s)')
 

@@ -3,9 +3,13 @@
 import math
 import numbers
 
+from hypermask_jax import hypernet
+from hypermask_jax import methods
 from hypermask_jax.data import tasks
 
-METHODS = ('hypermask',)
+METHODS = tuple(methods.METHODS)
+CHOICES = {'hnet_activation': tuple(hypernet.ACTIVATIONS), 'reg_targets': ('stored', 'snapshot'),
+           'train_embeddings': ('all', 'current')}
 
 
 class ConfigError(ValueError):
@@ -56,6 +60,15 @@ def validate(config):
                 'checkpoints_to_keep'):
     _number(config, field, low=1, integer=True)
   _number(config, 'seed', low=0, integer=True)
+  _number(config, 'chunk_size', low=0, integer=True)
+  _number(config, 'chunk_embedding_size', low=1, integer=True)
+  _number(config, 'reg_subset', low=0, integer=True)
+  for field, allowed in CHOICES.items():
+    if config[field] not in allowed:
+      raise ConfigError(f'config.{field}={config[field]!r}: must be one of {allowed}')
+  for field in ('lookahead', 'l1_masked', 'download'):
+    if not isinstance(config[field], bool):
+      raise ConfigError(f'config.{field}={config[field]!r}: must be True or False')
   _number(config, 'learning_rate', low=0, low_open=True)
   _number(config, 'beta', low=0)
   _number(config, 'lam', low=0)

@@ -1,5 +1,11 @@
-"""The HMLP hypernetwork: task embedding -> flat output, one row per requested task."""
+"""Hypernetworks: task embedding -> flat output, one row per requested task.
 
+HMLP maps the embedding straight to all outputs; ChunkedHMLP produces them in
+chunks, from [chunk embedding ; task embedding], all chunks in one batch.
+Task embeddings (N(0, 1), [max_tasks, E]) are part of the params.
+"""
+
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -7,20 +13,72 @@ import jax.numpy as jnp
 
 from hypermask_jax.layers import torch_dense
 
+ACTIVATIONS = {'elu': nn.elu, 'relu': nn.relu}
+
+
+def _mlp(x, hidden, activation, num_outputs):
+  for i, features in enumerate(hidden):
+    x = ACTIVATIONS[activation](torch_dense(features, x.shape[-1], name=f'dense_{i}')(x))
+  return torch_dense(num_outputs, x.shape[-1], name='out')(x)
+
 
 class HMLP(nn.Module):
-  """Dense+ELU layers over learned task embeddings (N(0,1), [max_tasks, E], part of the params)."""
+  """Dense layers over the task embedding, straight to all num_outputs."""
   num_outputs: int
   max_tasks: int
   embedding_size: int
   hidden: Sequence[int]
+  activation: str = 'elu'
 
   @nn.compact
   def __call__(self, tasks):
     """tasks: int [k] -> raw outputs [k, num_outputs], one batched matmul for all k rows."""
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
-    x = jnp.take(embeddings, tasks, axis=0)
-    for i, features in enumerate(self.hidden):
-      x = nn.elu(torch_dense(features, x.shape[-1], name=f'dense_{i}')(x))
-    return torch_dense(self.num_outputs, x.shape[-1], name='out')(x)
+    return _mlp(jnp.take(embeddings, tasks, axis=0), self.hidden, self.activation,
+                self.num_outputs)
+
+
+class ChunkedHMLP(nn.Module):
+  """One MLP shared by all chunks: [chunk embedding ; task embedding] -> chunk_size outputs.
+
+  The chunk embeddings ([num_chunks, chunk_embedding_size], learned, shared by
+  all tasks) tell the MLP which chunk to produce; the chunks are concatenated
+  and cut to num_outputs. Chunk boundaries ignore layer boundaries.
+  """
+  num_outputs: int
+  max_tasks: int
+  embedding_size: int
+  hidden: Sequence[int]
+  chunk_size: int
+  chunk_embedding_size: int
+  activation: str = 'elu'
+
+  @property
+  def num_chunks(self):
+    return math.ceil(self.num_outputs / self.chunk_size)
+
+  @nn.compact
+  def __call__(self, tasks):
+    """tasks: int [k] -> raw outputs [k, num_outputs]; all k * num_chunks rows in one batch."""
+    embeddings = self.param('embeddings', nn.initializers.normal(1.0),
+                            (self.max_tasks, self.embedding_size))
+    chunks = self.param('chunk_embeddings', nn.initializers.normal(1.0),
+                        (self.num_chunks, self.chunk_embedding_size))
+    task_emb = jnp.take(embeddings, tasks, axis=0)
+    k, n = task_emb.shape[0], self.num_chunks
+    x = jnp.concatenate([jnp.broadcast_to(chunks, (k, n, chunks.shape[1])),
+                         jnp.broadcast_to(task_emb[:, None], (k, n, task_emb.shape[1]))], -1)
+    out = _mlp(x, self.hidden, self.activation, self.chunk_size)
+    return out.reshape(k, n * self.chunk_size)[:, :self.num_outputs]
+
+
+def build(config, num_outputs):
+  """The hypernetwork a config asks for: chunked when config.chunk_size > 0."""
+  common = dict(num_outputs=num_outputs, max_tasks=config.max_tasks,
+                embedding_size=config.embedding_size, hidden=tuple(config.hnet_hidden),
+                activation=config.hnet_activation)
+  if config.chunk_size > 0:
+    return ChunkedHMLP(chunk_size=config.chunk_size,
+                       chunk_embedding_size=config.chunk_embedding_size, **common)
+  return HMLP(**common)

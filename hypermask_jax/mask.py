@@ -1,52 +1,8 @@
-"""HyperMask's semi-binary masks: hypernetwork outputs -> per-tensor masks over the target params.
-
-Tensors are selected by their path in the params pytree (never by flatten
-position): every kernel and bias except the output layer's bias and anything
-inside a normalisation layer.
-"""
-
-import dataclasses
+"""HyperMask's semi-binary masks: hypernetwork outputs -> per-tensor masks over the target params."""
 
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-HEAD = 'head'
-NORM_PREFIXES = ('BatchNorm', 'LayerNorm', 'GroupNorm', 'norm', 'bn')
-
-
-def is_weight(path):
-  """Kernels and biases of the target, outside normalisation layers."""
-  return path[-1] in ('kernel', 'bias') and not any(p.startswith(NORM_PREFIXES) for p in path[:-1])
-
-
-def is_masked(path):
-  """The weights the hypernetwork masks: all of them but the output layer's bias."""
-  return is_weight(path) and path[-2:] != (HEAD, 'bias')
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-  """Where each masked target tensor lives in the hypernetwork's flat output."""
-  paths: tuple
-  shapes: tuple
-
-  @classmethod
-  def of(cls, target_params):
-    flat = traverse_util.flatten_dict(target_params)
-    paths = tuple(p for p in flat if is_masked(p))
-    return cls(paths, tuple(tuple(flat[p].shape) for p in paths))
-
-  @property
-  def size(self):
-    return int(sum(np.prod(s) for s in self.shapes))
-
-  def split(self, flat_output):
-    """Cuts a flat [P] vector into {path: tensor} with the target's shapes."""
-    sizes = [int(np.prod(s)) for s in self.shapes]
-    pieces = jnp.split(flat_output, np.cumsum(sizes)[:-1])
-    return {p: x.reshape(s) for p, x, s in zip(self.paths, pieces, self.shapes)}
 
 
 def kth_smallest(a, ks):

@@ -28,6 +28,12 @@ def forgetting(acc):
   return float(np.mean([np.max(acc[j:t - 1, j]) - acc[-1, j] for j in range(t - 1)]))
 
 
+def cosine_similarity(embeddings):
+  """Pairwise cosine similarity of task embeddings [T, E] -> [T, T]."""
+  unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+  return unit @ unit.T
+
+
 def summary(acc):
   return {'mean_accuracy': mean_final_accuracy(acc), 'bwt': backward_transfer(acc),
           'forgetting': forgetting(acc)}

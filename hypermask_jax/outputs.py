@@ -8,11 +8,15 @@ import json
 
 from etils import epath
 
+from hypermask_jax import metrics
+
 CONFIG = 'config.json'
 SUMMARY = 'summary.json'
 METRICS = 'metrics.jsonl'
 ACCURACY_CSV = 'accuracy_matrix.csv'
 ACCURACY_JSON = 'accuracy_matrix.json'
+EMBEDDINGS = 'task_embeddings.json'
+SIMILARITY_CSV = 'embedding_similarity.csv'
 
 
 class WorkdirError(RuntimeError):
@@ -99,6 +103,14 @@ class Workdir:
     lines += [f'{i},' + ','.join('' if v is None else f'{v:.4f}' for v in row)
               for i, row in enumerate(rows)]
     (self.path / ACCURACY_CSV).write_text('\n'.join(lines) + '\n')
+
+  def write_embeddings(self, embeddings):
+    """The learned task embeddings and their pairwise cosine similarity (compare tasks by it)."""
+    (self.path / EMBEDDINGS).write_text(json.dumps(embeddings.tolist()))
+    sim = metrics.cosine_similarity(embeddings)
+    lines = ['task,' + ','.join(f'task_{j}' for j in range(len(sim)))]
+    lines += [f'{i},' + ','.join(f'{v:.4f}' for v in row) for i, row in enumerate(sim)]
+    (self.path / SIMILARITY_CSV).write_text('\n'.join(lines) + '\n')
 
   def write_summary(self, summary):
     """Written last: its presence marks the run as finished."""

@@ -2,9 +2,11 @@
 
 The output regulariser is batched over previous tasks. To make its cost follow
 the number of tasks seen (not max_tasks) without a recompile per task, the
-compiled step holds one branch per bucket size k in {0, 1, 2, 4, ..., max_tasks-1};
-`lax.switch` runs only the smallest bucket that covers the tasks seen, so at
-most twice the rows needed are computed and task 0 computes none.
+compiled step holds one branch per row count k in {0, 1, 2, 4, ..., max_tasks-1};
+`lax.switch` runs only the smallest that covers the tasks seen, so at most
+twice the rows needed are computed and task 0 computes none. With a random
+subset of K previous tasks per step the row counts are {0, K}: constant memory
+however long the task sequence.
 """
 
 from flax import traverse_util
@@ -12,36 +14,52 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypermask_jax import mask as mask_lib
+from hypermask_jax import layout
 
 
-def bucket_sizes(max_tasks):
-  """0, powers of two below max_tasks - 1, and max_tasks - 1 (the most previous tasks)."""
+def row_sizes(max_tasks, subset=0):
+  """The compiled row counts: 0, powers of two below max_tasks - 1, max_tasks - 1; or 0, K."""
   most = max_tasks - 1
+  if subset:
+    return tuple(sorted({0, min(subset, most)}))
   return tuple(sorted({0, most} | {2 ** i for i in range(int(np.log2(max(most, 1))) + 1)
                                     if 2 ** i < most}))
 
 
-def outputs_and_output_reg(hnet_fn, task, targets, buckets):
-  """Returns (h(e_task) [P], mean_{j<task} sum((h(e_j) - targets[j])**2)) in one batched call.
+def previous_rows(task, k, rng, max_tasks):
+  """k task indices to regularise and whether each is a previous task (< task).
 
-  hnet_fn maps int task indices [k] to raw outputs [k, P]; the current task and
-  the previous ones go through the hypernetwork together, so its weights are
-  read once per step however many tasks are regularised.
+  Without rng: tasks 0..k-1. With rng: a uniform random subset of k previous
+  tasks (all of them while task <= k), drawn without replacement.
+  """
+  if rng is None:
+    rows = jnp.arange(k)
+  else:
+    keys = jax.random.uniform(rng, (max_tasks,))
+    rows = jnp.argsort(jnp.where(jnp.arange(max_tasks) < task, keys, 2.0))[:k]
+  return rows, rows < task
+
+
+def outputs_and_output_reg(hnet_fn, targets_fn, task, sizes, rng=None, max_tasks=None):
+  """Returns (h(e_task) [P], mean over regularised previous tasks j of sum((h(e_j) - h*_j)**2)).
+
+  hnet_fn maps int task indices [k] to raw outputs [k, P] and targets_fn maps
+  them to the stored targets h*; the current task and the previous ones go
+  through the hypernetwork in one call, so its weights are read once per step.
   """
 
   def branch(k):
-    def rows(task):
-      out = hnet_fn(jnp.concatenate([task[None], jnp.arange(k, dtype=task.dtype)]))
+    def rows_and_reg(task):
+      rows, seen = previous_rows(task, k, rng, max_tasks)
+      out = hnet_fn(jnp.concatenate([task[None], rows.astype(task.dtype)]))
       if k == 0:
         return out[0], jnp.zeros((), out.dtype)
-      seen = jnp.arange(k) < task
-      sq = jnp.sum(jnp.square(out[1:] - targets[:k]), axis=1)
-      return out[0], jnp.sum(jnp.where(seen, sq, 0.0)) / jnp.maximum(task, 1)
-    return rows
+      sq = jnp.sum(jnp.square(out[1:] - targets_fn(rows)), axis=1)
+      return out[0], jnp.sum(jnp.where(seen, sq, 0.0)) / jnp.maximum(jnp.sum(seen), 1)
+    return rows_and_reg
 
-  index = jnp.searchsorted(jnp.asarray(buckets), task)
-  return jax.lax.switch(index, [branch(k) for k in buckets], task)
+  index = jnp.minimum(jnp.searchsorted(jnp.asarray(sizes), task), len(sizes) - 1)
+  return jax.lax.switch(index, [branch(k) for k in sizes], task)
 
 
 def l1_drift(params, start, masks=None):
@@ -49,4 +67,4 @@ def l1_drift(params, start, masks=None):
   flat, flat_start = traverse_util.flatten_dict(params), traverse_util.flatten_dict(start)
   flat_masks = traverse_util.flatten_dict(masks) if masks is not None else {}
   return sum(jnp.sum(jnp.abs((flat[p] - flat_start[p]) * flat_masks.get(p, 1.0)))
-             for p in flat if mask_lib.is_weight(p))
+             for p in flat if layout.is_weight(p))

@@ -19,13 +19,12 @@ import optax
 
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
-from hypermask_jax import hypermask
 from hypermask_jax import metrics
 from hypermask_jax import outputs
 from hypermask_jax import preemption
 from hypermask_jax.data import tasks
-
-METHODS = {'hypermask': hypermask.HyperMask}
+from hypermask_jax.methods import METHODS
+from hypermask_jax.methods import base
 
 
 @flax.struct.dataclass
@@ -72,18 +71,23 @@ class Trainer:
 
   def _begin_task(self, state, task, hp):
     self.traces['begin_task'] += 1
-    return state.replace(memory=self.method.begin_task(state.params),
-                         opt_state=optimizer(hp).init(state.params),
+    opt_state = (optimizer(hp).init(state.params) if self.method.fresh_optimizer_per_task
+                 else state.opt_state)
+    return state.replace(memory=self.method.begin_task(state.params), opt_state=opt_state,
                          task=jnp.asarray(task, jnp.int32), step=jnp.int32(0))
 
   def _train_step(self, state, data, hp):
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.task), state.step)
     rng_batch, rng_inputs = jax.random.split(rng)
-    images, labels = tasks.draw_batch(data.train, state.task, rng_batch, self.config.batch_size)
-    x = data.inputs(images, state.task, rng_inputs, train=True)
-    grad_fn = jax.value_and_grad(self.method.loss, has_aux=True)
-    (_, aux), grads = grad_fn(state.params, x, labels, state.task, state.step, state.memory, hp)
-    updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params)
+    batch_tasks = self.method.batch_tasks(state.task, jax.random.fold_in(rng, 1),
+                                          self.config.batch_size)
+    images, labels = tasks.draw_batch(data.train, batch_tasks, rng_batch, self.config.batch_size)
+    x = data.inputs(images, batch_tasks, rng_inputs, train=True)
+    tx = optimizer(hp)
+    grads, aux = self.method.gradients(state.params, state.opt_state, tx, (x, labels, batch_tasks),
+                                       state.task, state.step, state.memory, hp,
+                                       jax.random.fold_in(rng, 2))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
                          step=state.step + 1), aux
 
@@ -110,7 +114,7 @@ class Trainer:
       pos = i * bs + jnp.arange(bs)
       idx = split.offset[task] + jnp.minimum(pos, size - 1)
       x = data.inputs(split.images[idx], task, None, train=False)
-      hits = jnp.argmax(self.method.apply(weights, x), -1) == split.labels[idx]
+      hits = jnp.argmax(self.method.apply(weights, x, task), -1) == split.labels[idx]
       return jnp.sum(hits & (pos < size))
 
     batches = jnp.arange(math.ceil(split.max_size / bs))
@@ -161,8 +165,7 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
   num_tasks, steps = config.num_tasks, config.steps_per_task
   state = trainer.init_state(config.seed, hp)
   counts = method.param_counts(state.params)
-  logging.info('Parameters: hypernetwork %d, target %d (%d masked).', counts['hnet'],
-               counts['target'], counts['masked'])
+  logging.info('Parameters: %s', base.describe_counts(counts))
   restored = checkpointer.restore_latest(state)
   if restored is None:
     progress, first_task, resume_mid_task = _new_progress(num_tasks), 0, False
@@ -213,10 +216,10 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
       progress['records'].append(record)
       out.log_metrics(record)
       remaining = (num_tasks - task) * steps - int(state.step)
-      logging.info('task %d/%d step %d/%d | loss %.4f ce %.4f reg %.3g l1 %.3g | '
-                   'train acc %.2f val acc %.2f | %.1f steps/s ETA %s', task + 1, num_tasks,
-                   int(state.step), steps, means['loss'], means['ce'], means['reg'],
-                   means['l1'], 100 * means['accuracy'], val, rate,
+      terms = ' '.join(f'{k} {v:.4g}' for k, v in means.items() if k != 'accuracy')
+      logging.info('task %d/%d step %d/%d | %s | train acc %.2f val acc %.2f | %.1f steps/s '
+                   'ETA %s', task + 1, num_tasks, int(state.step), steps, terms,
+                   100 * means['accuracy'], val, rate,
                    _format_eta(remaining / rate) if progress['steps_timed'] else '?')
       if int(state.step) < steps:  # the end of a task is saved (and a stop honoured) after eval
         after = task * steps + int(state.step)
@@ -237,6 +240,9 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
              'wall_time_sec': wall_before + time.time() - started,
              'train_steps_per_sec': progress['steps_timed'] / max(progress['train_time'], 1e-9),
              'params': counts, 'traces': dict(trainer.traces)}
+  embeddings = method.task_embeddings(state.params)
+  if embeddings is not None:
+    out.write_embeddings(np.asarray(embeddings[:num_tasks]))
   out.write_summary(summary)
   logging.info('done: mean accuracy %.2f, BWT %.2f, forgetting %.2f; results in %s',
                summary['mean_accuracy'], summary['bwt'], summary['forgetting'], out.path)

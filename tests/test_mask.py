@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hypermask_jax import layout as layout_lib
 from hypermask_jax import mask as mask_lib
 from hypermask_jax import targets
 
@@ -57,7 +58,7 @@ def small_target(hidden):
 def test_layout_selects_by_path_and_leaves_head_bias_unmasked():
   # 11 hidden layers: 'dense_10' sorts before 'dense_2', which selection must not care about.
   _, params = small_target((2,) * 11)
-  layout = mask_lib.Layout.of(params)
+  layout = layout_lib.Layout.of(params, layout_lib.is_masked)
   assert ('head', 'bias') not in layout.paths
   assert ('head', 'kernel') in layout.paths and ('dense_10', 'kernel') in layout.paths
   assert layout.size == sum(x.size for x in jax.tree.leaves(params)) - 3
@@ -82,7 +83,7 @@ def test_layout_selects_by_path_and_leaves_head_bias_unmasked():
     (('head', 'bias'), False), (('BatchNorm_0', 'scale'), False), (('BatchNorm_0', 'bias'), False),
 ])
 def test_is_masked(path, masked):
-  assert mask_lib.is_masked(path) == masked
+  assert layout_lib.is_masked(path) == masked
 
 
 @pytest.mark.parametrize('n', [1, 2, 10, 1000, 78400])

@@ -10,10 +10,10 @@ from hypermask_jax import regularizers
 
 
 def test_bucket_sizes():
-  assert regularizers.bucket_sizes(10) == (0, 1, 2, 4, 8, 9)
-  assert regularizers.bucket_sizes(1) == (0,)
-  assert regularizers.bucket_sizes(2) == (0, 1)
-  assert regularizers.bucket_sizes(100) == (0, 1, 2, 4, 8, 16, 32, 64, 99)
+  assert regularizers.row_sizes(10) == (0, 1, 2, 4, 8, 9)
+  assert regularizers.row_sizes(1) == (0,)
+  assert regularizers.row_sizes(2) == (0, 1)
+  assert regularizers.row_sizes(100) == (0, 1, 2, 4, 8, 16, 32, 64, 99)
 
 
 @pytest.mark.parametrize('max_tasks', [1, 6, 10])
@@ -22,8 +22,9 @@ def test_batched_output_regulariser_equals_loop(max_tasks):
   params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
   targets = jax.random.normal(jax.random.key(1), (max_tasks, 37))
   hnet_fn = lambda t: model.apply({'params': params}, t)
-  buckets = regularizers.bucket_sizes(max_tasks)
-  fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(hnet_fn, t, targets, buckets))
+  buckets = regularizers.row_sizes(max_tasks)
+  fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(hnet_fn, lambda r: targets[r], t,
+                                                            buckets))
   for task in range(max_tasks):
     out, reg = fn(jnp.int32(task))
     loop = [float(jnp.sum((hnet_fn(jnp.array([j]))[0] - targets[j]) ** 2)) for j in range(task)]
@@ -36,11 +37,11 @@ def test_regulariser_gradient_reaches_previous_embeddings_only_through_reg():
   model = hypernet.HMLP(num_outputs=4, max_tasks=4, embedding_size=3, hidden=(5,))
   params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
   targets = jnp.zeros((4, 4))
-  buckets = regularizers.bucket_sizes(4)
+  buckets = regularizers.row_sizes(4)
 
   def reg(p, task):
     return regularizers.outputs_and_output_reg(
-        lambda t: model.apply({'params': p}, t), task, targets, buckets)[1]
+        lambda t: model.apply({'params': p}, t), lambda r: targets[r], task, buckets)[1]
   grads = jax.grad(reg)(params, jnp.int32(2))['embeddings']
   assert np.all(np.abs(grads[:2]) > 0) and np.all(grads[2:] == 0)
 

@@ -8,9 +8,9 @@ import pytest
 
 from configs import permuted_mnist
 from hypermask_jax import config_checks
-from hypermask_jax import hypermask
 from hypermask_jax import outputs
 from hypermask_jax import train
+from hypermask_jax.methods.hypermask import HyperMask
 
 
 def tiny_config(**overrides):
@@ -30,7 +30,7 @@ def tiny_config(**overrides):
 def test_train_step_traces_once_across_tasks(synthetic_task_set):
   config = tiny_config()
   data = synthetic_task_set
-  trainer = train.Trainer(config, hypermask.HyperMask(config, data.input_dim, data.num_classes))
+  trainer = train.Trainer(config, HyperMask(config, data.input_dim, data.num_classes))
   hp = train.hyperparams(config)
   state = trainer.init_state(0, hp)
   for task in range(3):
@@ -47,7 +47,7 @@ def test_previous_embeddings_move_only_through_the_regulariser(synthetic_task_se
   data = synthetic_task_set
   for beta, moves in ((0.0, False), (1.0, True)):
     config = tiny_config(beta=beta)
-    trainer = train.Trainer(config, hypermask.HyperMask(config, data.input_dim, data.num_classes))
+    trainer = train.Trainer(config, HyperMask(config, data.input_dim, data.num_classes))
     hp = train.hyperparams(config)
     state = trainer.init_state(0, hp)
     before = np.asarray(state.params['hnet']['embeddings'])
@@ -62,7 +62,7 @@ def test_previous_embeddings_move_only_through_the_regulariser(synthetic_task_se
 def test_eval_uses_each_tasks_own_embedding(synthetic_task_set):
   config = tiny_config()
   data = synthetic_task_set
-  method = hypermask.HyperMask(config, data.input_dim, data.num_classes)
+  method = HyperMask(config, data.input_dim, data.num_classes)
   params = method.init_params(jax.random.key(0))
   hp = train.hyperparams(config)
   w0 = method.eval_weights(params, np.int32(0), hp)
@@ -81,7 +81,13 @@ def test_run_writes_results_and_does_not_overwrite_them(tmp_path, patched_data):
   summary = train.train_and_evaluate(tiny_config(), str(workdir))
   files = {p.name for p in workdir.iterdir()}
   assert {'config.json', 'metrics.jsonl', 'accuracy_matrix.csv', 'accuracy_matrix.json',
-          'summary.json'} <= files
+          'summary.json', 'task_embeddings.json', 'embedding_similarity.csv'} <= files
+  embeddings = np.array(json.loads((workdir / 'task_embeddings.json').read_text()))
+  assert embeddings.shape == (3, 4)
+  similarity = np.loadtxt(workdir / 'embedding_similarity.csv', delimiter=',', skiprows=1)[:, 1:]
+  np.testing.assert_allclose(np.diag(similarity), 1.0, atol=1e-4)
+  unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+  np.testing.assert_allclose(similarity, unit @ unit.T, atol=1e-4)
   acc = json.loads((workdir / 'accuracy_matrix.json').read_text())
   assert len(acc) == 3 and acc[0][1] is None and acc[2][2] is not None
   assert summary['mean_accuracy'] == pytest.approx(np.mean(acc[2]))

@@ -46,12 +46,12 @@ class TaskSet:
   def input_dim(self):
     return {'permuted_mnist': 32 * 32, 'split_mnist': 28 * 28}[self.benchmark]
 
-  def inputs(self, images, task, rng, train):
-    """Turns uint8 images of `task` into the float network inputs, on the device."""
+  def inputs(self, images, tasks, rng, train):
+    """Turns uint8 images of `tasks` (one task, or one per image) into float inputs, on the device."""
     x = images.astype(jnp.float32) / 255.0
     if self.benchmark == 'permuted_mnist':
       x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))).reshape(x.shape[0], -1)
-      return jnp.take(x, self.perms[task], axis=1)
+      return jnp.take_along_axis(x, jnp.broadcast_to(self.perms[tasks], x.shape), axis=1)
     if train:
       x = random_crop(rng, x, pad=4)
     return ((x - SPLIT_MNIST_MEAN) / SPLIT_MNIST_STD).reshape(x.shape[0], -1)
@@ -66,9 +66,12 @@ def random_crop(rng, images, pad):
   return jax.vmap(crop)(padded, corners)
 
 
-def draw_batch(split, task, rng, batch_size):
-  """Samples a batch (uniformly, with replacement) from the task's part of the split."""
-  idx = split.offset[task] + jax.random.randint(rng, (batch_size,), 0, split.size[task])
+def draw_batch(split, tasks, rng, batch_size):
+  """Samples a batch (uniformly, with replacement) from the part of the split of `tasks`.
+
+  `tasks` is one task index, or one per example (joint training).
+  """
+  idx = split.offset[tasks] + jax.random.randint(rng, (batch_size,), 0, split.size[tasks])
   return split.images[idx], split.labels[idx]
 
 
@@ -108,6 +111,17 @@ def split_mnist(train, test, num_tasks, val_size=1000):
 
   return TaskSet(train=concat(parts['train']), val=concat(parts['val']), test=concat(parts['test']),
                  perms=jnp.zeros((num_tasks, 0), jnp.int32), benchmark='split_mnist', num_classes=2)
+
+
+def synthetic_task_set(config, train_size=12000, test_size=2000):
+  """Random MNIST-shaped images as config's benchmark: for timing and memory, not learning."""
+  rs = np.random.RandomState(0)
+  make = lambda n: (rs.randint(0, 256, (n, 28, 28, 1)).astype(np.uint8),
+                    rs.randint(0, 10, n).astype(np.int32))
+  train, test = make(train_size), make(test_size)
+  if config.dataset == 'permuted_mnist':
+    return permuted_mnist(train, test, config.num_tasks, config.seed)
+  return split_mnist(train, test, config.num_tasks, val_size=100)
 
 
 def load_task_set(config):

@@ -1,0 +1,20 @@
+"""Continual-learning methods. Each differs from the others only where the method differs.
+
+A method is a class built from (config, input_dim, num_classes) with:
+  init_params(rng) -> params                   (a dict of pytrees)
+  begin_task(params) -> memory                 (what later tasks regularise towards)
+  gradients(params, opt_state, tx, batch, task, step, memory, hp) -> (grads, metrics)
+  eval_weights(params, task, hp) -> weights    (the target params task `task` runs with)
+  apply(weights, x, tasks) -> logits
+  batch_tasks(task, rng, batch_size) -> the task(s) a training batch is drawn from
+  fresh_optimizer_per_task: bool
+  param_counts(params) -> dict; task_embeddings(params) -> array or None
+The data, the training loop (train.py), evaluation and outputs are shared.
+"""
+
+from hypermask_jax.methods.baselines import Finetune
+from hypermask_jax.methods.baselines import Joint
+from hypermask_jax.methods.hnet import HNET
+from hypermask_jax.methods.hypermask import HyperMask
+
+METHODS = {'hypermask': HyperMask, 'hnet': HNET, 'finetune': Finetune, 'joint': Joint}

@@ -1,0 +1,56 @@
+"""Baselines that frame every result: fine-tuning (lower bound) and joint training (upper bound).
+
+Both train the target network directly, with one output head per task.
+"""
+
+import jax
+import optax
+
+from hypermask_jax import targets
+from hypermask_jax.methods import base
+
+
+class Finetune(base.Method):
+  """The target trained task after task with no protection against forgetting."""
+
+  def __init__(self, config, input_dim, num_classes):
+    super().__init__(config, input_dim, num_classes)
+    self.target = targets.MLP(hidden=tuple(config.target_hidden), num_classes=num_classes,
+                              num_heads=config.max_tasks)
+
+  def init_params(self, rng):
+    return {'target': self.target.init(rng, jax.numpy.zeros((1, self.input_dim)))['params']}
+
+  def begin_task(self, params):
+    del params
+    return {}
+
+  def loss(self, params, batch, task, step, memory, hp, rng):
+    del task, step, memory, hp, rng
+    x, y, batch_tasks = batch
+    logits = self.apply(params['target'], x, batch_tasks)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return ce, {'loss': ce, 'ce': ce, 'accuracy': base.accuracy(logits, y)}
+
+  def eval_weights(self, params, task, hp):
+    del task, hp
+    return params['target']
+
+  def apply(self, weights, x, tasks):
+    return self.target.apply({'params': weights}, x, tasks)
+
+  def param_counts(self, params):
+    return {'target': base.count(params['target'])}
+
+
+class Joint(Finetune):
+  """One model trained on all tasks at once: every batch mixes all tasks, one Adam throughout.
+
+  It runs the same number of steps as the sequential methods (num_tasks *
+  steps_per_task); the accuracy matrix's rows show its progress.
+  """
+  fresh_optimizer_per_task = False
+
+  def batch_tasks(self, task, rng, batch_size):
+    del task
+    return jax.random.randint(rng, (batch_size,), 0, self.config.num_tasks)

@@ -1,0 +1,109 @@
+"""HNET: the lookahead step, the random subset of old tasks, current-embedding-only training."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from configs import hnet_permuted_mnist
+from hypermask_jax import config_checks
+from hypermask_jax import regularizers
+from hypermask_jax import train
+from hypermask_jax.methods.hnet import HNET
+
+
+def tiny_config(**overrides):
+  config = hnet_permuted_mnist.get_config('small')
+  config.update(dict(num_tasks=4, target_hidden=(16,), hnet_hidden=(8,), embedding_size=4,
+                     chunk_size=300, batch_size=32, steps_per_task=5, log_every_steps=5,
+                     eval_batch_size=64))
+  config.update(overrides)
+  return config_checks.resolve(config)
+
+
+def method_and_batch(data, config):
+  method = HNET(config, data.input_dim, data.num_classes)
+  images, labels = data.train.images[:32], data.train.labels[:32]
+  x = data.inputs(images, 1, None, train=False)
+  return method, (x, labels, jnp.int32(1))
+
+
+def test_generates_every_target_weight(synthetic_task_set):
+  config = tiny_config()
+  method, _ = method_and_batch(synthetic_task_set, config)
+  params = method.init_params(jax.random.key(0))
+  assert set(params) == {'hnet'}  # the target has no weights of its own
+  weights = method.eval_weights(params, jnp.int32(2), None)
+  assert sum(w.size for w in jax.tree.leaves(weights)) == 1024 * 16 + 16 + 16 * 10 + 10
+  counts = method.param_counts(params)
+  assert counts['compression'] == counts['hnet'] / counts['target']
+
+
+def test_lookahead_is_the_optimisers_step_on_the_task_loss(synthetic_task_set):
+  config = tiny_config(lookahead=True)
+  method, batch = method_and_batch(synthetic_task_set, config)
+  params = method.init_params(jax.random.key(0))
+  tx = optax.adam(1e-3)
+  delta = method.lookahead_delta(params, tx.init(params), tx, batch, jnp.int32(1))
+  grads = jax.grad(lambda p: method._task_loss(p['hnet'], batch, jnp.int32(1))[0])(params)
+  # Adam's first step by hand: m_hat = g, v_hat = g^2, so the step is -lr * g / (|g| + eps).
+  expected = jax.tree.map(lambda g: -1e-3 * g / (jnp.abs(g) + 1e-8), grads)
+  expected['hnet']['embeddings'] = expected['hnet']['embeddings'].at[jnp.array([0, 2, 3])].set(0)
+  for got, want in zip(jax.tree.leaves(delta), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
+
+
+def test_random_subset_picks_only_seen_tasks():
+  for task in range(1, 20):
+    for seed in range(5):
+      rows, seen = regularizers.previous_rows(jnp.int32(task), 4, jax.random.key(seed), 20)
+      rows, seen = np.asarray(rows), np.asarray(seen)
+      assert len(set(rows.tolist())) == 4  # without replacement
+      assert seen.sum() == min(task, 4)
+      assert np.all(rows[seen] < task)
+  picked = {int(r) for s in range(50) for r in regularizers.previous_rows(
+      jnp.int32(10), 3, jax.random.key(s), 20)[0]}
+  assert picked == set(range(10))  # every seen task gets its turn
+
+
+def test_snapshot_targets_equal_stored_targets(synthetic_task_set):
+  losses = []
+  for reg_targets in ('stored', 'snapshot'):
+    config = tiny_config(reg_targets=reg_targets)
+    method, batch = method_and_batch(synthetic_task_set, config)
+    params = method.init_params(jax.random.key(0))
+    memory = method.begin_task(params)
+    moved = jax.tree.map(lambda p: p + 0.01, params)
+    hp = train.hyperparams(config)
+    losses.append(method.loss(moved, batch, jnp.int32(3), 0, memory, hp, None)[1]['reg'])
+  assert float(losses[0]) > 0
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_current_embedding_only_leaves_previous_ones_bit_identical(synthetic_task_set):
+  data = synthetic_task_set
+  for train_embeddings, previous_move in (('current', False), ('all', True)):
+    config = tiny_config(train_embeddings=train_embeddings, num_tasks=3)
+    trainer = train.Trainer(config, HNET(config, data.input_dim, data.num_classes))
+    hp = train.hyperparams(config)
+    state = trainer.init_state(0, hp)
+    for task in range(2):
+      state = trainer.begin_task(state, task, hp)
+      state, _ = trainer.train_chunk(state, data, hp)
+    before = np.asarray(state.params['hnet']['embeddings'])
+    state = trainer.begin_task(state, 2, hp)
+    state, _ = trainer.train_chunk(state, data, hp)
+    after = np.asarray(state.params['hnet']['embeddings'])
+    assert not np.array_equal(after[2], before[2])
+    assert np.array_equal(after[:2], before[:2]) != previous_move
+    assert trainer.traces == {'begin_task': 1, 'train_chunk': 1}
+
+
+def test_hundred_tasks_compile_once_with_constant_memory():
+  from configs import hnet_permuted_mnist_100  # pylint: disable=g-import-not-at-top
+  from experiments import long_sequence  # pylint: disable=g-import-not-at-top
+  memory, traces = long_sequence.run(hnet_permuted_mnist_100.get_config('small'), steps=2)
+  assert len(memory) == 100
+  assert traces == {'begin_task': 1, 'train_chunk': 1, 'evaluate': 1}
+  # Allocator pools settle over the first tasks; after that nothing grows.
+  assert max(memory[50:]) - memory[50] < 16 * 2**20, [m // 2**20 for m in memory[::10]]
