@@ -104,3 +104,11 @@ def test_run_writes_results_and_does_not_overwrite_them(tmp_path, patched_data):
   with pytest.raises(outputs.WorkdirError, match=r'beta: saved 0.0005, requested 0.1'):
     train.train_and_evaluate(tiny_config(beta=0.1), str(workdir))
   assert (workdir / 'summary.json').read_text() == before
+
+
+@pytest.mark.parametrize('method', ['hypermask', 'hnet', 'finetune', 'joint'])
+def test_every_method_runs_through_the_shared_loop(tmp_path, patched_data, method):
+  summary = train.train_and_evaluate(tiny_config(method=method, chunk_size=500),
+                                     str(tmp_path / method))
+  assert len(summary['accuracy_matrix']) == 3
+  assert summary['traces']['train_chunk'] == 1

@@ -1,4 +1,4 @@
-"""What all methods share: plain gradients of their loss, counts, and the batch's task."""
+"""What methods share: the interface's defaults, and the hypernetwork methods' common parts."""
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,20 @@ class Method:
     self.input_dim = input_dim
     self.num_classes = num_classes
 
+  def batch_tasks(self, task, rng, batch_size):
+    """Training batches come from the current task only."""
+    del rng, batch_size
+    return task
+
+  def gradients(self, params, opt_state, tx, batch, task, step, memory, hp, rng):
+    """d loss / d params (HNET overrides this for its lookahead)."""
+    del opt_state, tx
+    return jax.grad(self.loss, has_aux=True)(params, batch, task, step, memory, hp, rng)
+
+  def task_embeddings(self, params):
+    """The learned task embeddings [max_tasks, E], or None for methods without them."""
+    return params.get('hnet', {}).get('embeddings')
+
 
 class HypernetworkMethod(Method):
   """A target MLP and a hypernetwork whose flat output covers the target tensors `select` picks."""
@@ -41,20 +55,6 @@ class HypernetworkMethod(Method):
   def reg_rng(self, rng):
     """The regulariser samples old tasks only with a reg_subset."""
     return rng if self.config.reg_subset else None
-
-  def batch_tasks(self, task, rng, batch_size):
-    """Training batches come from the current task only."""
-    del rng, batch_size
-    return task
-
-  def gradients(self, params, opt_state, tx, batch, task, step, memory, hp, rng):
-    """d loss / d params (HNET overrides this for its lookahead)."""
-    del opt_state, tx
-    return jax.grad(self.loss, has_aux=True)(params, batch, task, step, memory, hp, rng)
-
-  def task_embeddings(self, params):
-    hnet = params.get('hnet', {})
-    return hnet.get('embeddings')
 
 
 def describe_counts(counts):
