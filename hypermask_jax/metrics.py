@@ -3,10 +3,6 @@
 import numpy as np
 
 
-def new_accuracy_matrix(num_tasks):
-  return np.full((num_tasks, num_tasks), np.nan)
-
-
 def mean_final_accuracy(acc):
   """mean_j A[T-1, j]: the headline number."""
   return float(np.mean(acc[-1]))
