@@ -198,11 +198,13 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
   for task in range(first_task, num_tasks):
     if not (resume_mid_task and task == first_task):
       state = trainer.begin_task(state, task, hp)
-    while int(state.step) < steps:
-      before = task * steps + int(state.step)
+    step = int(state.step)  # kept on the host: one device read per chunk
+    while step < steps:
+      before = task * steps + step
       tic = time.time()
       state, (aux, active) = trainer.train_chunk(state, data, hp)
-      aux, active = jax.device_get((aux, active))
+      aux, active, step = jax.device_get((aux, active, state.step))
+      step = int(step)
       elapsed = time.time() - tic
       if compiled:
         progress['train_time'] += elapsed
@@ -211,19 +213,19 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
       rate = progress['steps_timed'] / max(progress['train_time'], 1e-9)
       means = {k: float(np.sum(v * active) / max(active.sum(), 1)) for k, v in aux.items()}
       val = float(trainer.evaluate(state.params, data, data.val, task, hp))
-      record = {'task': task, 'step': int(state.step), **means, 'val_accuracy': val,
+      record = {'task': task, 'step': step, **means, 'val_accuracy': val,
                 'steps_per_sec': rate}
       progress['records'].append(record)
       out.log_metrics(record)
-      remaining = (num_tasks - task) * steps - int(state.step)
+      remaining = (num_tasks - task) * steps - step
       terms = ' '.join(f'{k} {v:.4g}' for k, v in means.items() if k != 'accuracy')
       logging.info('task %d/%d step %d/%d | %s | train acc %.2f val acc %.2f | %.1f steps/s '
-                   'ETA %s', task + 1, num_tasks, int(state.step), steps, terms,
+                   'ETA %s', task + 1, num_tasks, step, steps, terms,
                    100 * means['accuracy'], val, rate,
                    _format_eta(remaining / rate) if progress['steps_timed'] else '?')
-      if int(state.step) < steps:  # the end of a task is saved (and a stop honoured) after eval
-        after = task * steps + int(state.step)
-        periodic = after // config.checkpoint_every_steps > before // config.checkpoint_every_steps
+      if step < steps:  # the end of a task is saved (and a stop honoured) after eval
+        periodic = ((task * steps + step) // config.checkpoint_every_steps
+                    > before // config.checkpoint_every_steps)
         if periodic:
           save(state)
         stop_if_requested(state, saved=periodic)
