@@ -1,8 +1,14 @@
-"""Prints a config's train-step time at task 1 and task T (T-1 previous tasks), compile and save times.
+"""Prints a config's train-step time at task 1 and task T (T-1 previous tasks), compile and save
+times, and the peak memory.
 
   python experiments/benchmark_step.py --config=configs/permuted_mnist.py
   python experiments/benchmark_step.py --config=configs/split_mnist.py --steps=50
+  python experiments/benchmark_step.py --config=configs/cifar100_resnet20.py --steps=5
   python experiments/benchmark_step.py --compare_torch   # also times a PyTorch step, same run
+
+Configs that train by epochs are timed as plain steps (no end-of-epoch
+validation, which runs once per epoch); the best-validation snapshot they keep
+is a copy of the params, reported beside the peak memory.
 
 The checkpoint figures: how long `save` blocks training (the rest is written
 in the background) and how long the whole save takes, and the share of
@@ -50,20 +56,36 @@ def time_chunk(trainer, state, data, hp, repeats):
   return state, best
 
 
+def peak_memory():
+  """Peak bytes on the default device (GPU, TPU), else the process's peak resident set (CPU)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'], 'device peak'
+  with open('/proc/self/status') as f:
+    kib = next(int(line.split()[1]) for line in f if line.startswith('VmHWM:'))
+  return kib * 1024, 'process peak resident set'
+
+
 def main(argv):
   del argv
   config = flags.FLAGS.config
+  snapshot = config.selection == 'best_val'
   with config.unlocked():
     config.log_every_steps = _STEPS.value
-    config.steps_per_task = max(config.steps_per_task, _STEPS.value * (_REPEATS.value + 1))
+    config.steps_per_task = max(config.steps_per_task or 0, _STEPS.value * (_REPEATS.value + 1))
+    config.epochs_per_task, config.lr_schedule, config.selection = 0, 'constant', 'last'
   config = config_checks.resolve(config)
   data = tasks.synthetic_task_set(config)
-  method = METHODS[config.method](config, data.input_dim, data.num_classes)
+  method = METHODS[config.method](config, data.input_shape, data.num_classes)
+  if _COMPARE_TORCH.value and config.target != 'mlp':
+    raise app.UsageError(f'--compare_torch times the MLP reference only; '
+                         f'config.target={config.target!r}')
   trainer = train.Trainer(config, method)
   hp = train.hyperparams(config)
   state = trainer.init_state(config.seed, hp)
   counts = method.param_counts(state.params)
-  print(f'config: {config.dataset}, {config.method}, target {tuple(config.target_hidden)}, '
+  target = tuple(config.target_hidden) if config.target == 'mlp' else config.target
+  print(f'config: {config.dataset}, {config.method}, target {target}, '
         f'hnet {tuple(config.hnet_hidden)}, batch {config.batch_size}, max_tasks {config.max_tasks}')
   print(f'parameters: {base.describe_counts(counts)}')
   print(f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), '
@@ -86,11 +108,16 @@ def main(argv):
     step = seconds / _STEPS.value
     line = f'task {task + 1:3d} ({task:3d} previous tasks): jax {1e3 * step:9.2f} ms/step'
     if _COMPARE_TORCH.value:
-      torch_step = torch_reference.time_steps(config, data.input_dim, data.num_classes, task,
+      torch_step = torch_reference.time_steps(config, data.input_shape[0], data.num_classes, task,
                                               _STEPS.value, _REPEATS.value)
       line += f' | torch {1e3 * torch_step:9.2f} ms/step | jax is {torch_step / step:.2f}x faster'
     print(line)
   print(f'traces: {dict(trainer.traces)}')
+  peak, kind = peak_memory()
+  params_gib = sum(x.nbytes for x in jax.tree.leaves(state.params)) / 2**30
+  print(f'peak memory: {peak / 2**30:.2f} GiB ({kind}); train state '
+        f'{sum(x.nbytes for x in jax.tree.leaves(state)) / 2**30:.2f} GiB'
+        + (f'; the best-validation snapshot adds {params_gib:.2f} GiB' if snapshot else ''))
   report_checkpoint_cost(trainer, state, data, hp, seconds)
 
 

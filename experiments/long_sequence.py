@@ -44,7 +44,7 @@ def run(config, steps):
     config.log_every_steps = steps
   config = config_checks.resolve(config)
   data = tasks.synthetic_task_set(config)
-  trainer = train.Trainer(config, METHODS[config.method](config, data.input_dim,
+  trainer = train.Trainer(config, METHODS[config.method](config, data.input_shape,
                                                            data.num_classes))
   hp = train.hyperparams(config)
   state = trainer.init_state(config.seed, hp)
@@ -54,7 +54,7 @@ def run(config, steps):
     state, _ = trainer.train_chunk(state, data, hp)
     jax.block_until_ready(state)
     memory.append(memory_in_use())
-  float(trainer.evaluate(state.params, data, data.test, 0, hp))
+  float(trainer.evaluate(state.params, state.batch_stats, data, data.test, 0, hp))
   return memory, dict(trainer.traces)
 
 

@@ -5,11 +5,15 @@ import numbers
 
 from hypermask_jax import hypernet
 from hypermask_jax import methods
+from hypermask_jax import targets
 from hypermask_jax.data import tasks
 
 METHODS = tuple(methods.METHODS)
 CHOICES = {'hnet_activation': tuple(hypernet.ACTIVATIONS), 'reg_targets': ('stored', 'snapshot'),
-           'train_embeddings': ('all', 'current')}
+           'train_embeddings': ('all', 'current'), 'target': targets.TARGETS,
+           'batch_norm': targets.BATCH_NORM_MODES, 'lr_schedule': ('constant', 'plateau'),
+           'selection': ('last', 'best_val')}
+IMAGE_TARGETS = ('resnet20', 'zenkenet')  # they need image inputs, not the MNIST vectors
 
 
 class ConfigError(ValueError):
@@ -55,10 +59,17 @@ def validate(config):
     raise ConfigError(f'config.dataset={config.dataset!r}: must be one of {tasks.BENCHMARKS}')
   if config.method not in METHODS:
     raise ConfigError(f'config.method={config.method!r}: must be one of {METHODS}')
-  for field in ('num_tasks', 'max_tasks', 'batch_size', 'steps_per_task', 'embedding_size',
-                'log_every_steps', 'eval_batch_size', 'checkpoint_every_steps',
-                'checkpoints_to_keep'):
+  for field in ('num_tasks', 'max_tasks', 'batch_size', 'embedding_size', 'log_every_steps',
+                'eval_batch_size', 'checkpoint_every_steps', 'checkpoints_to_keep',
+                'width_factor'):
     _number(config, field, low=1, integer=True)
+  _number(config, 'epochs_per_task', low=0, integer=True)
+  if config.epochs_per_task == 0:
+    _number(config, 'steps_per_task', low=1, integer=True)
+  elif config.steps_per_task is not None:
+    raise ConfigError(f'config.steps_per_task={config.steps_per_task!r}: must be None when '
+                      f'config.epochs_per_task={config.epochs_per_task} (the steps follow from '
+                      'the epochs); set one of the two')
   _number(config, 'seed', low=0, integer=True)
   _number(config, 'chunk_size', low=0, integer=True)
   _number(config, 'chunk_embedding_size', low=1, integer=True)
@@ -73,19 +84,43 @@ def validate(config):
   _number(config, 'beta', low=0)
   _number(config, 'lam', low=0)
   _number(config, 'sparsity', low=0, high=100, high_open=True)
+  _number(config, 'plateau_factor', low=0, high=1, low_open=True, high_open=True)
+  _number(config, 'plateau_patience', low=0, integer=True)
+  _number(config, 'plateau_min_lr', low=0)
+  for field, default in (('lr_schedule', 'constant'), ('selection', 'last')):
+    if config[field] != default and not config.epochs_per_task:
+      raise ConfigError(f'config.{field}={config[field]!r} works per epoch: it needs '
+                        f'config.epochs_per_task > 0 (or {field}={default!r})')
+  if config.target in IMAGE_TARGETS and config.dataset != 'split_cifar100':
+    raise ConfigError(f'config.target={config.target!r} needs image inputs: use it with '
+                      f"dataset='split_cifar100', or target='mlp' for {config.dataset}")
+  if config.batch_norm == 'running' and config.method == 'joint':
+    raise ConfigError("config.batch_norm='running' keeps statistics per task, but "
+                      "method='joint' mixes tasks in a batch: use batch_norm='batch'")
   _sizes(config, 'target_hidden')
   _sizes(config, 'hnet_hidden')
   if config.num_tasks > config.max_tasks:
     raise ConfigError(f'config.num_tasks={config.num_tasks} exceeds config.max_tasks='
                       f'{config.max_tasks}: raise max_tasks to at least num_tasks')
-  if config.dataset == 'split_mnist' and config.num_tasks > tasks.SPLIT_MNIST_TASKS:
-    raise ConfigError(f'config.num_tasks={config.num_tasks}: split_mnist has at most '
-                      f'{tasks.SPLIT_MNIST_TASKS} tasks')
+  most = tasks.MAX_TASKS.get(config.dataset)
+  if most is not None and config.num_tasks > most:
+    raise ConfigError(f'config.num_tasks={config.num_tasks}: {config.dataset} has at most '
+                      f'{most} tasks')
 
 
-def validate_against_data(config, task_set):
-  """Checks what depends on the loaded data: the batch must fit in every task's train split."""
+def fit_to_data(config, task_set):
+  """Checks what depends on the loaded data; fills steps_per_task from epochs_per_task.
+
+  An epoch is ceil(largest task training set / batch_size) steps.
+  """
   smallest = int(task_set.train.size.min())
   if config.batch_size > smallest:
     raise ConfigError(f'config.batch_size={config.batch_size}: larger than the smallest task '
                       f'training set ({smallest} examples); must be at most {smallest}')
+  if not config.epochs_per_task:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.steps_per_task = (config.epochs_per_task
+                             * math.ceil(task_set.train.max_size / config.batch_size))
+  return config

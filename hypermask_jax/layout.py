@@ -46,6 +46,7 @@ class Layout:
     pieces = jnp.split(flat_output, np.cumsum(sizes)[:-1])
     return {p: x.reshape(s) for p, x, s in zip(self.paths, pieces, self.shapes)}
 
-  def unflatten(self, flat_output):
-    """The flat vector as a params pytree (for a layout that selects every tensor)."""
-    return traverse_util.unflatten_dict(self.split(flat_output))
+  def unflatten(self, flat_output, rest=None):
+    """The flat vector as a params pytree, plus the leaves of `rest` that the layout leaves out."""
+    rest = traverse_util.flatten_dict(rest) if rest else {}
+    return traverse_util.unflatten_dict({**rest, **self.split(flat_output)})

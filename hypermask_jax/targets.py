@@ -1,30 +1,164 @@
-"""Target networks: the Flax models whose params the hypernetworks mask or generate."""
+"""Target networks: the Flax models whose params the hypernetworks mask or generate.
+
+Every target is called as `target(x, tasks=0, train=False, valid=None)`:
+`tasks` (a scalar, or one per example) picks the output head when the target
+has one head per task (the baselines) and the row of per-task BatchNorm
+statistics; `train` switches dropout and statistics updates on; `valid`
+(bool [N]) marks the real examples of a padded evaluation batch, so that
+BatchNorm's batch statistics ignore the padding. The output layer is named
+'head' so its bias can be found by path.
+"""
 
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from hypermask_jax.layers import Conv3x3
 from hypermask_jax.layers import torch_dense
+
+TARGETS = ('mlp', 'resnet20', 'zenkenet')
+BATCH_NORM_MODES = ('batch', 'running')
+
+
+def _head(x, num_classes, num_heads, tasks):
+  """The output layer; with num_heads > 1, one head per task, picked by `tasks`."""
+  logits = torch_dense(num_classes * num_heads, x.shape[-1], name='head')(x)
+  if num_heads == 1:
+    return logits
+  logits = logits.reshape(x.shape[0], num_heads, num_classes)
+  heads = jnp.broadcast_to(jnp.asarray(tasks, jnp.int32), (x.shape[0],))
+  return jnp.take_along_axis(logits, heads[:, None, None], axis=1)[:, 0]
 
 
 class MLP(nn.Module):
-  """ReLU MLP; the output layer is named 'head' so its bias can be found by path.
-
-  With num_heads > 1 (the baselines: one head per task) the head holds every
-  task's outputs and `tasks` (scalar or per example) picks the head.
-  """
+  """ReLU MLP over the flattened input."""
   hidden: Sequence[int]
   num_classes: int
   num_heads: int = 1
 
   @nn.compact
-  def __call__(self, x, tasks=0):
+  def __call__(self, x, tasks=0, train=False, valid=None):
+    del train, valid
+    x = x.reshape(x.shape[0], -1)
     for i, features in enumerate(self.hidden):
       x = nn.relu(torch_dense(features, x.shape[-1], name=f'dense_{i}')(x))
-    logits = torch_dense(self.num_classes * self.num_heads, x.shape[-1], name='head')(x)
-    if self.num_heads == 1:
-      return logits
-    logits = logits.reshape(x.shape[0], self.num_heads, self.num_classes)
-    heads = jnp.broadcast_to(jnp.asarray(tasks, jnp.int32), (x.shape[0],))
-    return jnp.take_along_axis(logits, heads[:, None, None], axis=1)[:, 0]
+    return _head(x, self.num_classes, self.num_heads, tasks)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm whose scale and offset are shared by all tasks (never masked nor generated).
+
+  By default it normalises with the batch's statistics in training and in
+  evaluation alike and keeps none (the reference). With `running`, it keeps
+  running statistics per task ([max_tasks, C], PyTorch's momentum 0.1 and
+  unbiased variance), updates the current task's row in training and
+  normalises with it in evaluation.
+  """
+  running: bool = False
+  max_tasks: int = 1
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x, tasks, train, valid=None):
+    channels = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (channels,))
+    offset = self.param('bias', nn.initializers.zeros, (channels,))
+    if self.running:
+      means = self.variable('batch_stats', 'mean', jnp.zeros, (self.max_tasks, channels))
+      variances = self.variable('batch_stats', 'var', jnp.ones, (self.max_tasks, channels))
+    if self.running and not train:
+      mean, var = means.value[tasks], variances.value[tasks]
+    else:
+      axes = tuple(range(x.ndim - 1))
+      weight = jnp.ones(x.shape[0]) if valid is None else valid.astype(x.dtype)
+      weight = weight.reshape((-1,) + (1,) * (x.ndim - 1))
+      count = jnp.sum(weight) * (x.size // (x.shape[0] * channels))
+      mean = jnp.sum(x * weight, axes) / count
+      var = jnp.sum(jnp.square(x - mean) * weight, axes) / count
+      if self.running and not self.is_initializing():
+        unbiased = var * count / jnp.maximum(count - 1, 1)
+        m = self.momentum
+        means.value = means.value.at[tasks].set((1 - m) * means.value[tasks] + m * mean)
+        variances.value = variances.value.at[tasks].set(
+            (1 - m) * variances.value[tasks] + m * unbiased)
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + offset
+
+
+class BasicBlock(nn.Module):
+  """conv -> BN -> ReLU -> conv -> BN, + the option-A shortcut, -> ReLU."""
+  features: int
+  stride: int
+  norm: dict  # BatchNorm's fields
+
+  @nn.compact
+  def __call__(self, x, tasks, train, valid):
+    y = Conv3x3(self.features, self.stride, name='conv0')(x)
+    y = nn.relu(BatchNorm(**self.norm, name='bn0')(y, tasks, train, valid))
+    y = Conv3x3(self.features, name='conv1')(y)
+    y = BatchNorm(**self.norm, name='bn1')(y, tasks, train, valid)
+    return nn.relu(y + option_a_shortcut(x, self.features, self.stride))
+
+
+def option_a_shortcut(x, features, stride):
+  """The parameter-free shortcut: subsample space by `stride`, zero-pad channels evenly."""
+  x = x[:, ::stride, ::stride]
+  extra = features - x.shape[-1]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+class ResNet20(nn.Module):
+  """CIFAR ResNet-20: stem conv 16, 3 stages x 3 basic blocks of 16/32/64 x width channels."""
+  num_classes: int
+  num_heads: int = 1
+  width: int = 2
+  running_stats: bool = False
+  max_tasks: int = 1
+
+  @nn.compact
+  def __call__(self, x, tasks=0, train=False, valid=None):
+    norm = {'running': self.running_stats, 'max_tasks': self.max_tasks}
+    x = Conv3x3(16, name='conv_stem')(x)
+    x = nn.relu(BatchNorm(**norm, name='bn_stem')(x, tasks, train, valid))
+    for stage, base in enumerate((16, 32, 64)):
+      for block in range(3):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(base * self.width, stride, norm, name=f'stage{stage}_block{block}')(
+            x, tasks, train, valid)
+    return _head(jnp.mean(x, axis=(1, 2)), self.num_classes, self.num_heads, tasks)
+
+
+class ZenkeNet(nn.Module):
+  """The conv net of Zenke et al. (2017): two conv-conv-pool-dropout stages, Dense 512, head."""
+  num_classes: int
+  num_heads: int = 1
+
+  @nn.compact
+  def __call__(self, x, tasks=0, train=False, valid=None):
+    del valid
+    for stage, features in enumerate((32, 64)):
+      x = nn.relu(Conv3x3(features, name=f'conv{stage}_0')(x))
+      x = nn.relu(Conv3x3(features, padding=0, name=f'conv{stage}_1')(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = nn.Dropout(0.25, deterministic=not train)(x)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(torch_dense(512, x.shape[-1], name='dense')(x))
+    x = nn.Dropout(0.5, deterministic=not train)(x)
+    return _head(x, self.num_classes, self.num_heads, tasks)
+
+
+def build(config, num_classes, num_heads=1):
+  """The target network config.target names."""
+  if config.target == 'mlp':
+    return MLP(hidden=tuple(config.target_hidden), num_classes=num_classes, num_heads=num_heads)
+  if config.target == 'resnet20':
+    return ResNet20(num_classes=num_classes, num_heads=num_heads, width=config.width_factor,
+                    running_stats=config.batch_norm == 'running', max_tasks=config.max_tasks)
+  return ZenkeNet(num_classes=num_classes, num_heads=num_heads)
+
+
+def uses_batch_statistics_at_eval(target):
+  """Whether evaluation must see a task's whole split as one batch (BatchNorm 'batch' mode)."""
+  return isinstance(target, ResNet20) and not target.running_stats

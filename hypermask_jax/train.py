@@ -3,6 +3,9 @@
 One jitted function per kind of work (start a task, run a chunk of steps,
 evaluate a task), each compiled once per config: the task index and the step
 are traced integers and per-task state lives in arrays of size max_tasks.
+A chunk ends with a validation pass inside the same compiled program; with
+epochs_per_task a chunk is one epoch, and the plateau schedule and the
+best-validation snapshot are updated there (they live in the train state).
 """
 
 import collections
@@ -22,6 +25,8 @@ from hypermask_jax import config_checks
 from hypermask_jax import metrics
 from hypermask_jax import outputs
 from hypermask_jax import preemption
+from hypermask_jax import schedules
+from hypermask_jax import targets
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 from hypermask_jax.methods import base
@@ -36,6 +41,9 @@ class TrainState:
   task: jax.Array  # int32 scalar
   step: jax.Array  # int32 scalar, step within the task
   rng: jax.Array  # the run's key; batch draws use fold_in(task, step), so no iterator state
+  batch_stats: dict  # per-task BatchNorm running statistics ({} unless batch_norm='running')
+  schedule: dict  # this task's plateau state, last and best validation accuracy
+  best: dict  # params and batch_stats of the best validation epoch ({} unless selection=best_val)
 
 
 def hyperparams(config):
@@ -44,9 +52,15 @@ def hyperparams(config):
           for k in ('learning_rate', 'beta', 'lam', 'sparsity')}
 
 
-def optimizer(hp):
-  """A fresh Adam per task (SPEC 1.1), its rate traced."""
-  return optax.adam(hp['learning_rate'])
+def optimizer(learning_rate):
+  """A fresh Adam per task (SPEC 1.1); its rate is traced (hyperparameter, plateau schedule)."""
+  return optax.adam(learning_rate)
+
+
+def new_schedule(hp):
+  """A task's schedule state: its plateau scheduler and no validation result yet."""
+  return {'plateau': schedules.plateau_init(hp['learning_rate']),
+          'val_accuracy': jnp.float32(0), 'best_val_accuracy': jnp.float32(-jnp.inf)}
 
 
 class Trainer:
@@ -56,7 +70,11 @@ class Trainer:
     self.config = config
     self.method = method
     self.traces = collections.Counter()
-    self.chunk = min(config.log_every_steps, config.steps_per_task)
+    if config.epochs_per_task:
+      self.chunk = config.steps_per_task // config.epochs_per_task  # one epoch
+    else:
+      self.chunk = min(config.log_every_steps, config.steps_per_task)
+    self.whole_split_eval = targets.uses_batch_statistics_at_eval(method.target)
     self.begin_task = jax.jit(self._begin_task, donate_argnums=0)
     self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
     self.evaluate = jax.jit(self._evaluate)
@@ -66,15 +84,22 @@ class Trainer:
     params = self.method.init_params(jax.random.fold_in(rng, 0))
     memory = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                           jax.eval_shape(self.method.begin_task, params))
-    return TrainState(params=params, opt_state=optimizer(hp).init(params), memory=memory,
-                      task=jnp.int32(0), step=jnp.int32(0), rng=jax.random.fold_in(rng, 1))
+    batch_stats = self.method.init_batch_stats()
+    best = ({'params': params, 'batch_stats': batch_stats}
+            if self.config.selection == 'best_val' else {})
+    best = jax.tree.map(jnp.copy, best)  # its own buffers: the state is donated
+    return TrainState(params=params, opt_state=optimizer(hp['learning_rate']).init(params),
+                      memory=memory, task=jnp.int32(0), step=jnp.int32(0),
+                      rng=jax.random.fold_in(rng, 1), batch_stats=batch_stats,
+                      schedule=new_schedule(hp), best=best)
 
   def _begin_task(self, state, task, hp):
     self.traces['begin_task'] += 1
-    opt_state = (optimizer(hp).init(state.params) if self.method.fresh_optimizer_per_task
-                 else state.opt_state)
+    opt_state = (optimizer(hp['learning_rate']).init(state.params)
+                 if self.method.fresh_optimizer_per_task else state.opt_state)
     return state.replace(memory=self.method.begin_task(state.params), opt_state=opt_state,
-                         task=jnp.asarray(task, jnp.int32), step=jnp.int32(0))
+                         task=jnp.asarray(task, jnp.int32), step=jnp.int32(0),
+                         schedule=new_schedule(hp))
 
   def _train_step(self, state, data, hp):
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.task), state.step)
@@ -83,16 +108,16 @@ class Trainer:
                                           self.config.batch_size)
     images, labels = tasks.draw_batch(data.train, batch_tasks, rng_batch, self.config.batch_size)
     x = data.inputs(images, batch_tasks, rng_inputs, train=True)
-    tx = optimizer(hp)
-    grads, aux = self.method.gradients(state.params, state.opt_state, tx, (x, labels, batch_tasks),
-                                       state.task, state.step, state.memory, hp,
-                                       jax.random.fold_in(rng, 2))
+    tx = optimizer(state.schedule['plateau']['learning_rate'])
+    grads, aux, batch_stats = self.method.gradients(
+        state.params, state.batch_stats, state.opt_state, tx, (x, labels, batch_tasks),
+        state.task, state.step, state.memory, hp, jax.random.fold_in(rng, 2))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-                         step=state.step + 1), aux
+                         batch_stats=batch_stats, step=state.step + 1), aux
 
   def _train_chunk(self, state, data, hp):
-    """Runs up to self.chunk steps; steps past steps_per_task are skipped (same compiled shape)."""
+    """Runs self.chunk steps (those past steps_per_task skipped: one shape), then validates."""
     self.traces['train_chunk'] += 1
 
     def body(state, _):
@@ -102,28 +127,68 @@ class Trainer:
       return new_state, (aux, active)
 
     aux_shape = jax.eval_shape(lambda s: self._train_step(s, data, hp)[1], state)
-    return jax.lax.scan(body, state, length=self.chunk)
+    state, aux = jax.lax.scan(body, state, length=self.chunk)
+    return self._end_of_chunk(state, data, hp), aux
 
-  def _evaluate(self, params, data, split, task, hp):
-    """Accuracy (%) of task `task` on `split`, in fixed-size batches with padding masked out."""
+  def _end_of_chunk(self, state, data, hp):
+    """Validation accuracy; the plateau step; the best snapshot, swapped in when the task ends."""
+    config = self.config
+    val = self._accuracy(state.params, state.batch_stats, data, data.val, state.task, hp)
+    schedule = {**state.schedule, 'val_accuracy': val}
+    if config.lr_schedule == 'plateau':
+      schedule['plateau'] = schedules.plateau_update(
+          schedule['plateau'], val, config.plateau_factor, config.plateau_patience,
+          config.plateau_min_lr)
+    if config.selection != 'best_val':
+      return state.replace(schedule=schedule)
+    best, schedule['best_val_accuracy'] = schedules.keep_best(
+        state.best, schedule['best_val_accuracy'],
+        {'params': state.params, 'batch_stats': state.batch_stats}, val)
+    done = state.step >= config.steps_per_task
+    chosen = jax.tree.map(lambda b, c: jnp.where(done, b, c), best,
+                          {'params': state.params, 'batch_stats': state.batch_stats})
+    return state.replace(schedule=schedule, best=best, **chosen)
+
+  def _evaluate(self, params, batch_stats, data, split, task, hp):
     self.traces['evaluate'] += 1
+    return self._accuracy(params, batch_stats, data, split, task, hp)
+
+  def _accuracy(self, params, batch_stats, data, split, task, hp):
+    """Accuracy (%) of task `task` on `split`, in fixed-size batches with padding masked out.
+
+    A target that normalises with batch statistics sees the task's whole split
+    as one batch (the reference's evaluation), its padding excluded from them.
+    """
     weights = self.method.eval_weights(params, task, hp)
-    size, bs = split.size[task], self.config.eval_batch_size
+    size = split.size[task]
+    bs = split.max_size if self.whole_split_eval else self.config.eval_batch_size
 
     def correct(i):
       pos = i * bs + jnp.arange(bs)
+      valid = pos < size
       idx = split.offset[task] + jnp.minimum(pos, size - 1)
       x = data.inputs(split.images[idx], task, None, train=False)
-      hits = jnp.argmax(self.method.apply(weights, x, task), -1) == split.labels[idx]
-      return jnp.sum(hits & (pos < size))
+      logits = self.method.predict(weights, batch_stats, x, task, valid)
+      return jnp.sum((jnp.argmax(logits, -1) == split.labels[idx]) & valid)
 
     batches = jnp.arange(math.ceil(split.max_size / bs))
-    return 100.0 * jnp.sum(jax.lax.map(correct, batches)) / size
+    hits = jnp.sum(jax.lax.map(correct, batches))
+    return (100.0 * hits / size).astype(jnp.float32)  # not weakly typed: it is state
 
 
 def _format_eta(seconds):
   seconds = int(seconds)
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
+
+
+def _schedule_fields(config, schedule, epoch):
+  """What the metrics log adds with epochs, a plateau schedule, best-validation selection."""
+  fields = {'epoch': epoch} if config.epochs_per_task else {}
+  if config.lr_schedule == 'plateau':
+    fields['learning_rate'] = float(schedule['plateau']['learning_rate'])
+  if config.selection == 'best_val':
+    fields['best_val_accuracy'] = float(schedule['best_val_accuracy'])
+  return fields
 
 
 def _new_progress(num_tasks):
@@ -147,8 +212,8 @@ def train_and_evaluate(config, workdir, allow_config_change=False):
                  workdir)
     return finished
   data = tasks.load_task_set(config)
-  config_checks.validate_against_data(config, data)
-  method = METHODS[config.method](config, data.input_dim, data.num_classes)
+  config = config_checks.fit_to_data(config, data)
+  method = METHODS[config.method](config, data.input_shape, data.num_classes)
   trainer = Trainer(config, method)
   hp = hyperparams(config)
   checkpointer = checkpoints.Checkpointer(workdir, config.checkpoints_to_keep)
@@ -203,7 +268,7 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
       before = task * steps + step
       tic = time.time()
       state, (aux, active) = trainer.train_chunk(state, data, hp)
-      aux, active, step = jax.device_get((aux, active, state.step))
+      aux, active, step, schedule = jax.device_get((aux, active, state.step, state.schedule))
       step = int(step)
       elapsed = time.time() - tic
       if compiled:
@@ -212,13 +277,15 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
       compiled = True
       rate = progress['steps_timed'] / max(progress['train_time'], 1e-9)
       means = {k: float(np.sum(v * active) / max(active.sum(), 1)) for k, v in aux.items()}
-      val = float(trainer.evaluate(state.params, data, data.val, task, hp))
-      record = {'task': task, 'step': step, **means, 'val_accuracy': val,
+      val = float(schedule['val_accuracy'])
+      fields = _schedule_fields(config, schedule, step // trainer.chunk)
+      record = {'task': task, 'step': step, **means, 'val_accuracy': val, **fields,
                 'steps_per_sec': rate}
       progress['records'].append(record)
       out.log_metrics(record)
       remaining = (num_tasks - task) * steps - step
-      terms = ' '.join(f'{k} {v:.4g}' for k, v in means.items() if k != 'accuracy')
+      terms = ' '.join(f'{k} {v:.4g}' for k, v in {**means, **fields}.items()
+                       if k != 'accuracy')
       logging.info('task %d/%d step %d/%d | %s | train acc %.2f val acc %.2f | %.1f steps/s '
                    'ETA %s', task + 1, num_tasks, step, steps, terms,
                    100 * means['accuracy'], val, rate,
@@ -229,7 +296,11 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
         if periodic:
           save(state)
         stop_if_requested(state, saved=periodic)
-    row = [float(trainer.evaluate(state.params, data, data.test, j, hp)) for j in range(task + 1)]
+    if config.selection == 'best_val':
+      logging.info('task %d: kept the parameters of the best validation epoch (%.2f%%)',
+                   task + 1, float(state.schedule['best_val_accuracy']))
+    row = [float(trainer.evaluate(state.params, state.batch_stats, data, data.test, j, hp))
+           for j in range(task + 1)]
     progress['accuracy'][task][:task + 1] = row
     out.write_accuracy(progress['accuracy'], task + 1)
     logging.info('after task %d: test accuracy %s (mean %.2f)', task + 1,

@@ -42,3 +42,32 @@ def synthetic_mnist(n_train=600, n_test=200, seed=0):
 def synthetic_task_set():
   train, test = synthetic_mnist()
   return tasks.permuted_mnist(train, test, num_tasks=3, seed=1, val_size=100)
+
+
+PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
+                    [0, 255, 255], [255, 255, 255], [255, 128, 0], [128, 0, 255],
+                    [0, 128, 128]], np.uint8)
+
+
+def synthetic_cifar(num_tasks=3, classes_per_task=5, train_per_class=100, test_per_class=20,
+                    seed=0):
+  """CIFAR-shaped images: class y of task t: a square of colour (y + c * t) % 10 in grid cell y."""
+  rs = np.random.RandomState(seed)
+
+  def make(per_class):
+    num_classes = classes_per_task * num_tasks
+    labels = rs.permutation(np.repeat(np.arange(num_classes, dtype=np.int32), per_class))
+    images = rs.randint(0, 30, (len(labels), 32, 32, 3)).astype(np.uint8)
+    for i, label in enumerate(labels):
+      task, y = divmod(int(label), classes_per_task)
+      r, c = divmod(y, 4)
+      images[i, 1 + 10 * r:11 + 10 * r, 8 * c:8 + 8 * c] = PALETTE[(y + classes_per_task * task) % 10]
+    return images, labels
+  return make(train_per_class), make(test_per_class)
+
+
+@pytest.fixture(scope='session')
+def synthetic_cifar_task_set():
+  """3 tasks of 5 classes; per task 50 validation, 450 training and 100 test images."""
+  train, test = synthetic_cifar()
+  return tasks.class_split(train, test, 3, 5, 50, 'split_cifar100')

@@ -27,6 +27,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ('steps_per_task', 2.5, 'config.steps_per_task=2.5: must be an integer'),
     ('target_hidden', (100, -1), 'config.target_hidden=(100, -1): must be a tuple of positive'),
     ('beta', float('nan'), 'config.beta=nan: must be finite'),
+    ('target', 'vgg', "config.target='vgg': must be one of ('mlp', 'resnet20', 'zenkenet')"),
+    ('target', 'resnet20', "config.target='resnet20' needs image inputs"),
+    ('lr_schedule', 'plateau', "config.lr_schedule='plateau' works per epoch: it needs "
+     'config.epochs_per_task > 0'),
+    ('selection', 'best', "config.selection='best': must be one of ('last', 'best_val')"),
+    ('epochs_per_task', 3, 'config.steps_per_task=5000: must be None when '
+     'config.epochs_per_task=3'),
+    ('plateau_factor', 1.0, 'config.plateau_factor=1.0: must be a number in (0, 1)'),
 ])
 def test_bad_field_is_named(field, value, message):
   config = permuted_mnist.get_config()
@@ -35,6 +43,20 @@ def test_bad_field_is_named(field, value, message):
   with pytest.raises(config_checks.ConfigError) as e:
     config_checks.resolve(config)
   assert message in str(e.value)
+
+
+def test_cifar_configs_resolve_and_refuse_bad_combinations():
+  from configs import cifar100_resnet20  # pylint: disable=g-import-not-at-top
+  for variant in ('published', 'small'):
+    assert config_checks.resolve(cifar100_resnet20.get_config(variant)).steps_per_task is None
+  config = cifar100_resnet20.get_config()
+  config.num_tasks = 11
+  with pytest.raises(config_checks.ConfigError, match='split_cifar100 has at most 10'):
+    config_checks.resolve(config)
+  config = cifar100_resnet20.get_config()
+  config.method, config.batch_norm = 'joint', 'running'
+  with pytest.raises(config_checks.ConfigError, match="batch_norm='running' keeps statistics"):
+    config_checks.resolve(config)
 
 
 def test_more_tasks_than_max_tasks():
@@ -67,7 +89,7 @@ def test_batch_larger_than_a_task():
   config = split_mnist.get_config()
   with pytest.raises(config_checks.ConfigError, match='config.batch_size=128: larger than the '
                      'smallest task training set'):
-    config_checks.validate_against_data(config, data)
+    config_checks.fit_to_data(config, data)
 
 
 def run_cli(*args, workdir):

@@ -50,7 +50,7 @@ def test_split_mnist_tasks():
     np.testing.assert_array_equal(ts.test.labels[lo:lo + n], digits - 2 * t)
     assert int(ts.val.size[t]) == 50
     assert int(ts.train.size[t]) == int(np.sum((train[1] // 2) == t)) - 50
-  assert ts.num_classes == 2 and ts.input_dim == 784
+  assert ts.num_classes == 2 and ts.input_shape == (784,)
 
 
 def test_random_crop_stays_in_padded_image():

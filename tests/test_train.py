@@ -30,7 +30,7 @@ def tiny_config(**overrides):
 def test_train_step_traces_once_across_tasks(synthetic_task_set):
   config = tiny_config()
   data = synthetic_task_set
-  trainer = train.Trainer(config, HyperMask(config, data.input_dim, data.num_classes))
+  trainer = train.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
   hp = train.hyperparams(config)
   state = trainer.init_state(0, hp)
   for task in range(3):
@@ -39,7 +39,7 @@ def test_train_step_traces_once_across_tasks(synthetic_task_set):
       state, (_, active) = trainer.train_chunk(state, data, hp)
     assert int(state.step) == 7 and int(np.sum(active)) == 1
     for j in range(task + 1):
-      trainer.evaluate(state.params, data, data.test, j, hp)
+      trainer.evaluate(state.params, state.batch_stats, data, data.test, j, hp)
   assert trainer.traces == {'begin_task': 1, 'train_chunk': 1, 'evaluate': 1}
 
 
@@ -47,7 +47,7 @@ def test_previous_embeddings_move_only_through_the_regulariser(synthetic_task_se
   data = synthetic_task_set
   for beta, moves in ((0.0, False), (1.0, True)):
     config = tiny_config(beta=beta)
-    trainer = train.Trainer(config, HyperMask(config, data.input_dim, data.num_classes))
+    trainer = train.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
     hp = train.hyperparams(config)
     state = trainer.init_state(0, hp)
     before = np.asarray(state.params['hnet']['embeddings'])
@@ -62,7 +62,7 @@ def test_previous_embeddings_move_only_through_the_regulariser(synthetic_task_se
 def test_eval_uses_each_tasks_own_embedding(synthetic_task_set):
   config = tiny_config()
   data = synthetic_task_set
-  method = HyperMask(config, data.input_dim, data.num_classes)
+  method = HyperMask(config, data.input_shape, data.num_classes)
   params = method.init_params(jax.random.key(0))
   hp = train.hyperparams(config)
   w0 = method.eval_weights(params, np.int32(0), hp)

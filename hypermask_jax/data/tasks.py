@@ -3,7 +3,9 @@
 Every split stores the images of all tasks once (uint8) plus per-task offsets
 and sizes, so the task index can be a traced integer: one compiled program
 serves every task. Permuted MNIST shares one image array across tasks and
-applies each task's pixel permutation on the device.
+applies each task's pixel permutation on the device; augmentation (Split
+MNIST's crops, Split CIFAR-100's crops and flips) also runs on the device,
+from the step's rng.
 """
 
 import flax
@@ -13,9 +15,12 @@ import numpy as np
 
 from hypermask_jax.data import tfds_io
 
-BENCHMARKS = ('permuted_mnist', 'split_mnist')
-SPLIT_MNIST_TASKS = 5
+BENCHMARKS = ('permuted_mnist', 'split_mnist', 'split_cifar100')
+TFDS_NAMES = {'permuted_mnist': 'mnist', 'split_mnist': 'mnist', 'split_cifar100': 'cifar100'}
+MAX_TASKS = {'split_mnist': 5, 'split_cifar100': 10}  # Permuted MNIST has no limit
 SPLIT_MNIST_MEAN, SPLIT_MNIST_STD = 0.1307, 0.3081
+CIFAR_MEAN = (0.485, 0.456, 0.406)  # the reference's (ImageNet's) normalisation
+CIFAR_STD = (0.229, 0.224, 0.225)
 
 
 @flax.struct.dataclass
@@ -43,8 +48,10 @@ class TaskSet:
     return self.train.size.shape[0]
 
   @property
-  def input_dim(self):
-    return {'permuted_mnist': 32 * 32, 'split_mnist': 28 * 28}[self.benchmark]
+  def input_shape(self):
+    """The shape of one input: flat vectors for the MNIST MLPs, NHWC images for CIFAR."""
+    return {'permuted_mnist': (32 * 32,), 'split_mnist': (28 * 28,),
+            'split_cifar100': (32, 32, 3)}[self.benchmark]
 
   def inputs(self, images, tasks, rng, train):
     """Turns uint8 images of `tasks` (one task, or one per image) into float inputs, on the device."""
@@ -52,6 +59,11 @@ class TaskSet:
     if self.benchmark == 'permuted_mnist':
       x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))).reshape(x.shape[0], -1)
       return jnp.take_along_axis(x, jnp.broadcast_to(self.perms[tasks], x.shape), axis=1)
+    if self.benchmark == 'split_cifar100':
+      if train:
+        rng_flip, rng_crop = jax.random.split(rng)
+        x = random_crop(rng_crop, random_flip(rng_flip, x), pad=4)
+      return (x - jnp.asarray(CIFAR_MEAN)) / jnp.asarray(CIFAR_STD)
     if train:
       x = random_crop(rng, x, pad=4)
     return ((x - SPLIT_MNIST_MEAN) / SPLIT_MNIST_STD).reshape(x.shape[0], -1)
@@ -64,6 +76,12 @@ def random_crop(rng, images, pad):
   corners = jax.random.randint(rng, (n, 2), 0, 2 * pad + 1)
   crop = lambda img, c: jax.lax.dynamic_slice(img, (c[0], c[1], 0), (h, w, img.shape[-1]))
   return jax.vmap(crop)(padded, corners)
+
+
+def random_flip(rng, images):
+  """Mirrors each image left-right with probability 1/2 (torchvision RandomHorizontalFlip)."""
+  flip = jax.random.bernoulli(rng, 0.5, (images.shape[0], 1, 1, 1))
+  return jnp.where(flip, images[:, :, ::-1], images)
 
 
 def draw_batch(split, tasks, rng, batch_size):
@@ -92,13 +110,18 @@ def permuted_mnist(train, test, num_tasks, seed, val_size=5000):
                  benchmark='permuted_mnist', num_classes=10)
 
 
-def split_mnist(train, test, num_tasks, val_size=1000):
-  """Split MNIST: task i holds digits {2i, 2i+1} labelled 0/1; validation = first 1000 of each."""
+def class_split(train, test, num_tasks, classes_per_task, val_size, benchmark):
+  """Task i holds classes [i*c, (i+1)*c) labelled 0..c-1 (c = classes_per_task).
+
+  Its validation set is the first `val_size` of its training images (in
+  dataset order), the rest its training set.
+  """
   parts = {'train': [], 'val': [], 'test': []}
   for task in range(num_tasks):
+    first = task * classes_per_task
     for name, (x, y) in (('train', train), ('test', test)):
-      keep = (y == 2 * task) | (y == 2 * task + 1)
-      xs, ys = x[keep], y[keep] - 2 * task
+      keep = (y >= first) & (y < first + classes_per_task)
+      xs, ys = x[keep], y[keep] - first
       if name == 'train':
         parts['val'].append((xs[:val_size], ys[:val_size]))
         xs, ys = xs[val_size:], ys[val_size:]
@@ -106,16 +129,33 @@ def split_mnist(train, test, num_tasks, val_size=1000):
 
   def concat(chunks):
     sizes = [len(ys) for _, ys in chunks]
+    if min(sizes) == 0:
+      raise ValueError(f'{benchmark}: a task has no examples in some split (sizes {sizes})')
     return _split(np.concatenate([xs for xs, _ in chunks]), np.concatenate([ys for _, ys in chunks]),
                   np.cumsum([0] + sizes[:-1]), sizes)
 
   return TaskSet(train=concat(parts['train']), val=concat(parts['val']), test=concat(parts['test']),
-                 perms=jnp.zeros((num_tasks, 0), jnp.int32), benchmark='split_mnist', num_classes=2)
+                 perms=jnp.zeros((num_tasks, 0), jnp.int32), benchmark=benchmark,
+                 num_classes=classes_per_task)
+
+
+def split_mnist(train, test, num_tasks, val_size=1000):
+  """Split MNIST: task i holds digits {2i, 2i+1} labelled 0/1; validation = first 1000 of each."""
+  return class_split(train, test, num_tasks, 2, val_size, 'split_mnist')
+
+
+def split_cifar100(train, test, num_tasks, val_size=500):
+  """Split CIFAR-100: task i holds classes 10i..10i+9 labelled 0..9; validation = first 500."""
+  return class_split(train, test, num_tasks, 10, val_size, 'split_cifar100')
 
 
 def synthetic_task_set(config, train_size=12000, test_size=2000):
-  """Random MNIST-shaped images as config's benchmark: for timing and memory, not learning."""
+  """Random images with config's benchmark's shapes and sizes: for timing and memory, not learning."""
   rs = np.random.RandomState(0)
+  if config.dataset == 'split_cifar100':  # CIFAR's sizes: 500 train and 100 test images per class
+    make = lambda n: (rs.randint(0, 256, (n, 32, 32, 3)).astype(np.uint8),
+                      np.arange(n, dtype=np.int32) % 100)
+    return split_cifar100(make(50000), make(10000), config.num_tasks)
   make = lambda n: (rs.randint(0, 256, (n, 28, 28, 1)).astype(np.uint8),
                     rs.randint(0, 10, n).astype(np.int32))
   train, test = make(train_size), make(test_size)
@@ -127,8 +167,11 @@ def synthetic_task_set(config, train_size=12000, test_size=2000):
 def load_task_set(config):
   """Loads the benchmark named by config.dataset from TFDS into device memory."""
   data_dir, download = config.data_dir or None, config.download
-  train = tfds_io.load_split('mnist', 'train', data_dir, download)
-  test = tfds_io.load_split('mnist', 'test', data_dir, download)
+  name = TFDS_NAMES[config.dataset]
+  train = tfds_io.load_split(name, 'train', data_dir, download)
+  test = tfds_io.load_split(name, 'test', data_dir, download)
   if config.dataset == 'permuted_mnist':
     return permuted_mnist(train, test, config.num_tasks, config.seed)
+  if config.dataset == 'split_cifar100':
+    return split_cifar100(train, test, config.num_tasks)
   return split_mnist(train, test, config.num_tasks)

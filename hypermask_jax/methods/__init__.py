@@ -1,11 +1,13 @@
 """Continual-learning methods. Each differs from the others only where the method differs.
 
-A method is a class built from (config, input_dim, num_classes) with:
+A method is a class built from (config, input_shape, num_classes) with:
   init_params(rng) -> params                   (a dict of pytrees)
+  init_batch_stats() -> the target's BatchNorm statistics ({} unless kept per task)
   begin_task(params) -> memory                 (what later tasks regularise towards)
-  gradients(params, opt_state, tx, batch, task, step, memory, hp) -> (grads, metrics)
+  gradients(params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng)
+      -> (grads, metrics, batch_stats)
   eval_weights(params, task, hp) -> weights    (the target params task `task` runs with)
-  apply(weights, x, tasks) -> logits
+  predict(weights, batch_stats, x, tasks, valid) -> logits   (evaluation mode)
   batch_tasks(task, rng, batch_size) -> the task(s) a training batch is drawn from
   fresh_optimizer_per_task: bool
   param_counts(params) -> dict; task_embeddings(params) -> array or None

@@ -1,4 +1,4 @@
-"""What methods share: the interface's defaults, and the hypernetwork methods' common parts."""
+"""What methods share: the interface's defaults, the target network, the hypernetwork parts."""
 
 import jax
 import jax.numpy as jnp
@@ -16,21 +16,48 @@ def count(tree):
 class Method:
   """Defaults for the method interface described in methods/__init__.py."""
   fresh_optimizer_per_task = True
+  one_head_per_task = False
 
-  def __init__(self, config, input_dim, num_classes):
+  def __init__(self, config, input_shape, num_classes):
     self.config = config
-    self.input_dim = input_dim
+    self.input_shape = tuple(input_shape)
     self.num_classes = num_classes
+    num_heads = config.max_tasks if self.one_head_per_task else 1
+    self.target = targets.build(config, num_classes, num_heads)
+    self.target_shapes = jax.eval_shape(self.init_target, jax.random.key(0))
+
+  def init_target(self, rng):
+    """The target's variables: 'params' and, with per-task running statistics, 'batch_stats'."""
+    return self.target.init({'params': rng, 'dropout': rng}, jnp.zeros((1, *self.input_shape)))
+
+  def init_batch_stats(self):
+    return self.init_target(jax.random.key(0)).get('batch_stats', {})
+
+  def run_target(self, weights, batch_stats, x, tasks, train, rng=None, valid=None):
+    """(logits, batch_stats): the target with `weights`; training updates the running statistics."""
+    variables = {'params': weights, **({'batch_stats': batch_stats} if batch_stats else {})}
+    rngs = {'dropout': rng} if train else {}
+    if train and batch_stats:
+      logits, updated = self.target.apply(variables, x, tasks, True, rngs=rngs,
+                                          mutable=['batch_stats'])
+      return logits, updated['batch_stats']
+    return self.target.apply(variables, x, tasks, train, valid, rngs=rngs), batch_stats
+
+  def predict(self, weights, batch_stats, x, tasks, valid=None):
+    """Evaluation-mode logits."""
+    return self.run_target(weights, batch_stats, x, tasks, train=False, valid=valid)[0]
 
   def batch_tasks(self, task, rng, batch_size):
     """Training batches come from the current task only."""
     del rng, batch_size
     return task
 
-  def gradients(self, params, opt_state, tx, batch, task, step, memory, hp, rng):
+  def gradients(self, params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng):
     """d loss / d params (HNET overrides this for its lookahead)."""
     del opt_state, tx
-    return jax.grad(self.loss, has_aux=True)(params, batch, task, step, memory, hp, rng)
+    grads, (metrics, batch_stats) = jax.grad(self.loss, has_aux=True)(
+        params, batch_stats, batch, task, step, memory, hp, rng)
+    return grads, metrics, batch_stats
 
   def task_embeddings(self, params):
     """The learned task embeddings [max_tasks, E], or None for methods without them."""
@@ -38,13 +65,11 @@ class Method:
 
 
 class HypernetworkMethod(Method):
-  """A target MLP and a hypernetwork whose flat output covers the target tensors `select` picks."""
+  """A target network and a hypernetwork whose flat output covers the tensors `select` picks."""
 
-  def __init__(self, config, input_dim, num_classes, select):
-    super().__init__(config, input_dim, num_classes)
-    self.target = targets.MLP(hidden=tuple(config.target_hidden), num_classes=num_classes)
-    shapes = jax.eval_shape(self.target.init, jax.random.key(0), jnp.zeros((1, input_dim)))
-    self.layout = layout.Layout.of(shapes['params'], select)
+  def __init__(self, config, input_shape, num_classes, select):
+    super().__init__(config, input_shape, num_classes)
+    self.layout = layout.Layout.of(self.target_shapes['params'], select)
     self.hnet = hypernet.build(config, self.layout.size)
     self.row_sizes = regularizers.row_sizes(config.max_tasks, config.reg_subset)
 

@@ -6,38 +6,31 @@ Both train the target network directly, with one output head per task.
 import jax
 import optax
 
-from hypermask_jax import targets
 from hypermask_jax.methods import base
 
 
 class Finetune(base.Method):
   """The target trained task after task with no protection against forgetting."""
-
-  def __init__(self, config, input_dim, num_classes):
-    super().__init__(config, input_dim, num_classes)
-    self.target = targets.MLP(hidden=tuple(config.target_hidden), num_classes=num_classes,
-                              num_heads=config.max_tasks)
+  one_head_per_task = True
 
   def init_params(self, rng):
-    return {'target': self.target.init(rng, jax.numpy.zeros((1, self.input_dim)))['params']}
+    return {'target': self.init_target(rng)['params']}
 
   def begin_task(self, params):
     del params
     return {}
 
-  def loss(self, params, batch, task, step, memory, hp, rng):
-    del task, step, memory, hp, rng
+  def loss(self, params, batch_stats, batch, task, step, memory, hp, rng):
+    del task, step, memory, hp
     x, y, batch_tasks = batch
-    logits = self.apply(params['target'], x, batch_tasks)
+    logits, batch_stats = self.run_target(params['target'], batch_stats, x, batch_tasks, True,
+                                          rng)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return ce, {'loss': ce, 'ce': ce, 'accuracy': base.accuracy(logits, y)}
+    return ce, ({'loss': ce, 'ce': ce, 'accuracy': base.accuracy(logits, y)}, batch_stats)
 
   def eval_weights(self, params, task, hp):
     del task, hp
     return params['target']
-
-  def apply(self, weights, x, tasks):
-    return self.target.apply({'params': weights}, x, tasks)
 
   def param_counts(self, params):
     return {'target': base.count(params['target'])}

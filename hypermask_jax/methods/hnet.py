@@ -5,6 +5,7 @@ optionally regularised at the lookahead point theta + dtheta, over a random
 subset of K previous tasks, and with only the current task's embedding trained.
 """
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import optax
@@ -15,13 +16,20 @@ from hypermask_jax.methods import base
 
 
 class HNET(base.HypernetworkMethod):
-  """A target network without weights of its own, and a (chunked) hypernetwork that makes them."""
+  """A target network whose weights a (chunked) hypernetwork makes.
 
-  def __init__(self, config, input_dim, num_classes):
-    super().__init__(config, input_dim, num_classes, layout.is_weight)
+  Only kernels and biases are generated; BatchNorm's scale and offset, if the
+  target has them, are the target's own params ('target'), shared by all tasks.
+  """
+
+  def __init__(self, config, input_shape, num_classes):
+    super().__init__(config, input_shape, num_classes, layout.is_weight)
 
   def init_params(self, rng):
-    return {'hnet': self.hnet.init(rng, jnp.zeros((1,), jnp.int32))['params']}
+    params = {'hnet': self.hnet.init(rng, jnp.zeros((1,), jnp.int32))['params']}
+    own = traverse_util.flatten_dict(self.init_target(jax.random.fold_in(rng, 1))['params'])
+    own = {p: v for p, v in own.items() if not layout.is_weight(p)}
+    return {**params, 'target': traverse_util.unflatten_dict(own)} if own else params
 
   def begin_task(self, params):
     """Regularisation targets: every embedding's output now, or a snapshot to recompute them."""
@@ -34,27 +42,32 @@ class HNET(base.HypernetworkMethod):
       return lambda rows: jax.lax.stop_gradient(self.hnet_outputs(memory['hnet'], rows))
     return lambda rows: memory['hnet_outputs'][rows]
 
-  def _task_loss(self, hnet_params, batch, task):
-    x, y, _ = batch
-    logits = self.apply(self.layout.unflatten(self.hnet_outputs(hnet_params, task[None])[0]), x, task)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+  def _weights(self, params, output):
+    """The target params: the generated tensors plus the target's own (BatchNorm) params."""
+    return self.layout.unflatten(output, params.get('target'))
 
-  def loss(self, params, batch, task, step, memory, hp, rng, delta=None):
+  def _task_loss(self, params, batch_stats, batch, task, output, rng):
+    x, y, _ = batch
+    logits, batch_stats = self.run_target(self._weights(params, output), batch_stats, x, task,
+                                          True, rng)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, batch_stats)
+
+  def loss(self, params, batch_stats, batch, task, step, memory, hp, rng, delta=None):
     """Task loss at theta; output regulariser at theta + delta (delta: the lookahead step)."""
     del step
+    rng_reg, rng_target = jax.random.split(rng)
     reg_params = params['hnet'] if delta is None else jax.tree.map(
         jnp.add, params['hnet'], delta['hnet'])
     output, reg = regularizers.outputs_and_output_reg(
         lambda rows: self.hnet_outputs(reg_params, rows), self._targets_fn(memory), task,
-        self.row_sizes, self.reg_rng(rng), self.config.max_tasks)
-    if delta is None:  # the current task's output came with the regulariser's batch
-      x, y, _ = batch
-      logits = self.apply(self.layout.unflatten(output), x, task)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    else:
-      ce, logits = self._task_loss(params['hnet'], batch, task)
+        self.row_sizes, self.reg_rng(rng_reg), self.config.max_tasks)
+    if delta is not None:  # the regulariser's batch ran at theta + delta: the task needs theta
+      output = self.hnet_outputs(params['hnet'], task[None])[0]
+    ce, (logits, batch_stats) = self._task_loss(params, batch_stats, batch, task, output,
+                                                rng_target)
     loss = ce + hp['beta'] * reg
-    return loss, {'loss': loss, 'ce': ce, 'reg': reg, 'accuracy': base.accuracy(logits, batch[1])}
+    return loss, ({'loss': loss, 'ce': ce, 'reg': reg, 'accuracy': base.accuracy(logits, batch[1])},
+                  batch_stats)
 
   def _only_current_embedding(self, grads, task):
     """Zeroes the gradient of every embedding but the current task's (the published runs)."""
@@ -62,29 +75,30 @@ class HNET(base.HypernetworkMethod):
       return grads
     emb = grads['hnet']['embeddings']
     keep = (jnp.arange(emb.shape[0]) == task)[:, None]
-    return {'hnet': {**grads['hnet'], 'embeddings': jnp.where(keep, emb, 0.0)}}
+    return {**grads, 'hnet': {**grads['hnet'], 'embeddings': jnp.where(keep, emb, 0.0)}}
 
-  def lookahead_delta(self, params, opt_state, tx, batch, task):
+  def lookahead_delta(self, params, batch_stats, opt_state, tx, batch, task, rng):
     """The update the optimiser would make from the task-loss gradient alone (held constant)."""
-    grads = jax.grad(lambda p: self._task_loss(p['hnet'], batch, task)[0])(params)
+    task_loss = lambda p: self._task_loss(p, batch_stats, batch, task,
+                                          self.hnet_outputs(p['hnet'], task[None])[0], rng)[0]
+    grads = jax.grad(task_loss)(params)
     delta, _ = tx.update(self._only_current_embedding(grads, task), opt_state, params)
     return jax.lax.stop_gradient(delta)
 
-  def gradients(self, params, opt_state, tx, batch, task, step, memory, hp, rng):
-    delta = self.lookahead_delta(params, opt_state, tx, batch, task) if self.config.lookahead \
-        else None
-    grads, metrics = jax.grad(self.loss, has_aux=True)(params, batch, task, step, memory, hp,
-                                                         rng, delta)
-    return self._only_current_embedding(grads, task), metrics
+  def gradients(self, params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng):
+    delta = (self.lookahead_delta(params, batch_stats, opt_state, tx, batch, task,
+                                  jax.random.split(rng)[1]) if self.config.lookahead else None)
+    grads, (metrics, batch_stats) = jax.grad(self.loss, has_aux=True)(
+        params, batch_stats, batch, task, step, memory, hp, rng, delta)
+    return self._only_current_embedding(grads, task), metrics, batch_stats
 
   def eval_weights(self, params, task, hp):
     del hp
-    return self.layout.unflatten(self.hnet_outputs(params['hnet'], task[None])[0])
-
-  def apply(self, weights, x, tasks):
-    del tasks
-    return self.target.apply({'params': weights}, x)
+    return self._weights(params, self.hnet_outputs(params['hnet'], task[None])[0])
 
   def param_counts(self, params):
     hnet, target = base.count(params['hnet']), self.layout.size
-    return {'hnet': hnet, 'target': target, 'compression': hnet / target}
+    counts = {'hnet': hnet, 'target': target, 'compression': hnet / target}
+    if 'target' in params:
+      counts['target_own'] = base.count(params['target'])
+    return counts

@@ -16,13 +16,13 @@ from hypermask_jax.methods import base
 class HyperMask(base.HypernetworkMethod):
   """The target's own weights, masked per task by the hypernetwork's output."""
 
-  def __init__(self, config, input_dim, num_classes):
-    super().__init__(config, input_dim, num_classes, layout.is_masked)
+  def __init__(self, config, input_shape, num_classes):
+    super().__init__(config, input_shape, num_classes, layout.is_masked)
     self.sparse = config.sparsity > 0
 
   def init_params(self, rng):
     rng_target, rng_hnet = jax.random.split(rng)
-    target = self.target.init(rng_target, jnp.zeros((1, self.input_dim)))['params']
+    target = self.init_target(rng_target)['params']
     hnet = self.hnet.init(rng_hnet, jnp.zeros((1,), jnp.int32))['params']
     return {'hnet': hnet, 'target': target}
 
@@ -35,32 +35,30 @@ class HyperMask(base.HypernetworkMethod):
     return mask_lib.masks_from_output(self.layout, params['target'], flat_output, sparsity,
                                       self.sparse)
 
-  def loss(self, params, batch, task, step, memory, hp, rng):
-    """Returns (loss, metrics) for one batch of task `task` at step `step` of that task."""
+  def loss(self, params, batch_stats, batch, task, step, memory, hp, rng):
+    """Returns (loss, (metrics, batch_stats)) for one batch of task `task` at step `step`."""
     x, y, _ = batch
+    rng_reg, rng_target = jax.random.split(rng)
     output, reg = regularizers.outputs_and_output_reg(
         lambda tasks: self.hnet_outputs(params['hnet'], tasks),
         lambda rows: memory['hnet_outputs'][rows], task, self.row_sizes,
-        self.reg_rng(rng), self.config.max_tasks)
+        self.reg_rng(rng_reg), self.config.max_tasks)
     sparsity = mask_lib.sparsity_at(hp['sparsity'], task, step, self.config.steps_per_task)
     masks = self.masks(params, output, sparsity)
-    logits = self.target.apply({'params': mask_lib.apply_masks(params['target'], masks)}, x)
+    logits, batch_stats = self.run_target(mask_lib.apply_masks(params['target'], masks),
+                                          batch_stats, x, task, True, rng_target)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     l1 = regularizers.l1_drift(params['target'], memory['target'],
                                masks if self.config.l1_masked else None)
     l1 = jnp.where(task > 0, l1, 0.0)
     loss = ce + hp['beta'] / jnp.maximum(task, 1) * reg + hp['lam'] * l1
-    return loss, {'loss': loss, 'ce': ce, 'reg': reg, 'l1': l1,
-                  'accuracy': base.accuracy(logits, y)}
+    return loss, ({'loss': loss, 'ce': ce, 'reg': reg, 'l1': l1,
+                   'accuracy': base.accuracy(logits, y)}, batch_stats)
 
   def eval_weights(self, params, task, hp):
     """The target weights task `task` runs with at evaluation (full sparsity)."""
     output = self.hnet_outputs(params['hnet'], task[None])[0]
     return mask_lib.apply_masks(params['target'], self.masks(params, output, hp['sparsity']))
-
-  def apply(self, weights, x, tasks):
-    del tasks  # one head, shared: the mask makes the network task-specific
-    return self.target.apply({'params': weights}, x)
 
   def param_counts(self, params):
     return {'hnet': base.count(params['hnet']), 'target': base.count(params['target']),

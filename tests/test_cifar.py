@@ -1,0 +1,306 @@
+"""Split CIFAR-100: targets, masks, BatchNorm, augmentation, plateau schedule, best-val selection."""
+
+import json
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import cifar100_resnet20
+from configs import cifar100_zenkenet
+from hypermask_jax import checkpoints
+from hypermask_jax import config_checks
+from hypermask_jax import schedules
+from hypermask_jax import targets
+from hypermask_jax import train
+from hypermask_jax.data import tasks
+from hypermask_jax.methods import HNET
+from hypermask_jax.methods import HyperMask
+
+CONV = 9  # 3x3 kernels
+
+
+def conv(cin, cout):
+  return CONV * cin * cout + cout
+
+
+def resnet20_weights(width):
+  """Conv kernels and biases of ResNet-20 plus its Dense head, counted from SPEC section 2."""
+  total, cin = conv(3, 16), 16
+  for base in (16, 32, 64):
+    cout = base * width
+    total += conv(cin, cout) + 5 * conv(cout, cout)  # 3 blocks x 2 convs
+    cin = cout
+  return total + 128 * width // 2 * 10 + 10
+
+
+ZENKENET_WEIGHTS = (conv(3, 32) + conv(32, 32) + conv(32, 64) + conv(64, 64)
+                    + 2304 * 512 + 512 + 512 * 10 + 10)
+
+
+def shapes(config, method_cls):
+  config = config_checks.resolve(config)
+  method = method_cls(config, (32, 32, 3), 10)
+  return method, jax.eval_shape(method.init_params, jax.random.key(0))
+
+
+def test_generated_and_masked_counts_follow_the_spec_arithmetic():
+  assert resnet20_weights(2) == 1_067_530 and ZENKENET_WEIGHTS == 1_250_858  # ~1.07M, ~1.25M
+  for module, weights in ((cifar100_resnet20, resnet20_weights(2)),
+                          (cifar100_zenkenet, ZENKENET_WEIGHTS)):
+    hnet, _ = shapes(module.get_config(), HNET)
+    assert hnet.layout.size == weights  # HNET generates every kernel and bias
+    hypermask, params = shapes(module.get_config(), HyperMask)
+    assert hypermask.layout.size == weights - 10  # all but the head's bias
+    out = params['hnet']['out']
+    assert out['kernel'].shape == (100, weights - 10)
+  # ResNet-20's hypernetwork output layer: ~108M parameters (SPEC section 3).
+  hypermask, params = shapes(cifar100_resnet20.get_config(), HyperMask)
+  assert sum(x.size for x in jax.tree.leaves(params['hnet']['out'])) == 101 * 1_067_520
+  bn_channels = 16 + 6 * (32 + 64 + 128)  # stem + 2 per block
+  assert sum(x.size for x in jax.tree.leaves(params['target'])) == 1_067_530 + 2 * bn_channels
+
+
+def test_masks_cover_conv_and_dense_weights_never_batch_norm_or_the_head_bias():
+  hypermask, params = shapes(cifar100_resnet20.get_config(), HyperMask)
+  flat = flax.traverse_util.flatten_dict(params['target'])
+  masked = set(hypermask.layout.paths)
+  for path in flat:
+    is_norm = path[-2].startswith('bn')
+    assert (path in masked) == (not is_norm and path != ('head', 'bias')), path
+  assert ('conv_stem', 'bias') in masked and ('stage2_block2', 'conv1', 'kernel') in masked
+  hnet, hnet_params = shapes(cifar100_resnet20.get_config(), HNET)
+  own = flax.traverse_util.flatten_dict(hnet_params['target'])
+  assert own and all(p[-2].startswith('bn') for p in own)  # BatchNorm: shared, not generated
+  assert ('head', 'bias') in hnet.layout.paths
+
+
+def test_masked_resnet_keeps_batch_norm_params_and_head_bias_unmasked():
+  config = config_checks.resolve(cifar100_resnet20.get_config('small'))
+  method = HyperMask(config, (32, 32, 3), 10)
+  params = method.init_params(jax.random.key(0))
+  weights = jax.jit(method.eval_weights)(params, jnp.int32(1), train.hyperparams(config))
+  np.testing.assert_array_equal(weights['head']['bias'], params['target']['head']['bias'])
+  np.testing.assert_array_equal(weights['stage0_block0']['bn0']['scale'],
+                                params['target']['stage0_block0']['bn0']['scale'])
+  assert not np.allclose(weights['conv_stem']['kernel'], params['target']['conv_stem']['kernel'])
+
+
+def test_batch_norm_normalises_with_the_statistics_of_the_valid_examples():
+  x = jax.random.normal(jax.random.key(0), (6, 2, 2, 3)) * 3 + 1
+  valid = jnp.array([True, True, True, True, False, False])
+  bn = targets.BatchNorm()
+  variables = bn.init(jax.random.key(1), x, 0, False)
+  got = bn.apply(variables, x, 0, False, valid)[:4]
+  real = np.asarray(x[:4])
+  mean, var = real.mean(axis=(0, 1, 2)), real.var(axis=(0, 1, 2))
+  np.testing.assert_allclose(got, (real - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+
+
+def test_running_statistics_are_kept_per_task():
+  bn = targets.BatchNorm(running=True, max_tasks=3)
+  x = jnp.arange(8.0).reshape(8, 1, 1, 1)
+  variables = bn.init(jax.random.key(0), x, 0, False)
+  _, updated = bn.apply(variables, x, 1, True, mutable=['batch_stats'])
+  stats = updated['batch_stats']
+  np.testing.assert_allclose(stats['mean'][:, 0], [0, 0.1 * 3.5, 0], rtol=1e-6)  # momentum 0.1
+  np.testing.assert_allclose(stats['var'][:, 0], [1, 0.9 + 0.1 * np.var(np.arange(8), ddof=1), 1],
+                             rtol=1e-6)
+  out = bn.apply({**variables, 'batch_stats': stats}, x, 1, False)  # evaluation: task 1's row
+  np.testing.assert_allclose(out[:, 0, 0, 0], (np.arange(8) - stats['mean'][1, 0])
+                             / np.sqrt(stats['var'][1, 0] + 1e-5), rtol=1e-5)
+
+
+def test_augmentation_crops_inside_the_padding_and_flips_half_the_batch(synthetic_cifar_task_set):
+  data = synthetic_cifar_task_set
+  images, labels = tasks.draw_batch(data.train, 1, jax.random.key(0), 64)
+  x = data.inputs(images, 1, jax.random.key(1), train=True)
+  pixels = np.asarray(x) * np.array(tasks.CIFAR_STD) + np.array(tasks.CIFAR_MEAN)
+  originals = np.asarray(images, np.float32) / 255
+  padded = np.pad(originals, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  flips = 0
+  for i in range(64):
+    matches = [(flip, dy, dx) for flip in (False, True) for dy in range(9) for dx in range(9)
+               if np.allclose((padded[i, :, ::-1] if flip else padded[i])[dy:dy + 32, dx:dx + 32],
+                              pixels[i], atol=1e-5)]
+    assert matches, f'image {i} is not a crop of its padded (flipped) original'
+    flips += matches[0][0]
+  assert 20 <= flips <= 44  # about half of 64
+  np.testing.assert_array_equal(labels, data.train.labels[np.asarray(
+      [np.flatnonzero((np.asarray(data.train.images) == im).all(axis=(1, 2, 3)))[0]
+       for im in np.asarray(images)])])
+  assert x.shape == (64, 32, 32, 3)
+  np.testing.assert_array_equal(data.inputs(images, 1, None, train=False),
+                                data.inputs(images, 1, None, train=False))
+
+
+def test_plateau_lowers_the_rate_after_more_than_patience_bad_epochs():
+  state = schedules.plateau_init(1e-3)
+  factor, rates = 0.1 ** 0.5, []
+  # Improves twice, then 5 epochs without (60.001 is within the 1e-4 relative threshold).
+  for acc in (50.0, 60.0, 59.0, 60.0, 60.001, 55.0, 58.0, 40.0, 41.0):
+    state = schedules.plateau_update(state, jnp.float32(acc), factor, 5, 5e-7)
+    rates.append(float(state['learning_rate']))
+  np.testing.assert_allclose(rates[:7], [1e-3] * 7)  # 5 bad epochs: patience not exceeded
+  np.testing.assert_allclose(rates[7:], [1e-3 * factor] * 2, rtol=1e-6)  # the 6th lowers it
+  assert int(state['bad_epochs']) == 1  # counting starts again
+  for _ in range(200):  # never below min_lr
+    state = schedules.plateau_update(state, jnp.float32(0.0), factor, 5, 5e-7)
+  np.testing.assert_allclose(float(state['learning_rate']), 5e-7, rtol=1e-6)
+
+
+def test_keep_best_takes_only_strict_improvements():
+  best, acc = {'w': jnp.zeros(2)}, jnp.float32(-jnp.inf)
+  for value, val in ((1.0, 50.0), (2.0, 70.0), (3.0, 70.0), (4.0, 60.0)):
+    best, acc = schedules.keep_best(best, acc, {'w': jnp.full(2, value)}, jnp.float32(val))
+  np.testing.assert_array_equal(best['w'], [2.0, 2.0])
+  assert float(acc) == 70.0
+
+
+def small_config(module, **overrides):
+  config = module.get_config('small')
+  config.update(overrides)
+  return config
+
+
+def test_the_task_ends_with_the_parameters_of_its_best_validation_epoch(synthetic_cifar_task_set):
+  data = synthetic_cifar_task_set
+  config = config_checks.fit_to_data(config_checks.resolve(small_config(
+      cifar100_resnet20, epochs_per_task=3, num_tasks=1)), data)
+  trainer = train.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
+  hp = train.hyperparams(config)
+  state = trainer.begin_task(trainer.init_state(0, hp), 0, hp)
+  snapshots, vals = [], []
+  for epoch in range(3):
+    if epoch == 2:  # a ruinous last epoch: its parameters must not be kept
+      state = state.replace(schedule={**state.schedule, 'plateau': {
+          **state.schedule['plateau'], 'learning_rate': jnp.float32(10.0)}})
+    state, _ = trainer.train_chunk(state, data, hp)
+    vals.append(float(state.schedule['val_accuracy']))
+    snapshots.append(jax.device_get(state.params))
+  assert int(state.step) == config.steps_per_task
+  best = int(np.argmax(vals))
+  assert best < 2 and vals[2] < max(vals), vals
+  assert float(state.schedule['best_val_accuracy']) == max(vals)
+  for got, want in zip(jax.tree.leaves(snapshots[2]), jax.tree.leaves(snapshots[best])):
+    np.testing.assert_array_equal(got, want)
+  assert trainer.traces == {'train_chunk': 1, 'begin_task': 1}
+
+
+@pytest.fixture(scope='module')
+def small_run(synthetic_cifar_task_set, tmp_path_factory):
+  """run(config module) -> (summary, workdir) of its small config on the synthetic problem.
+
+  Each config runs once per module; ResNet-20's checkpoints every epoch (which
+  changes no result), so the resume test can reuse it as the uninterrupted run.
+  """
+  runs = {}
+
+  def run(module):
+    if module not in runs:
+      workdir = tmp_path_factory.mktemp(module.__name__.split('.')[-1])
+      with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.tasks, 'load_task_set', lambda config: synthetic_cifar_task_set)
+        overrides = EVERY_EPOCH if module is cifar100_resnet20 else {}
+        runs[module] = train.train_and_evaluate(small_config(module, **overrides),
+                                                str(workdir)), workdir
+    return runs[module]
+  return run
+
+
+EVERY_EPOCH = {'checkpoint_every_steps': 15}  # an epoch is 15 steps on the synthetic problem
+
+
+@pytest.mark.parametrize('module', [cifar100_resnet20, cifar100_zenkenet])
+def test_small_configs_learn_three_synthetic_image_tasks(module, small_run):
+  summary, workdir = small_run(module)
+  acc = np.array(summary['accuracy_matrix'], dtype=float)
+  assert np.diag(acc).min() >= 90.0, acc  # every task learned
+  if module is cifar100_resnet20:  # and, with lambda = 1, remembered
+    assert acc[-1].min() >= 90.0, acc
+  # One compile for all tasks and epochs.
+  assert summary['traces'] == {'begin_task': 1, 'train_chunk': 1, 'evaluate': 1}
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  epochs = module.get_config('small').epochs_per_task
+  assert [r['epoch'] for r in records] == list(range(1, epochs + 1)) * 3
+  assert all({'learning_rate', 'best_val_accuracy'} <= set(r) for r in records)
+
+
+class Crash(Exception):
+  """Stands for the machine dying right after a checkpoint was written."""
+
+
+def test_an_epoch_run_resumes_mid_task_to_identical_results(tmp_path, small_run, monkeypatch,
+                                                           synthetic_cifar_task_set):
+  """The plateau state, the best snapshot and the validation record survive a restart."""
+  full, full_dir = small_run(cifar100_resnet20)
+  monkeypatch.setattr(train.tasks, 'load_task_set', lambda config: synthetic_cifar_task_set)
+  config = small_config(cifar100_resnet20, **EVERY_EPOCH)
+  saved = []
+  save = checkpoints.Checkpointer.save
+
+  def save_then_crash(self, step, state, progress):
+    save(self, step, state, progress)
+    saved.append(step)
+    if step == 60:  # task 2, after its first epoch
+      raise Crash()
+
+  monkeypatch.setattr(checkpoints.Checkpointer, 'save', save_then_crash)
+  with pytest.raises(Crash):
+    train.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.setattr(checkpoints.Checkpointer, 'save', save)
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  assert saved == [15, 30, 45, 60]
+  assert resumed['accuracy_matrix'] == full['accuracy_matrix']
+  strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != 'steps_per_sec'}
+                        for line in path.read_text().splitlines()]
+  assert strip(tmp_path / 'metrics.jsonl') == strip(full_dir / 'metrics.jsonl')
+
+
+def test_zenkenet_dropout_follows_the_step_rng():
+  net = targets.ZenkeNet(10)
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  params = net.init({'params': jax.random.key(1)}, x)
+  run = lambda seed: net.apply(params, x, 0, True, rngs={'dropout': jax.random.key(seed)})
+  np.testing.assert_array_equal(run(2), run(2))
+  assert not np.allclose(run(2), run(3))
+  np.testing.assert_array_equal(net.apply(params, x), net.apply(params, x))  # eval: no dropout
+
+
+def test_mock_cifar100_becomes_ten_tasks_of_ten_classes(tmp_path):
+  config = config_checks.resolve(cifar100_resnet20.get_config())
+  config.data_dir, config.download = str(tmp_path), False
+  with tfds.testing.mock_data(num_examples=6000, data_dir=str(tmp_path)):
+    data = tasks.load_task_set(config)
+  assert data.num_tasks == 10 and data.num_classes == 10 and data.input_shape == (32, 32, 3)
+  assert data.train.images.dtype == jnp.uint8 and data.train.images.shape[1:] == (32, 32, 3)
+  np.testing.assert_array_equal(data.val.size, [500] * 10)
+  assert int(data.train.size.sum() + data.val.size.sum()) == 6000
+  assert int(data.test.size.sum()) == 6000
+  for split in (data.train, data.val, data.test):
+    assert 0 <= int(split.labels.min()) and int(split.labels.max()) <= 9
+
+
+def test_hnet_with_per_task_running_statistics(synthetic_cifar_task_set):
+  """HNET generates the convs, trains BatchNorm's shared params, keeps statistics per task."""
+  data = synthetic_cifar_task_set
+  config = config_checks.fit_to_data(config_checks.resolve(small_config(
+      cifar100_resnet20, method='hnet', batch_norm='running', chunk_size=4000, num_tasks=2,
+      max_tasks=3, epochs_per_task=1)), data)
+  trainer = train.Trainer(config, HNET(config, data.input_shape, data.num_classes))
+  assert not trainer.whole_split_eval
+  hp = train.hyperparams(config)
+  state = trainer.init_state(0, hp)
+  scale = np.asarray(state.params['target']['bn_stem']['scale'])
+  for task in range(2):
+    state = trainer.begin_task(state, task, hp)
+    state, _ = trainer.train_chunk(state, data, hp)
+    trainer.evaluate(state.params, state.batch_stats, data, data.test, task, hp)
+  means = np.asarray(state.batch_stats['bn_stem']['mean'])
+  assert np.all(means[:2] != 0) and np.all(means[2] == 0)  # tasks 0 and 1; task 2 untouched
+  assert not np.allclose(means[0], means[1])
+  assert not np.allclose(state.params['target']['bn_stem']['scale'], scale)
+  assert trainer.traces == {'begin_task': 1, 'train_chunk': 1, 'evaluate': 1}
