@@ -77,9 +77,9 @@ def main(argv):
   config = config_checks.resolve(config)
   data = tasks.synthetic_task_set(config)
   method = METHODS[config.method](config, data.input_shape, data.num_classes)
-  if _COMPARE_TORCH.value and config.target != 'mlp':
-    raise app.UsageError(f'--compare_torch times the MLP reference only; '
-                         f'config.target={config.target!r}')
+  if _COMPARE_TORCH.value and config.method != 'hypermask':
+    raise app.UsageError('--compare_torch times the HyperMask reference step; '
+                         f'config.method={config.method!r}')
   trainer = train.Trainer(config, method)
   hp = train.hyperparams(config)
   state = trainer.init_state(config.seed, hp)
@@ -108,7 +108,7 @@ def main(argv):
     step = seconds / _STEPS.value
     line = f'task {task + 1:3d} ({task:3d} previous tasks): jax {1e3 * step:9.2f} ms/step'
     if _COMPARE_TORCH.value:
-      torch_step = torch_reference.time_steps(config, data.input_shape[0], data.num_classes, task,
+      torch_step = torch_reference.time_steps(config, data.input_shape, data.num_classes, task,
                                               _STEPS.value, _REPEATS.value)
       line += f' | torch {1e3 * torch_step:9.2f} ms/step | jax is {torch_step / step:.2f}x faster'
     print(line)

@@ -13,6 +13,7 @@ from configs import cifar100_resnet20
 from configs import cifar100_zenkenet
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
+from hypermask_jax import layers
 from hypermask_jax import schedules
 from hypermask_jax import targets
 from hypermask_jax import train
@@ -304,3 +305,13 @@ def test_hnet_with_per_task_running_statistics(synthetic_cifar_task_set):
   assert not np.allclose(means[0], means[1])
   assert not np.allclose(state.params['target']['bn_stem']['scale'], scale)
   assert trainer.traces == {'begin_task': 1, 'train_chunk': 1, 'evaluate': 1}
+
+
+def test_the_cpu_convolution_equals_xla_convolution():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 5))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 5, 4))
+  for stride, padding in ((1, 1), (2, 1), (1, 0)):
+    want = jax.lax.conv_general_dilated(x, kernel, (stride,) * 2, ((padding, padding),) * 2,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    np.testing.assert_allclose(layers.im2col_conv3x3(x, kernel, stride, padding), want,
+                               rtol=1e-5, atol=1e-5)
