@@ -114,6 +114,8 @@ def main(argv):
     print(line)
   print(f'traces: {dict(trainer.traces)}')
   peak, kind = peak_memory()
+  if _COMPARE_TORCH.value and kind.startswith('process'):
+    kind += ', PyTorch included: measure without --compare_torch'
   params_gib = sum(x.nbytes for x in jax.tree.leaves(state.params)) / 2**30
   print(f'peak memory: {peak / 2**30:.2f} GiB ({kind}); train state '
         f'{sum(x.nbytes for x in jax.tree.leaves(state)) / 2**30:.2f} GiB'

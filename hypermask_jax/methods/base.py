@@ -77,9 +77,10 @@ class HypernetworkMethod(Method):
     """Raw hypernetwork outputs [k, P] for int task indices [k]."""
     return self.hnet.apply({'params': hnet_params}, tasks)
 
-  def reg_rng(self, rng):
-    """The regulariser samples old tasks only with a reg_subset."""
-    return rng if self.config.reg_subset else None
+  def step_rngs(self, rng):
+    """(the regulariser's key, or None without a reg_subset; the target's dropout key)."""
+    rng_reg, rng_target = jax.random.split(rng)
+    return (rng_reg if self.config.reg_subset else None), rng_target
 
 
 def describe_counts(counts):

@@ -55,12 +55,12 @@ class HNET(base.HypernetworkMethod):
   def loss(self, params, batch_stats, batch, task, step, memory, hp, rng, delta=None):
     """Task loss at theta; output regulariser at theta + delta (delta: the lookahead step)."""
     del step
-    rng_reg, rng_target = jax.random.split(rng)
+    rng_reg, rng_target = self.step_rngs(rng)
     reg_params = params['hnet'] if delta is None else jax.tree.map(
         jnp.add, params['hnet'], delta['hnet'])
     output, reg = regularizers.outputs_and_output_reg(
         lambda rows: self.hnet_outputs(reg_params, rows), self._targets_fn(memory), task,
-        self.row_sizes, self.reg_rng(rng_reg), self.config.max_tasks)
+        self.row_sizes, rng_reg, self.config.max_tasks)
     if delta is not None:  # the regulariser's batch ran at theta + delta: the task needs theta
       output = self.hnet_outputs(params['hnet'], task[None])[0]
     ce, (logits, batch_stats) = self._task_loss(params, batch_stats, batch, task, output,
@@ -87,7 +87,7 @@ class HNET(base.HypernetworkMethod):
 
   def gradients(self, params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng):
     delta = (self.lookahead_delta(params, batch_stats, opt_state, tx, batch, task,
-                                  jax.random.split(rng)[1]) if self.config.lookahead else None)
+                                  self.step_rngs(rng)[1]) if self.config.lookahead else None)
     grads, (metrics, batch_stats) = jax.grad(self.loss, has_aux=True)(
         params, batch_stats, batch, task, step, memory, hp, rng, delta)
     return self._only_current_embedding(grads, task), metrics, batch_stats

@@ -38,11 +38,11 @@ class HyperMask(base.HypernetworkMethod):
   def loss(self, params, batch_stats, batch, task, step, memory, hp, rng):
     """Returns (loss, (metrics, batch_stats)) for one batch of task `task` at step `step`."""
     x, y, _ = batch
-    rng_reg, rng_target = jax.random.split(rng)
+    rng_reg, rng_target = self.step_rngs(rng)
     output, reg = regularizers.outputs_and_output_reg(
         lambda tasks: self.hnet_outputs(params['hnet'], tasks),
         lambda rows: memory['hnet_outputs'][rows], task, self.row_sizes,
-        self.reg_rng(rng_reg), self.config.max_tasks)
+        rng_reg, self.config.max_tasks)
     sparsity = mask_lib.sparsity_at(hp['sparsity'], task, step, self.config.steps_per_task)
     masks = self.masks(params, output, sparsity)
     logits, batch_stats = self.run_target(mask_lib.apply_masks(params['target'], masks),
