@@ -7,6 +7,8 @@ hypernet output layer ~108M parameters) and `configs/cifar100_resnet20.py:small`
 
 from configs import permuted_mnist
 
+VARIANTS = ('published', 'small')
+
 
 def get_config(variant='published'):
   config = permuted_mnist.get_config()
@@ -35,5 +37,5 @@ def get_config(variant='published'):
     config.epochs_per_task = 3
     config.checkpoint_every_steps = 500
   elif variant != 'published':
-    raise ValueError(f"unknown variant {variant!r}: use 'published' or 'small'")
+    raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
   return config

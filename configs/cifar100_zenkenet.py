@@ -7,6 +7,8 @@ BatchNorm the masked ZenkeNet needs more steps than ResNet-20 to learn a task).
 
 from configs import cifar100_resnet20
 
+VARIANTS = ('published', 'small')
+
 
 def get_config(variant='published'):
   config = cifar100_resnet20.get_config(variant)

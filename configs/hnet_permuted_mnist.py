@@ -6,6 +6,8 @@ Variants: `configs/hnet_permuted_mnist.py` (published) and
 
 from configs import permuted_mnist
 
+VARIANTS = ('published', 'small')
+
 
 def get_config(variant='published'):
   config = permuted_mnist.get_config()
@@ -28,5 +30,5 @@ def get_config(variant='published'):
     config.log_every_steps = 500
     config.checkpoint_every_steps = 1000
   elif variant != 'published':
-    raise ValueError(f"unknown variant {variant!r}: use 'published' or 'small'")
+    raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
   return config

@@ -11,6 +11,8 @@ Variants: published and `:small` (a smoke run on a 2-core CPU).
 
 from configs import hnet_permuted_mnist
 
+VARIANTS = ('published', 'small')
+
 
 def get_config(variant='published'):
   config = hnet_permuted_mnist.get_config()
@@ -33,5 +35,5 @@ def get_config(variant='published'):
     config.checkpoint_every_steps = 1000
     config.reg_subset = 8
   elif variant != 'published':
-    raise ValueError(f"unknown variant {variant!r}: use 'published' or 'small'")
+    raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
   return config

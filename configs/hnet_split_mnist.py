@@ -6,6 +6,8 @@ Variants: `configs/hnet_split_mnist.py` (published) and
 
 from configs import split_mnist
 
+VARIANTS = ('published', 'small')
+
 
 def get_config(variant='published'):
   config = split_mnist.get_config()
@@ -31,5 +33,5 @@ def get_config(variant='published'):
     config.log_every_steps = 250
     config.checkpoint_every_steps = 500
   elif variant != 'published':
-    raise ValueError(f"unknown variant {variant!r}: use 'published' or 'small'")
+    raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
   return config

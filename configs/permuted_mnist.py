@@ -7,6 +7,8 @@ Variants: `configs/permuted_mnist.py` (published) and
 import ml_collections
 from ml_collections import config_dict
 
+VARIANTS = ('published', 'small')
+
 
 def get_config(variant='published'):
   config = ml_collections.ConfigDict()
@@ -47,6 +49,8 @@ def get_config(variant='published'):
   config.eval_batch_size = 1000
   config.checkpoint_every_steps = 2000  # and at the end of every task
   config.checkpoints_to_keep = 3
+  config.final_checkpoints_to_keep = 1  # once the run has finished; 0: remove them all
+  config.max_call_seconds = 10.0  # wall-time bound of one compiled call: how long a stop waits
   if variant == 'small':
     config.num_tasks = 3
     config.target_hidden = (100, 100)
@@ -55,5 +59,5 @@ def get_config(variant='published'):
     config.log_every_steps = 250
     config.checkpoint_every_steps = 500
   elif variant != 'published':
-    raise ValueError(f"unknown variant {variant!r}: use 'published' or 'small'")
+    raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
   return config

@@ -6,6 +6,8 @@ Variants: `configs/split_mnist.py` (published) and
 
 from configs import permuted_mnist
 
+VARIANTS = ('published', 'small')
+
 
 def get_config(variant='published'):
   config = permuted_mnist.get_config()
@@ -24,5 +26,5 @@ def get_config(variant='published'):
     config.steps_per_task = 1000
     config.log_every_steps = 250
   elif variant != 'published':
-    raise ValueError(f"unknown variant {variant!r}: use 'published' or 'small'")
+    raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
   return config

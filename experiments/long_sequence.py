@@ -18,9 +18,10 @@ from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
+import numpy as np
 
 from hypermask_jax import config_checks
-from hypermask_jax import train
+from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 
@@ -44,14 +45,14 @@ def run(config, steps):
     config.log_every_steps = steps
   config = config_checks.resolve(config)
   data = tasks.synthetic_task_set(config)
-  trainer = train.Trainer(config, METHODS[config.method](config, data.input_shape,
+  trainer = trainer_lib.Trainer(config, METHODS[config.method](config, data.input_shape,
                                                            data.num_classes))
-  hp = train.hyperparams(config)
+  hp = trainer_lib.hyperparams(config)
   state = trainer.init_state(config.seed, hp)
   memory = []
   for task in range(config.num_tasks):
     state = trainer.begin_task(state, task, hp)
-    state, _ = trainer.train_chunk(state, data, hp)
+    state, _ = trainer.train_steps(state, data, hp, np.int32(steps))
     jax.block_until_ready(state)
     memory.append(memory_in_use())
   float(trainer.evaluate(state.params, state.batch_stats, data, data.test, 0, hp))

@@ -13,6 +13,7 @@ from hypermask_jax.data import prepare
 from hypermask_jax.data import tasks
 from hypermask_jax.data import tfds_io
 from tests.conftest import synthetic_mnist
+from tests.conftest import write_mnist_idx
 
 
 def test_permuted_mnist_layout():
@@ -89,23 +90,15 @@ def test_missing_dataset_names_data_dir_and_importer(tmp_path, monkeypatch, down
   assert 'python -m hypermask_jax.data.prepare mnist' in str(e.value)
 
 
-def write_idx(path, array):
-  header = bytes([0, 0, 8, array.ndim]) + b''.join(d.to_bytes(4, 'big') for d in array.shape)
-  with gzip.open(path, 'wb') as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
 def test_importer_round_trip(tmp_path):
   train, test = synthetic_mnist(n_train=30, n_test=10)
-  raw = tmp_path / 'raw'
-  raw.mkdir()
-  for split, (x, y) in (('train', train), ('test', test)):
-    images_file, labels_file = prepare.MNIST_FILES[split]
-    write_idx(raw / images_file, x[..., 0])
-    write_idx(raw / labels_file, y)
+  raw = write_mnist_idx(tmp_path / 'raw', train, test)
   data_dir = str(tmp_path / 'tfds')
-  assert prepare.prepare('mnist', str(raw), data_dir)
-  assert not prepare.prepare('mnist', str(raw), data_dir)  # second call: already there
+  done = prepare.prepare('mnist', str(raw), data_dir)
+  assert done['written'] and done['counts'] == {'train': 30, 'test': 10}
+  assert done['dataset_dir'] == str(tmp_path / 'tfds' / 'mnist' / '3.0.1')
+  again = prepare.prepare('mnist', str(raw), data_dir)  # already there: verified, not rebuilt
+  assert not again['written'] and again['counts'] == {'train': 30, 'test': 10}
   for split, (x, y) in (('train', train), ('test', test)):
     images, labels = tfds_io.load_split('mnist', split, data_dir, download=False)
     order = np.argsort([bytes(img.tobytes()) for img in images])
@@ -118,5 +111,5 @@ def test_importer_rejects_a_bad_file(tmp_path):
   for name in prepare.MNIST_FILES['train'] + prepare.MNIST_FILES['test']:
     with gzip.open(tmp_path / name, 'wb') as f:
       f.write(b'not an idx file')
-  with pytest.raises(ValueError, match='IDX'):
+  with pytest.raises(prepare.SourceError, match='IDX'):
     prepare.read_mnist(str(tmp_path))

@@ -21,6 +21,13 @@ MAX_TASKS = {'split_mnist': 5, 'split_cifar100': 10}  # Permuted MNIST has no li
 SPLIT_MNIST_MEAN, SPLIT_MNIST_STD = 0.1307, 0.3081
 CIFAR_MEAN = (0.485, 0.456, 0.406)  # the reference's (ImageNet's) normalisation
 CIFAR_STD = (0.229, 0.224, 0.225)
+NUM_CLASSES = {'permuted_mnist': 10, 'split_mnist': 2, 'split_cifar100': 10}  # per task
+
+
+def input_shape(benchmark):
+  """The shape of one input: flat vectors for the MNIST MLPs, NHWC images for CIFAR."""
+  return {'permuted_mnist': (32 * 32,), 'split_mnist': (28 * 28,),
+          'split_cifar100': (32, 32, 3)}[benchmark]
 
 
 @flax.struct.dataclass
@@ -49,9 +56,7 @@ class TaskSet:
 
   @property
   def input_shape(self):
-    """The shape of one input: flat vectors for the MNIST MLPs, NHWC images for CIFAR."""
-    return {'permuted_mnist': (32 * 32,), 'split_mnist': (28 * 28,),
-            'split_cifar100': (32, 32, 3)}[self.benchmark]
+    return input_shape(self.benchmark)
 
   def inputs(self, images, tasks, rng, train):
     """Turns uint8 images of `tasks` (one task, or one per image) into float inputs, on the device."""
