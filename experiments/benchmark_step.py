@@ -85,9 +85,8 @@ def main(argv):
     raise app.UsageError('--compare_torch times the HyperMask reference step; '
                          f'config.method={config.method!r}')
   trainer = trainer_lib.Trainer(config, method)
-  hp = trainer_lib.hyperparams(config)
-  state = trainer.init_state(config.seed, hp)
-  counts = method.param_counts(state.params)
+  state, data, hp = trainer.fresh(data, [config])
+  counts = method.param_counts(jax.tree.map(lambda x: x[0], state.params))
   target = tuple(config.target_hidden) if config.target == 'mlp' else config.target
   print(f'config: {config.dataset}, {config.method}, target {target}, '
         f'hnet {tuple(config.hnet_hidden)}, batch {config.batch_size}, max_tasks {config.max_tasks}')

@@ -69,6 +69,7 @@ def validate(config):
                 'width_factor'):
     _number(config, field, low=1, integer=True)
   _number(config, 'final_checkpoints_to_keep', low=0, integer=True)
+  _number(config, 'runs_per_program', low=0, integer=True)
   _number(config, 'max_call_seconds', low=0, low_open=True)
   _number(config, 'epochs_per_task', low=0, integer=True)
   if config.epochs_per_task == 0:

@@ -31,8 +31,12 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for the results of this 
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume an unfinished run in --workdir even though its saved '
     'config differs in fields that change results (not in fields that change array shapes).')
+_SWEEP_SHARD = flags.DEFINE_string(
+    'sweep_shard', None, 'i/n: run only the i-th of n shares of a sweep\'s programs (0 <= i < n), '
+    'e.g. one per job of a SLURM array; any later run collects the finished ones.')
+# New attributes are accepted only under config.sweep (checked in check_config_flags).
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
-                                lock_config=True)
+                                lock_config=False, accept_new_attributes=True)
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 CHATTY_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
@@ -50,6 +54,8 @@ MOST_USED_FIELDS = (
     ('log_every_steps', 'steps between progress lines (and validations)'),
     ('checkpoint_every_steps', 'steps between checkpoints (also after every task)'),
     ('max_call_seconds', 'wall-time bound of one compiled call: how long a stop waits'),
+    ('sweep.FIELD', 'values of FIELD to sweep, e.g. --config.sweep.seed=1,2,3,4,5'),
+    ('runs_per_program', 'most runs one compiled program trains at once (0: as many as fit)'),
 )
 
 
@@ -89,10 +95,13 @@ def available_configs():
 
 def help_text():
   lines = ['usage: python -m hypermask_jax.main --config=configs/FILE.py[:VARIANT] --workdir=DIR '
-           '[--config.FIELD=VALUE ...] [--allow_config_change]', '',
-           'Trains one continual-learning run and evaluates every task after each task. Running '
-           'the same command again resumes an interrupted run from its newest checkpoint, or '
-           'prints the results of a finished one.', '',
+           '[--config.FIELD=VALUE ...] [--config.sweep.FIELD=V1,V2,...] [--allow_config_change] '
+           '[--sweep_shard=i/n]', '',
+           'Trains a continual-learning run, or the runs of a sweep (the product of the '
+           '--config.sweep.FIELD lists; runs that differ only in seed, learning_rate, beta, lam, '
+           'sparsity or l1_masked share one compiled program), and evaluates every task after '
+           'each task. Running the same command again resumes an interrupted run from its newest '
+           'checkpoint, or prints the results of a finished one.', '',
            'Configs (the first variant is the default; pick another with :VARIANT):']
   for path, variants, doc in available_configs():
     lines.append(f"  {path:34s} {', '.join(variants):28s} {doc}")
@@ -101,6 +110,7 @@ def help_text():
   lines += ['', 'Flags:', '  --workdir=DIR                folder for the results (created; '
             'relative paths are resolved once at start)',
             '  --allow_config_change        resume although result fields of the config changed',
+            '  --sweep_shard=i/n            run only the i-th of n shares of a sweep (0 <= i < n)',
             '', 'Exit status:', '  0   finished (or already finished)',
             '  2   bad input: one line names the flag, field or path; nothing was written',
             f'  {preemption.EXIT_PREEMPTED}  stopped by SIGTERM or SIGINT after saving a '
@@ -161,14 +171,20 @@ def check_config_flags(argv):
   except Exception as e:  # pylint: disable=broad-except
     raise errors.BadInput(f'--config={value}: get_config({variant!r}) failed '
                           f'({type(e).__name__}: {e})') from None
-  fields = _fields(config)
+  fields = [f for f in _fields(config) if f.split('.')[0] != 'sweep']
   for arg in argv:
     match = re.match(r'^--?(?:no)?config\.([^=]+)', arg)
-    if match and match.group(1) not in fields:
-      field = match.group(1)
-      close = difflib.get_close_matches(field, fields, n=1, cutoff=0.6)
-      hint = f'did you mean --config.{close[0]}?' if close else '--help lists the main ones'
-      raise errors.BadInput(f'--config.{field}: no such config field ({hint})')
+    if not match:
+      continue
+    field = match.group(1)
+    swept = field.startswith('sweep.')
+    if (field[len('sweep.'):] if swept else field) not in fields:
+      close = difflib.get_close_matches(field[len('sweep.'):] if swept else field, fields, n=1,
+                                        cutoff=0.6)
+      hint = (f"did you mean --config.{'sweep.' if swept else ''}{close[0]}?" if close
+              else '--help lists the main ones')
+      what = 'no such config field to sweep' if swept else 'no such config field'
+      raise errors.BadInput(f'--config.{field}: {what} ({hint})')
 
 
 def parse_flags(argv):
@@ -195,7 +211,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   from hypermask_jax import train  # pylint: disable=g-import-not-at-top  (after TF's env setup)
   try:
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
+    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value,
+                             _SWEEP_SHARD.value)
   except preemption.Preempted as e:
     print(f'preempted: {e}; run the same command again to resume.', file=sys.stderr)
     sys.exit(preemption.EXIT_PREEMPTED)
