@@ -27,6 +27,7 @@ from hypermask_jax import outputs
 from hypermask_jax import preemption
 from hypermask_jax import schedules
 from hypermask_jax import targets
+from hypermask_jax import tensorboard
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 from hypermask_jax.methods import base
@@ -197,12 +198,13 @@ def _new_progress(num_tasks):
           'wall_time': 0.0, 'train_time': 0.0, 'steps_timed': 0}
 
 
-def train_and_evaluate(config, workdir, allow_config_change=False):
+def train_and_evaluate(config, workdir, allow_config_change=False, on_end=None):
   """Runs the whole task sequence of `config` in `workdir`, resuming from its newest checkpoint.
 
   Returns the summary. Raises preemption.Preempted after saving if SIGTERM or
   SIGINT arrived; running the same call again continues where it stopped and
-  ends with the results an uninterrupted run would have produced.
+  ends with the results an uninterrupted run would have produced. When the
+  run ends, on_end(workdir, task_set) is called if given (e.g. to write the report).
   """
   config = config_checks.resolve(config)
   out = outputs.Workdir(workdir)
@@ -217,14 +219,19 @@ def train_and_evaluate(config, workdir, allow_config_change=False):
   trainer = Trainer(config, method)
   hp = hyperparams(config)
   checkpointer = checkpoints.Checkpointer(workdir, config.checkpoints_to_keep)
+  board = tensorboard.Board(workdir)
   with preemption.StopSignals() as stop:
     try:
-      return _run(config, out, data, method, trainer, hp, checkpointer, stop)
+      summary = _run(config, out, data, method, trainer, hp, checkpointer, board, stop)
     finally:
       checkpointer.close()
+      board.close()
+  if on_end is not None:
+    on_end(workdir, data)
+  return summary
 
 
-def _run(config, out, data, method, trainer, hp, checkpointer, stop):
+def _run(config, out, data, method, trainer, hp, checkpointer, board, stop):
   """The task loop, from a fresh start or from the newest checkpoint."""
   started = time.time()
   num_tasks, steps = config.num_tasks, config.steps_per_task
@@ -241,6 +248,7 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
     resume_mid_task = progress['accuracy'][task][task] is None
     first_task = task if resume_mid_task else task + 1
   out.rewrite_metrics(progress['records'])
+  board.start(outputs.flat_config(config), progress['records'], progress['accuracy'])
   wall_before = progress['wall_time']
   compiled = False  # the first chunk of this process includes compiling: not timed
 
@@ -277,18 +285,20 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
       compiled = True
       rate = progress['steps_timed'] / max(progress['train_time'], 1e-9)
       means = {k: float(np.sum(v * active) / max(active.sum(), 1)) for k, v in aux.items()}
+      means['accuracy'] *= 100
       val = float(schedule['val_accuracy'])
       fields = _schedule_fields(config, schedule, step // trainer.chunk)
-      record = {'task': task, 'step': step, **means, 'val_accuracy': val, **fields,
-                'steps_per_sec': rate}
+      record = {'task': task + 1, 'step': step, 'global_step': task * steps + step, **means,
+                'val_accuracy': val, **fields, 'steps_per_sec': rate}
       progress['records'].append(record)
       out.log_metrics(record)
+      board.log_metrics(record)
       remaining = (num_tasks - task) * steps - step
       terms = ' '.join(f'{k} {v:.4g}' for k, v in {**means, **fields}.items()
                        if k != 'accuracy')
       logging.info('task %d/%d step %d/%d | %s | train acc %.2f val acc %.2f | %.1f steps/s '
                    'ETA %s', task + 1, num_tasks, step, steps, terms,
-                   100 * means['accuracy'], val, rate,
+                   means['accuracy'], val, rate,
                    _format_eta(remaining / rate) if progress['steps_timed'] else '?')
       if step < steps:  # the end of a task is saved (and a stop honoured) after eval
         periodic = ((task * steps + step) // config.checkpoint_every_steps
@@ -303,6 +313,7 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
            for j in range(task + 1)]
     progress['accuracy'][task][:task + 1] = row
     out.write_accuracy(progress['accuracy'], task + 1)
+    board.log_test_accuracy(row, (task + 1) * steps)
     logging.info('after task %d: test accuracy %s (mean %.2f)', task + 1,
                  ' '.join(f'{a:.2f}' for a in row), np.mean(row))
     save(state)
@@ -317,6 +328,7 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
   if embeddings is not None:
     out.write_embeddings(np.asarray(embeddings[:num_tasks]))
   out.write_summary(summary)
+  board.log_summary(summary, num_tasks * steps)
   logging.info('done: mean accuracy %.2f, BWT %.2f, forgetting %.2f; results in %s',
                summary['mean_accuracy'], summary['bwt'], summary['forgetting'], out.path)
   return summary
