@@ -53,6 +53,8 @@ def heatmap(ax, values, row_labels, col_labels, *, cmap='viridis', vmin=None, vm
             fmt='{:.1f}', colorbar_label=None):
   """values [R, C] (NaN cells left blank), its numbers in the cells when small enough."""
   values = np.asarray(values, float)
+  if vmin is not None and vmax is not None and vmin >= vmax:  # all cells equal: a 1-wide scale
+    vmin = vmax - 1
   image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax,
                     aspect='auto', interpolation='nearest')
   _set_ticks(ax.set_yticks, row_labels)
@@ -141,7 +143,7 @@ def just_after_vs_final(acc, title):
   _task_axis(ax, n)
   ax.set_xlabel('task')
   ax.set_ylabel('test accuracy (%)')
-  ax.legend(loc='lower left', fontsize=9)
+  ax.legend(loc='best', fontsize=9)
   ax.grid(alpha=0.3)
   ax.set_title(title)
   return fig
