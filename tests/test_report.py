@@ -218,13 +218,27 @@ def test_the_model_figures_of_a_trained_hypermask_run(tmp_path, monkeypatch, syn
   np.testing.assert_allclose(shown(ax)[0, 2], by_hand, rtol=1e-5)
   np.testing.assert_allclose(np.diag(shown(ax)), 1.0)
 
-  # Penultimate features of the MLP (one hidden layer): relu(x W0 + b0) with each task's weights.
-  features, task_ids = report.model_stats.penultimate_features(model, 3, 20)
+  # Penultimate features of the MLP (one hidden layer): relu(x W0 + b0) with each task's weights,
+  # for the 200 test samples of each task, as the figure shows them.
+  features, task_ids = report.model_stats.penultimate_features(model, 3, 200)
   data = synthetic_task_set
   for t in range(3):
     w = eval_weights(model.params, jnp.int32(t), model.hp)['dense_0']
-    x = data.inputs(data.test.images[:20], t, None, train=False)
+    x = data.inputs(data.test.images[:200], t, None, train=False)
     np.testing.assert_allclose(features[task_ids == t], jax.nn.relu(x @ w['kernel'] + w['bias']),
                                rtol=1e-4, atol=1e-5)
-  points = figs['features_pca.png'].figure.axes[0].collections
-  assert len(points) == 3 and sum(len(c.get_offsets()) for c in points) == 3 * 200
+  projected, _ = report.model_stats.pca(features)
+  scatters = figs['features_pca.png'].figure.axes[0].collections
+  assert len(scatters) == 3
+  for t, scatter in enumerate(scatters):
+    np.testing.assert_allclose(scatter.get_offsets(), projected[task_ids == t], rtol=1e-6)
+
+
+def test_pca_projects_on_the_directions_of_largest_variance():
+  rs = np.random.RandomState(0)
+  x = rs.normal(size=(200, 5)) * np.array([5.0, 2.0, 1.0, 0.5, 0.1]) + 3.0
+  projected, explained = report.model_stats.pca(x)
+  u, s, _ = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+  np.testing.assert_allclose(np.abs(projected), np.abs(u[:, :2] * s[:2]), atol=1e-9)
+  np.testing.assert_allclose(explained, s[:2] ** 2 / np.sum(s ** 2))
+  assert explained[0] > 0.8  # the axis with std 5 of a total variance of about 30

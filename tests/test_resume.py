@@ -24,7 +24,7 @@ from hypermask_jax import preemption
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ['--config=configs/permuted_mnist.py:small', '--config.steps_per_task=300',
-        '--config.log_every_steps=50', '--config.checkpoint_every_steps=100']
+        '--config.log_every_steps=50', '--config.checkpoint_every_steps=100', '--noreport']
 
 
 def command(workdir, data_dir, *extra):
