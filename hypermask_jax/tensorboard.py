@@ -55,7 +55,7 @@ def hparam_value(value):
 
 
 def task_ends(records):
-  """{task (from 1): the global step at which it ended} for the tasks whose records end here."""
+  """{task (from 1): its last global step in the records}."""
   ends = {}
   for r in records:
     ends[r['task']] = max(ends.get(r['task'], 0), r['global_step'])
@@ -69,6 +69,7 @@ class Board:
     self.path = epath.Path(workdir) / DIR
     self.writer = None
     self.task_digits = 1
+    self.session_end = None  # the HParams "finished" mark, written with the summary
 
   def start(self, config, records, accuracy):
     """Deletes the folder's event files and writes the run's events up to the checkpoint.
@@ -88,9 +89,10 @@ class Board:
     file_writer = self.writer.file_writer
     file_writer.add_event(event_pb2.Event(
         step=0, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
-    for summary in tbx_summary.hparams({k: hparam_value(v) for k, v in config.items()},
-                                       {m: None for m in HPARAM_METRICS}):
-      file_writer.add_summary(summary)
+    experiment, session_start, self.session_end = tbx_summary.hparams(
+        {k: hparam_value(v) for k, v in config.items()}, {m: None for m in HPARAM_METRICS})
+    file_writer.add_summary(experiment)
+    file_writer.add_summary(session_start)
     ends = task_ends(records)
     for record in records:
       self._scalars(record)
@@ -101,8 +103,7 @@ class Board:
 
   def _scalars(self, record):
     for field, value in record.items():
-      if field not in NOT_PLOTTED and isinstance(value, (int, float)) and not isinstance(value,
-                                                                                       bool):
+      if field not in NOT_PLOTTED and type(value) in (int, float):
         self.writer.add_scalar(record_tag(field), value, record['global_step'])
 
   def _test_accuracy(self, row, global_step):
@@ -122,9 +123,10 @@ class Board:
     self.writer.flush()
 
   def log_summary(self, summary, global_step):
-    """The run's final mean accuracy, BWT and forgetting."""
+    """The run's final mean accuracy, BWT and forgetting; HParams marks the run finished."""
     for field in SUMMARY_FIELDS:
       self.writer.add_scalar(f'summary/{field}', summary[field], global_step)
+    self.writer.file_writer.add_summary(self.session_end, global_step)
     self.writer.flush()
 
   def close(self):

@@ -18,22 +18,27 @@ CONFIG = {'method': 'hypermask', 'beta': 0.0005, 'num_tasks': 3, 'target_hidden'
 
 
 def read_events(workdir):
-  """({tag: [(step, value)] in file order}, hparams {name: value}, session-log steps)."""
+  """({tag: [(step, value)] in file order}, hparams {name: value}, marks, event files).
+
+  marks: ('restart', step) for a SessionLog START, ('finished', step) for the HParams end mark.
+  """
   files = sorted((workdir / tensorboard.DIR).glob('events.out.tfevents.*'))
-  scalars, hparams, starts = collections.defaultdict(list), {}, []
+  scalars, hparams, marks = collections.defaultdict(list), {}, []
   for path in files:
     for event in tf.compat.v1.train.summary_iterator(str(path)):
       if event.HasField('session_log'):
-        starts.append(event.step)
+        marks.append(('restart', event.step))
       for value in event.summary.value:
         if value.metadata.plugin_data.plugin_name == 'hparams':
           data = plugin_hparams_pb2.HParamsPluginData.FromString(
               value.metadata.plugin_data.content)
           for name, v in data.session_start_info.hparams.items():
             hparams[name] = getattr(v, v.WhichOneof('kind'))
+          if data.HasField('session_end_info'):
+            marks.append(('finished', event.step))
         else:
           scalars[value.tag].append((event.step, value.simple_value))
-  return dict(scalars), hparams, starts, files
+  return dict(scalars), hparams, marks, files
 
 
 def assert_points(actual, expected):
@@ -65,8 +70,8 @@ def test_a_run_writes_its_config_records_and_accuracies(tmp_path):
   board.log_summary({'mean_accuracy': 95.5, 'bwt': -1.0, 'forgetting': 1.5}, 300)
   board.close()
 
-  scalars, hparams, starts, files = read_events(tmp_path)
-  assert len(files) == 1 and starts == [0]
+  scalars, hparams, marks, files = read_events(tmp_path)
+  assert len(files) == 1 and marks == [('restart', 0), ('finished', 300)]
   assert hparams == {'method': 'hypermask', 'beta': 0.0005, 'num_tasks': 3.0,
                      'target_hidden': '[16]', 'max_tasks': 'None', 'l1_masked': True}
   assert_points(scalars['train/ce'], [(r['global_step'], r['ce']) for r in records])
@@ -106,8 +111,8 @@ def test_resume_rewrites_the_events_up_to_the_checkpoint_and_drops_the_rest(tmp_
   write_run(board, records, acc, start_record=4)
   board.close()
 
-  scalars, _, starts, files = read_events(run)
-  assert len(files) == 1 and starts == [0]
+  scalars, _, marks, files = read_events(run)
+  assert len(files) == 1 and marks == [('restart', 0)]  # not finished: no summary yet
   assert scalars == read_events(reference)[0]
   for points in scalars.values():
     steps = [s for s, _ in points]
@@ -140,7 +145,8 @@ def test_a_killed_and_resumed_run_has_no_stray_points(tmp_path, monkeypatch, syn
   monkeypatch.setattr(tensorboard.Board, 'log_metrics', original)
   summary = train.train_and_evaluate(config, str(workdir))
 
-  scalars, hparams, _, files = read_events(workdir)
+  scalars, hparams, marks, files = read_events(workdir)
+  assert marks == [('restart', 0), ('finished', 18)]
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert len(files) == 1 and hparams['seed'] == 1
   assert [s for s, _ in scalars['train/loss']] == list(range(2, 19, 2))
