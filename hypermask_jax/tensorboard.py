@@ -30,9 +30,6 @@ import time
 
 from etils import epath
 import numpy as np
-import tensorboardX
-from tensorboardX import summary as tbx_summary
-from tensorboardX.proto import event_pb2
 
 DIR = 'tensorboard'
 # Record fields that are not a plot of their own, and the tags of those not under train/.
@@ -79,6 +76,13 @@ class Board:
     matrix restored with them (rows of num_tasks values, None where not yet
     evaluated).
     """
+    # Imported here, by a run that writes events: tensorboardX imports torch when it is installed
+    # (seconds, and its memory in the process), which importing train.py must not cost the
+    # benchmarks that compare with PyTorch.
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    from tensorboardX import summary as tbx_summary  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
     for old in self.path.glob('events.out.tfevents.*'):
       old.unlink()
     self.path.mkdir(parents=True, exist_ok=True)
