@@ -22,7 +22,9 @@ import numpy as np
 from hypermask_jax import checkpoints
 from hypermask_jax import environment
 from hypermask_jax import metrics
+from hypermask_jax import outputs
 from hypermask_jax import preemption
+from hypermask_jax import tensorboard
 from hypermask_jax import trainer as trainer_lib
 
 # The layout of `progress` in checkpoints; a checkpoint of another layout is refused on resume.
@@ -156,6 +158,11 @@ class ProgramLoop:
     self.pacer = CallPacer(self.config.max_call_seconds)
     self.started = time.time()
     self.progress = new_progress(program.runs, self.config.num_tasks)
+    self.boards = [tensorboard.Board(out.path) for out in outs]
+
+  def close(self):
+    for board in self.boards:
+      board.close()
 
   def run(self, state, restored):
     config = self.config
@@ -168,8 +175,11 @@ class ProgramLoop:
                    config.num_tasks, step)
       resume_mid_task = self.progress['accuracy'][0][task][task] is None
       first_task = task if resume_mid_task else task + 1
-    for out, records in zip(self.outs, self.progress['records']):
+    for run, out, board, records, accuracy in zip(self.program.runs, self.outs, self.boards,
+                                                  self.progress['records'],
+                                                  self.progress['accuracy']):
       out.rewrite_metrics(records)
+      board.start(outputs.flat_config(run.config), records, accuracy)
     self.wall_before = self.progress['wall_time']
     for task in range(first_task, config.num_tasks):
       if not (resume_mid_task and task == first_task):
@@ -248,6 +258,7 @@ class ProgramLoop:
         record['steps_per_sec'] = chunk['timed_steps'] / chunk['timed_seconds']
       progress['records'][r].append(record)
       self.outs[r].log_metrics(record)
+      self.boards[r].log_metrics(record)
       records.append(record)
     progress['chunk'] = new_chunk()
     self.log_progress(records, task, step)
@@ -284,6 +295,7 @@ class ProgramLoop:
       accuracy = self.progress['accuracy'][r]
       accuracy[task][:task + 1] = columns[r]
       out.write_accuracy(accuracy, task + 1)
+      self.boards[r].log_test_accuracy(columns[r], (task + 1) * self.config.steps_per_task)
     if self.num_runs == 1:
       logging.info('after task %d/%d: test accuracy (%%) of tasks 1-%d: %s | mean %.2f', task + 1,
                    self.config.num_tasks, task + 1, ' '.join(f'{a:.2f}' for a in columns[0]),
@@ -345,6 +357,7 @@ class ProgramLoop:
       if embeddings is not None:
         out.write_embeddings(np.asarray(embeddings[:config.num_tasks]))
       out.write_summary(summary)
+      self.boards[r].log_summary(summary, config.num_tasks * config.steps_per_task)
       summaries.append(summary)
     self.checkpointer.keep_newest(config.final_checkpoints_to_keep)
     return summaries

@@ -31,6 +31,9 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for the results of this 
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume an unfinished run in --workdir even though its saved '
     'config differs in fields that change results (not in fields that change array shapes).')
+_REPORT = flags.DEFINE_bool(
+    'report', True, 'Write figures and report.md into WORKDIR/report when the run or sweep ends '
+    '(python -m hypermask_jax.report WORKDIR writes them at any time).')
 _SWEEP_SHARD = flags.DEFINE_string(
     'sweep_shard', None, 'i/n: run only the i-th of n shares of a sweep\'s programs (0 <= i < n), '
     'e.g. one per job of a SLURM array; any later run collects the finished ones.')
@@ -111,6 +114,8 @@ def help_text():
             'relative paths are resolved once at start)',
             '  --allow_config_change        resume although result fields of the config changed',
             '  --sweep_shard=i/n            run only the i-th of n shares of a sweep (0 <= i < n)',
+            '  --noreport                   no figures and report.md at the end (see '
+            'python -m hypermask_jax.report)',
             '', 'Exit status:', '  0   finished (or already finished)',
             '  2   bad input: one line names the flag, field or path; nothing was written',
             f'  {preemption.EXIT_PREEMPTED}  stopped by SIGTERM or SIGINT after saving a '
@@ -212,7 +217,7 @@ def main(argv):
   from hypermask_jax import train  # pylint: disable=g-import-not-at-top  (after TF's env setup)
   try:
     train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value,
-                             _SWEEP_SHARD.value)
+                             _SWEEP_SHARD.value, with_report=_REPORT.value)
   except preemption.Preempted as e:
     print(f'preempted: {e}; run the same command again to resume.', file=sys.stderr)
     sys.exit(preemption.EXIT_PREEMPTED)

@@ -29,6 +29,7 @@ ACCURACY_CSV = 'accuracy_matrix.csv'
 ACCURACY_JSON = 'accuracy_matrix.json'
 EMBEDDINGS = 'task_embeddings.json'
 SIMILARITY_CSV = 'embedding_similarity.csv'
+WEIGHTS = 'checkpoint.json'  # where the run's weights are: its program's checkpoints, run index
 
 
 class WorkdirError(errors.BadInput):
@@ -149,9 +150,21 @@ class RunOutputs:
                          '--allow_config_change to resume it with the new config')
     return diff
 
-  def save_config(self, config):
+  def save_config(self, config, program_folder, index):
+    """The run's config, and where its weights are: run `index` of the checkpoints in
+    program_folder (its own folder for a single run)."""
     self.path.mkdir(parents=True, exist_ok=True)
     (self.path / CONFIG).write_text(json.dumps(flat_config(config), indent=2, sort_keys=True))
+    (self.path / WEIGHTS).write_text(json.dumps(
+        {'folder': os.path.relpath(program_folder, self.path), 'index': index}))
+
+  def checkpoint_location(self):
+    """(the folder whose checkpoints hold this run's weights, the run's index in them)."""
+    location = self.path / WEIGHTS
+    if not location.exists():
+      return self.path, 0
+    saved = json.loads(location.read_text())
+    return epath.Path(os.path.normpath(self.path / saved['folder'])), saved['index']
 
   def rewrite_metrics(self, records):
     """The metrics log as of the checkpoint being resumed (records after it are dropped)."""

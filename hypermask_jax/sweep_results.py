@@ -1,25 +1,28 @@
-"""A sweep's tables, from the finished runs' folders: one row per run, one per grid point.
+"""A sweep's tables, from its finished runs' folders: one row per run, one per grid point.
 
   runs.csv     one row per finished run: its swept values, mean final accuracy, BWT,
                forgetting, mean final validation accuracy, each task's final accuracy
-  grid.csv     one row per grid point (the swept values other than the seed): the number
-               of seeds and the mean and std over them of each column of runs.csv
+  grid.csv     one row per grid point (the runs whose configs differ only in the seed):
+               the seeds, and the mean and std over them of each column of runs.csv
   best.json    the grid point with the highest mean validation accuracy (never test)
   results.md   the grid points as the papers lay them out: benchmark, method, mean ± std
 
-std is numpy's default, the population standard deviation (ddof=0). Any process
-of a sweep (a shard too) rewrites them from every run that has finished, so
-the last one to finish leaves the complete tables.
+Grid points and their statistics come from results.py, as in the report: std is
+the sample standard deviation over seeds (empty for a single seed). Any process
+of a sweep (a shard too) rewrites the tables from every run that has finished,
+so the last one to finish leaves the complete tables.
 """
 
 import csv
 import io
 import json
+import math
 
 from etils import epath
 import numpy as np
 
 from hypermask_jax import outputs
+from hypermask_jax import results
 from hypermask_jax import sweep
 
 RUNS_CSV = 'runs.csv'
@@ -27,20 +30,6 @@ GRID_CSV = 'grid.csv'
 BEST = 'best.json'
 RESULTS = 'results.md'
 COLUMNS = ('mean_accuracy', 'bwt', 'forgetting', 'mean_val_accuracy')
-
-
-def _finished(workdir, runs):
-  """[(run, summary)] of the runs whose folder holds a summary."""
-  found = []
-  for run in runs:
-    summary = epath.Path(workdir) / sweep.RUNS / run.name / outputs.SUMMARY
-    if summary.exists():
-      found.append((run, json.loads(summary.read_text())))
-  return found
-
-
-def _point(run):
-  return {k: v for k, v in run.values.items() if k != 'seed'}
 
 
 def _write(path, text):
@@ -58,78 +47,71 @@ def _csv(header, rows):
   return out.getvalue()
 
 
-def _fmt(value):
-  return '' if value is None else (f'{value:.4f}' if isinstance(value, float) else str(value))
+def _number(value):
+  """A table cell: 4 decimals; empty for NaN (a std over one seed) or a missing value."""
+  return '' if value is None or math.isnan(value) else f'{value:.4f}'
 
 
-def grid_points(finished):
-  """[(point values, [summaries])] in the order the runs come."""
-  points = {}
-  for run, summary in finished:
-    key = repr(sorted(_point(run).items()))
-    points.setdefault(key, (_point(run), []))[1].append(summary)
-  return list(points.values())
+def _json_number(value):
+  return None if math.isnan(value) else value
 
 
-def stats(summaries, key):
-  """(mean, std) over runs of summary[key] (None if a run lacks it)."""
-  values = [s.get(key) for s in summaries]
-  if any(v is None for v in values):
-    return None, None
-  return float(np.mean(values)), float(np.std(values))
+def _target(config):
+  if config['target'] == 'mlp':
+    return 'mlp ' + '-'.join(map(str, config['target_hidden']))
+  return config['target']
 
 
 def write(workdir, config, runs):
-  """Rewrites the tables from the runs that have finished; returns the grid points' rows."""
+  """Rewrites the tables from the runs that have finished; returns the grid points."""
   workdir = epath.Path(workdir)
-  finished = _finished(workdir, runs)
+  folders = [workdir / sweep.RUNS / run.name for run in runs]
+  finished = [results.load_run(f) for f in folders if (f / outputs.SUMMARY).exists()]
   if not finished:
     return []
   swept = list(sweep.swept_values(config))
-  num_tasks = max(len(s['accuracy_matrix']) for _, s in finished)
-  task_columns = [f'task_{j + 1}' for j in range(num_tasks)]
-  rows = []
-  for run, summary in finished:
-    final = summary['accuracy_matrix'][-1]
-    rows.append([run.name, *(run.values[f] for f in swept),
-                 *(_fmt(summary.get(c)) for c in COLUMNS), *(_fmt(a) for a in final)])
-  _write(workdir / RUNS_CSV, _csv(['run', *swept, *COLUMNS, *task_columns], rows))
+  num_tasks = max(run.tasks_done for run in finished)
+  tasks = [f'task_{j + 1}' for j in range(num_tasks)]
+  rows = [[run.name, *(sweep.short(run.config[f]) for f in swept),
+           *(_number(run.summary.get(c)) for c in COLUMNS),
+           *(_number(a) for a in run.accuracy[-1])] for run in finished]
+  _write(workdir / RUNS_CSV, _csv(['run', *swept, *COLUMNS, *tasks], rows))
 
-  point_fields = [f for f in swept if f != 'seed']
-  grid = []
-  for point, summaries in grid_points(finished):
-    row = {'point': point, 'seeds': len(summaries)}
-    for column in COLUMNS:
-      row[column] = stats(summaries, column)
-    finals = np.array([s['accuracy_matrix'][-1] for s in summaries], dtype=float)
-    row['tasks'] = list(zip(finals.mean(0).tolist(), finals.std(0).tolist()))
-    grid.append(row)
-  header = [*point_fields, 'seeds'] + [f'{c}_{m}' for c in COLUMNS for m in ('mean', 'std')] + [
-      f'{t}_{m}' for t in task_columns for m in ('mean', 'std')]
-  lines = [[*(row['point'][f] for f in point_fields), row['seeds'],
-            *(_fmt(v) for c in COLUMNS for v in row[c]),
-            *(_fmt(v) for pair in row['tasks'] for v in pair)] for row in grid]
+  points = results.group(finished)
+  point_fields = list(points[0].fields)
+  lines = []
+  for point in points:
+    finals = point.final_rows()
+    spread = finals.std(axis=0, ddof=1) if len(finals) > 1 else np.full(num_tasks, np.nan)
+    lines.append([*(sweep.short(point.fields[f]) for f in point_fields),
+                  ' '.join(map(str, point.seeds)),
+                  *(_number(v) for c in COLUMNS for v in point.stat(c)),
+                  *(_number(v) for pair in zip(finals.mean(axis=0), spread) for v in pair)])
+  header = [*point_fields, 'seeds', *(f'{c}_{m}' for c in COLUMNS for m in ('mean', 'std')),
+            *(f'{t}_{m}' for t in tasks for m in ('mean', 'std'))]
   _write(workdir / GRID_CSV, _csv(header, lines))
 
-  scored = [row for row in grid if row['mean_val_accuracy'][0] is not None]
+  scored = [p for p in points if not math.isnan(p.stat('mean_val_accuracy')[0])]
   if scored:
-    best = max(scored, key=lambda row: row['mean_val_accuracy'][0])
+    best = max(scored, key=lambda p: p.stat('mean_val_accuracy')[0])
     _write(workdir / BEST, json.dumps({
-        'point': best['point'], 'seeds': best['seeds'], 'chosen_by': 'mean_val_accuracy',
-        **{c: {'mean': best[c][0], 'std': best[c][1]} for c in COLUMNS}}, indent=2))
+        'point': best.fields, 'seeds': best.seeds, 'chosen_by': 'mean_val_accuracy',
+        **{c: dict(zip(('mean', 'std'), map(_json_number, best.stat(c)))) for c in COLUMNS}},
+        indent=2))
 
-  first = finished[0][0].config
-  target = (f"mlp {'-'.join(map(str, first.target_hidden))}" if first.target == 'mlp'
-            else first.target)
   md = ['| benchmark | method | target | setting | seeds | accuracy (%) | BWT | forgetting |',
         '|---|---|---|---|---|---|---|---|']
-  for row in grid:
-    point = ', '.join(f'{k}={sweep.short(v)}' for k, v in row['point'].items()) or 'as configured'
-    mean_std = lambda c: f'{row[c][0]:.2f} ± {row[c][1]:.2f}'
-    md.append(f"| {first.dataset} | {first.method} | {target} | {point} | {row['seeds']} | "
-              f"{mean_std('mean_accuracy')} | {mean_std('bwt')} | {mean_std('forgetting')} |")
-  md.append('')
-  md.append(f'Mean ± std (population, ddof=0) over seeds of {len(finished)} finished of '
-            f'{len(runs)} runs; accuracy: mean final test accuracy over tasks.')
+  for point in points:
+    first = point.runs[0].config
+    setting = ', '.join(f'{k}={sweep.short(v)}' for k, v in point.fields.items())
+
+    def mean_std(column):
+      mean, std = point.stat(column)
+      return f'{mean:.2f}' + ('' if math.isnan(std) else f' ± {std:.2f}')
+    md.append(f"| {first['dataset']} | {first['method']} | {_target(first)} | "
+              f"{setting or 'as configured'} | {len(point.runs)} | {mean_std('mean_accuracy')} | "
+              f"{mean_std('bwt')} | {mean_std('forgetting')} |")
+  md += ['', f'Mean ± sample std over seeds, from the {len(finished)} finished of {len(runs)} '
+         'runs; accuracy: the mean final test accuracy over the tasks.']
   _write(workdir / RESULTS, '\n'.join(md) + '\n')
-  return grid
+  return points

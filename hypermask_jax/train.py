@@ -85,11 +85,11 @@ def log_results(summary, path):
                summary['mean_accuracy'], summary['bwt'], summary['forgetting'], path)
 
 
-def log_sweep(grid, workdir):
-  for row in grid:
-    point = ', '.join(f'{k}={sweep.short(v)}' for k, v in row['point'].items()) or 'all runs'
-    mean, std = row['mean_accuracy']
-    logging.info('%s: mean accuracy %.2f ± %.2f%% over %d seeds', point, mean, std, row['seeds'])
+def log_sweep(points, workdir):
+  for point in points:
+    mean, std = point.stat('mean_accuracy')
+    logging.info('%s: mean accuracy %.2f%% ± %.2f over seeds %s', point.label, mean, std,
+                 ', '.join(map(str, point.seeds)))
   logging.info('sweep tables in %s (%s, %s, %s, %s)', workdir, sweep_results.RUNS_CSV,
                sweep_results.GRID_CSV, sweep_results.BEST, sweep_results.RESULTS)
 
@@ -120,15 +120,30 @@ def _data_key(config):
   return (config.dataset, config.data_dir, config.download, config.num_tasks)
 
 
-def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=None):
+def write_report(workdir, is_sweep, task_sets):
+  """The figures and report.md (report.py) at the end: a run's, or the sweep's by grid point.
+  Extras: a failure here is logged and never fails the finished run."""
+  from hypermask_jax import report  # pylint: disable=g-import-not-at-top  (matplotlib: on demand)
+  try:
+    if is_sweep:
+      report.write_report([workdir])
+    else:
+      report.write_run_report(workdir, data=next(iter(task_sets.values()), None))
+  except Exception:  # pylint: disable=broad-except
+    logging.exception('Could not write the report; the results in %s are complete.', workdir)
+
+
+def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=None,
+                       with_report=False):
   """Runs `config` (one run, or the runs of config.sweep) in `workdir`, resuming where it stopped.
 
   Returns the summary of a single run; for a sweep, {'runs': {name: summary}
-  of the runs of this shard, 'grid': the grid points' rows}. Raises
+  of the finished runs, 'grid': their grid points (results.GridPoint)}. Raises
   errors.BadInput (before anything is written) for a config, workdir or
   dataset it cannot run with, and preemption.Preempted after saving if SIGTERM
   or SIGINT arrived; running the same call again continues where it stopped and
-  ends with the results an uninterrupted run would have produced.
+  ends with the results an uninterrupted run would have produced. with_report:
+  write the figures and report.md when the run or the sweep ends.
   """
   workdir = paths.absolute(workdir)
   runs = sweep.expand(config)
@@ -188,10 +203,14 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
   if not is_sweep:
     summary = finished[runs[0].name]
     log_results(summary, workdir)
+    if with_report:
+      write_report(workdir, is_sweep, task_sets)
     return summary
-  grid = sweep_results.write(workdir, config, runs)
-  log_sweep(grid, workdir)
-  return {'runs': {name: s for name, s in finished.items() if s is not None}, 'grid': grid}
+  points = sweep_results.write(workdir, config, runs)
+  log_sweep(points, workdir)
+  if with_report and mine:
+    write_report(workdir, is_sweep, task_sets)
+  return {'runs': {name: s for name, s in finished.items() if s is not None}, 'grid': points}
 
 
 def fit_to_data(program, task_set):
@@ -220,12 +239,15 @@ def run_program(program, task_set, outs, folder, mesh, sweep_position):
     checkpointer = checkpoints.Checkpointer(folder.path, config.checkpoints_to_keep)
     try:
       restored = host_loop.restore(checkpointer, state, program, folder.path)
-      for run, out in zip(program.runs, outs):
-        out.save_config(run.config)
+      for index, (run, out) in enumerate(zip(program.runs, outs)):
+        out.save_config(run.config, folder.path, index)
       with preemption.StopSignals() as stop:
         loop = host_loop.ProgramLoop(program, outs, data, method, trainer, hp, checkpointer,
                                      stop, sweep_position)
-        return loop.run(state, restored)
+        try:
+          return loop.run(state, restored)
+        finally:
+          loop.close()
     finally:
       checkpointer.close()
   finally:

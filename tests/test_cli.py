@@ -21,7 +21,8 @@ from hypermask_jax import preemption
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ['--config.num_tasks=2', '--config.steps_per_task=20', '--config.log_every_steps=10',
         '--config.checkpoint_every_steps=10', '--config.target_hidden=(16,)',
-        '--config.hnet_hidden=(8,)', '--config.embedding_size=4', '--config.batch_size=32']
+        '--config.hnet_hidden=(8,)', '--config.embedding_size=4', '--config.batch_size=32',
+        '--noreport']
 
 
 def env():
