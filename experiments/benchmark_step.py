@@ -34,6 +34,7 @@ import numpy as np
 
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
+from hypermask_jax import environment
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
@@ -56,16 +57,6 @@ def time_chunk(trainer, state, data, hp, repeats):
     jax.block_until_ready(state)
     best = min(best, time.perf_counter() - tic)
   return state, best
-
-
-def peak_memory():
-  """Peak bytes on the default device (GPU, TPU), else the process's peak resident set (CPU)."""
-  stats = jax.devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    return stats['peak_bytes_in_use'], 'device peak'
-  with open('/proc/self/status') as f:
-    kib = next(int(line.split()[1]) for line in f if line.startswith('VmHWM:'))
-  return kib * 1024, 'process peak resident set'
 
 
 def main(argv):
@@ -116,7 +107,7 @@ def main(argv):
       line += f' | torch {1e3 * torch_step:9.2f} ms/step | jax is {torch_step / step:.2f}x faster'
     print(line)
   print(f'traces: {dict(trainer.traces)}')
-  peak, kind = peak_memory()
+  peak, kind = environment.peak_memory()
   if _COMPARE_TORCH.value and kind.startswith('process'):
     kind += ', PyTorch included: measure without --compare_torch'
   params_gib = sum(x.nbytes for x in jax.tree.leaves(state.params)) / 2**30

@@ -13,9 +13,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up nois
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # and its oneDNN notice (TF only reads data)
 
 import difflib  # pylint: disable=g-import-not-at-top,wrong-import-position
-import importlib.util
 import logging as std_logging
-import pathlib
 import re
 import sys
 
@@ -24,6 +22,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from hypermask_jax import config_files
 from hypermask_jax import errors
 from hypermask_jax import preemption
 
@@ -41,7 +40,6 @@ _SWEEP_SHARD = flags.DEFINE_string(
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
                                 lock_config=False, accept_new_attributes=True)
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 CHATTY_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
 HELP_FLAGS = ('-h', '-help', '--help', '--helpshort', '--helpfull', '-?')
 MOST_USED_FIELDS = (
@@ -76,26 +74,6 @@ def fail(message):
   sys.exit(errors.EXIT_BAD_INPUT)
 
 
-def _load_module(path):
-  spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def available_configs():
-  """[(path relative to the repo, variants, first docstring line)] of configs/*.py."""
-  found = []
-  for path in sorted(CONFIGS.glob('*.py')):
-    if path.name.startswith('_'):
-      continue
-    module = _load_module(str(path))
-    if hasattr(module, 'get_config'):
-      found.append((f'configs/{path.name}', getattr(module, 'VARIANTS', ('published',)),
-                    (module.__doc__ or '').strip().splitlines()[0]))
-  return found
-
-
 def help_text():
   lines = ['usage: python -m hypermask_jax.main --config=configs/FILE.py[:VARIANT] --workdir=DIR '
            '[--config.FIELD=VALUE ...] [--config.sweep.FIELD=V1,V2,...] [--allow_config_change] '
@@ -106,7 +84,7 @@ def help_text():
            'each task. Running the same command again resumes an interrupted run from its newest '
            'checkpoint, or prints the results of a finished one.', '',
            'Configs (the first variant is the default; pick another with :VARIANT):']
-  for path, variants, doc in available_configs():
+  for path, variants, doc in config_files.available():
     lines.append(f"  {path:34s} {', '.join(variants):28s} {doc}")
   lines += ['', 'Most used fields (--config.FIELD=VALUE; every field: README.md, "Configs"):']
   lines += [f'  {field:28s} {meaning}' for field, meaning in MOST_USED_FIELDS]
@@ -156,26 +134,7 @@ def check_config_flags(argv):
     raise errors.BadInput(f'--config: missing; {example}')
   if not value:
     raise errors.BadInput(f'--config: empty; {example}')
-  path, _, variant = value.partition(':')
-  if not os.path.isfile(path):
-    known = ', '.join(p for p, _, _ in available_configs())
-    raise errors.BadInput(f'--config={value}: no such file {path!r}; the configs are {known}')
-  try:
-    module = _load_module(path)
-  except Exception as e:  # pylint: disable=broad-except  (a user's config may raise anything)
-    raise errors.BadInput(f'--config={value}: cannot load {path} ({type(e).__name__}: '
-                          f'{e})') from None
-  if not hasattr(module, 'get_config'):
-    raise errors.BadInput(f'--config={value}: {path} has no get_config()')
-  variants = getattr(module, 'VARIANTS', None)
-  if variant and variants is not None and variant not in variants:
-    raise errors.BadInput(f"--config={value}: unknown variant {variant!r}; {path} has "
-                          f"{', '.join(variants)}")
-  try:
-    config = module.get_config(variant) if variant else module.get_config()
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.BadInput(f'--config={value}: get_config({variant!r}) failed '
-                          f'({type(e).__name__}: {e})') from None
+  config = config_files.load(value)
   fields = [f for f in _fields(config) if f.split('.')[0] != 'sweep']
   for arg in argv:
     match = re.match(r'^--?(?:no)?config\.([^=]+)', arg)
