@@ -52,7 +52,7 @@ def one_line():
 def peak_memory():
   """(peak bytes, what they measure): the default device's peak where the backend reports it
   (GPU, TPU), else the process's peak resident set (CPU)."""
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     return stats['peak_bytes_in_use'], 'device peak'
   with open('/proc/self/status') as f:

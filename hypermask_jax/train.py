@@ -12,6 +12,7 @@ import jax
 
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
+from hypermask_jax import devices
 from hypermask_jax import environment
 from hypermask_jax import host_loop
 from hypermask_jax import outputs
@@ -159,7 +160,7 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
     log_results(finished[runs[0].name], workdir)
     return finished[runs[0].name]
 
-  mesh = host_loop.runs_mesh()
+  mesh = devices.runs_mesh()
   caps = {}
 
   def capacity(program_config):
@@ -172,7 +173,8 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
   mine = [p for p in sweep.shard(programs, shard_index, shard_count)
           if any(finished[run.name] is None for run in p.runs)]
   for program in mine:  # every check before anything is written
-    outputs.Workdir(sweep.program_folder(workdir, config, program)).check_usable()
+    if devices.is_primary():
+      outputs.Workdir(sweep.program_folder(workdir, config, program)).check_usable()
     for run in program.runs:
       changed = run_outputs[run.name].changes(run.config, allow_config_change)
       if changed:
@@ -188,7 +190,7 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
                    program.config.data_dir or 'the TFDS default data_dir')
       task_sets[key] = tasks.load_task_set(program.config)
     mine[i] = fit_to_data(program, task_sets[key])  # the batch fits; epochs become steps
-  if is_sweep and mine:
+  if is_sweep and mine and devices.is_primary():
     sweep.save_record(workdir, config)
 
   later_steps = sum(p.config.num_tasks * p.config.steps_per_task for p in mine)
@@ -203,9 +205,11 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
   if not is_sweep:
     summary = finished[runs[0].name]
     log_results(summary, workdir)
-    if with_report:
+    if with_report and devices.is_primary():
       write_report(workdir, is_sweep, task_sets)
     return summary
+  if not devices.is_primary():
+    return {'runs': {name: s for name, s in finished.items() if s is not None}, 'grid': []}
   points = sweep_results.write(workdir, config, runs)
   log_sweep(points, workdir)
   if with_report and mine:
@@ -224,23 +228,26 @@ def run_program(program, task_set, outs, folder, mesh, sweep_position):
   """Trains one program's runs to the end (or to a stop request); returns their summaries."""
   config = program.config
   method, trainer = build(config, task_set.input_shape, task_set.num_classes)
-  padded = host_loop.padded_runs(len(program.runs), mesh)
-  state, data, hp = trainer.fresh(task_set, host_loop.padded_configs(program, padded))
-  state, data, hp = host_loop.place_program(state, data, hp, mesh)
-  counts = method.param_counts(jax.tree.map(lambda x: x[0], state.params))
+  padded = devices.padded_runs(len(program.runs), mesh)
+  state, data, hp = trainer.fresh(task_set, host_loop.padded_configs(program, padded), mesh)
+  counts = method.param_counts(jax.eval_shape(
+      trainer.init_run, trainer_lib.run_hyperparams(program.runs[0].config)).params)
   logging.info('%s%d tasks of %d training steps; %d run(s)%s; parameters per run: %s',
                f'{program.name}: ' if sweep_position else '', config.num_tasks,
                config.steps_per_task, len(program.runs),
                f' (+{padded - len(program.runs)} padding)' if padded > len(program.runs) else '',
                base.describe_counts(counts))
   folder = outputs.Workdir(folder)
-  folder.lock_and_create()
+  primary = devices.is_primary()
+  if primary:
+    folder.lock_and_create()
   try:
     checkpointer = checkpoints.Checkpointer(folder.path, config.checkpoints_to_keep)
     try:
       restored = host_loop.restore(checkpointer, state, program, folder.path)
       for index, (run, out) in enumerate(zip(program.runs, outs)):
-        out.save_config(run.config, folder.path, index)
+        if primary:
+          out.save_config(run.config, folder.path, index)
       with preemption.StopSignals() as stop:
         loop = host_loop.ProgramLoop(program, outs, data, method, trainer, hp, checkpointer,
                                      stop, sweep_position)
@@ -251,4 +258,5 @@ def run_program(program, task_set, outs, folder, mesh, sweep_position):
     finally:
       checkpointer.close()
   finally:
-    folder.release()
+    if primary:
+      folder.release()
