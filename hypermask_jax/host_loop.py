@@ -114,8 +114,9 @@ def _spread(values, unit=''):
 class ProgramLoop:
   """Trains the runs of one program from a fresh start or a restored checkpoint.
 
-  `sweep_position` is (index, count, steps left in later programs) for the
-  progress line and the ETA of the whole sweep, or None for a single run.
+  `sweep_position` is (the program's index in the sweep, the number of programs,
+  the steps this process has left in later programs) for the progress line and
+  the ETA of the whole sweep, or None for a single run.
   """
 
   def __init__(self, program, outs, data, method, trainer, hp, checkpointer, stop,
@@ -171,13 +172,16 @@ class ProgramLoop:
       chunk_end = min((step // trainer.chunk + 1) * trainer.chunk, steps)
       next_save = ((task * steps + step) // every + 1) * every - task * steps
       n = self.pacer.steps(min(chunk_end, next_save, step + trainer.max_steps_per_call) - step)
-      if not self.pacer.compiled:
-        logging.info('compiling the training step (once per program; the first call also runs '
-                     'one step)')
+      compiling = not self.pacer.compiled
+      if compiling:
+        logging.info('compiling the training step (once per program, or loaded from the '
+                     'compilation cache; the first call also runs one step)')
       tic = time.time()
       state, aux = trainer.train_steps(state, self.data, self.hp, np.int32(n))
       aux = devices.fetch(aux)
       seconds = time.time() - tic
+      if compiling:
+        logging.info('first call (compile and one step): %.1f s', seconds)
       self.add_to_chunk(aux, n, seconds, timed=self.pacer.record(n, seconds))
       step += n
       if step == chunk_end:

@@ -95,7 +95,7 @@ def log_sweep(points, workdir):
                sweep_results.GRID_CSV, sweep_results.BEST, sweep_results.RESULTS)
 
 
-def runs_per_program(config, runs, mesh):
+def runs_per_program(config, mesh):
   """The most runs one program of this config takes: runs_per_program, or as many as fit.
 
   Raises ConfigError if not even one run (with the data) fits a device.
@@ -160,13 +160,15 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
     log_results(finished[runs[0].name], workdir)
     return finished[runs[0].name]
 
+  logging.info('%s', environment.one_line())
+  environment.use_compilation_cache(runs[0].config.compilation_cache)
   mesh = devices.runs_mesh()
   caps = {}
 
   def capacity(program_config):
     key = repr(sorted(outputs.flat_config(program_config).items()))
     if key not in caps:
-      caps[key] = runs_per_program(program_config, runs, mesh)
+      caps[key] = runs_per_program(program_config, mesh)
     return caps[key]
 
   programs = sweep.group(runs, capacity)
@@ -179,8 +181,6 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
       changed = run_outputs[run.name].changes(run.config, allow_config_change)
       if changed:
         refuse_shape_changes(run.config, changed)
-  if mine:
-    logging.info('%s', environment.one_line())
   task_sets = {}
   for i, program in enumerate(mine):
     key = _data_key(program.config)
@@ -194,12 +194,12 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
     sweep.save_record(workdir, config)
 
   later_steps = sum(p.config.num_tasks * p.config.steps_per_task for p in mine)
-  for position, program in enumerate(mine):
+  for program in mine:
     later_steps -= program.config.num_tasks * program.config.steps_per_task
     summaries = run_program(program, task_sets[_data_key(program.config)],
                             [run_outputs[r.name] for r in program.runs],
                             sweep.program_folder(workdir, config, program), mesh,
-                            (position, len(mine), later_steps) if is_sweep else None)
+                            (program.index, len(programs), later_steps) if is_sweep else None)
     for run, summary in zip(program.runs, summaries):
       finished[run.name] = summary
   if not is_sweep:
