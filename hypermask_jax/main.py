@@ -186,9 +186,5 @@ def main(argv):
     fail(e)
 
 
-def run():
-  app.run(main, flags_parser=parse_flags)
-
-
 if __name__ == '__main__':
-  run()
+  app.run(main, flags_parser=parse_flags)

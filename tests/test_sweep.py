@@ -155,6 +155,21 @@ def tables(workdir):
           for name in (sweep_results.RUNS_CSV, sweep_results.GRID_CSV, sweep_results.RESULTS)}
 
 
+def assert_same_accuracy(sweep_dir, reference_dir):
+  """Each run of sweep_dir has the accuracy matrix of its namesake in reference_dir; returns
+  sweep_dir's summaries."""
+  summaries = []
+  for run_dir in (reference_dir / 'runs').iterdir():
+    reference = json.loads((run_dir / 'summary.json').read_text())
+    summary = json.loads((sweep_dir / 'runs' / run_dir.name / 'summary.json').read_text())
+    np.testing.assert_allclose(np.array(summary['accuracy_matrix'], dtype=float),
+                               np.array(reference['accuracy_matrix'], dtype=float),
+                               atol=TOLERANCE)
+    summaries.append(summary)
+  assert summaries
+  return summaries
+
+
 GRID = ['--config.sweep.beta=5e-4,1e-3', '--config.sweep.lam=1e-3,0.0', '--config.sweep.seed=1,2']
 
 
@@ -167,12 +182,8 @@ def test_a_grid_with_seeds_on_four_devices_gives_the_one_device_results(small_mn
              env_extra={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
   assert four.returncode == 0, four.stderr[-3000:]
   assert '8 run(s)' in four.stderr and 'on 4 device(s)' in four.stderr
-  for run_dir in (tmp_path / 'one' / 'runs').iterdir():
-    alone = json.loads((run_dir / 'summary.json').read_text())
-    sharded = json.loads((tmp_path / 'four' / 'runs' / run_dir.name / 'summary.json').read_text())
-    np.testing.assert_allclose(np.array(sharded['accuracy_matrix'], dtype=float),
-                               np.array(alone['accuracy_matrix'], dtype=float), atol=TOLERANCE)
-    assert sharded['environment']['device_count'] == 4
+  for summary in assert_same_accuracy(tmp_path / 'four', tmp_path / 'one'):
+    assert summary['environment']['device_count'] == 4
 
 
 @pytest.mark.slow
@@ -236,9 +247,5 @@ def test_two_processes_share_a_sweep_and_give_the_one_process_results(small_mnis
   one = cli(tmp_path / 'one', small_mnist_data_dir, *seeds)
   assert one.returncode == 0, one.stderr[-2000:]
   assert 'sweep tables in' in logs[0] and 'sweep tables in' not in logs[1]  # process 0 writes
-  for run_dir in (tmp_path / 'one' / 'runs').iterdir():
-    alone = json.loads((run_dir / 'summary.json').read_text())
-    shared = json.loads((tmp_path / 'two' / 'runs' / run_dir.name / 'summary.json').read_text())
-    np.testing.assert_allclose(np.array(shared['accuracy_matrix'], dtype=float),
-                               np.array(alone['accuracy_matrix'], dtype=float), atol=TOLERANCE)
-    assert shared['environment']['process_count'] == 2
+  for summary in assert_same_accuracy(tmp_path / 'two', tmp_path / 'one'):
+    assert summary['environment']['process_count'] == 2
