@@ -267,7 +267,7 @@ class ProgramLoop:
       best = devices.fetch(state.schedule['best_val_accuracy'])[:self.num_runs]
       logging.info('task %d: kept the parameters of the best validation epoch (%s)', task + 1,
                    _spread(best, '%'))
-    columns = self.evaluate_all(state, self.data.test, task + 1)
+    columns = self.evaluate_all(state, 'test', task + 1)
     for r, out in enumerate(self.outs):
       accuracy = self.progress['accuracy'][r]
       accuracy[task][:task + 1] = columns[r]
@@ -286,8 +286,8 @@ class ProgramLoop:
     return state
 
   def evaluate_all(self, state, split, num_tasks):
-    """[run][task] accuracies (%) of the first num_tasks tasks on `split`."""
-    sizes = devices.fetch(split.size)
+    """[run][task] accuracies (%) of the first num_tasks tasks on split `split` ('test', 'val')."""
+    sizes = devices.fetch(getattr(self.data, split).size)
     by_task = [devices.fetch(self.trainer.evaluate(state.params, state.batch_stats, self.data,
                                                    split, j, self.hp))
                for j in range(num_tasks)]
@@ -316,7 +316,7 @@ class ProgramLoop:
   def finish(self, state):
     """Each run's summary (written last: it marks the run finished); then old checkpoints go."""
     config, progress = self.config, self.progress
-    final_val = self.evaluate_all(state, self.data.val, config.num_tasks)
+    final_val = self.evaluate_all(state, 'val', config.num_tasks)
     params = devices.fetch(state.params)
     summaries = []
     for r, (run, out) in enumerate(zip(self.program.runs, self.outs)):

@@ -177,10 +177,6 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
   for program in mine:  # every check before anything is written
     if devices.is_primary():
       outputs.Workdir(sweep.program_folder(workdir, config, program)).check_usable()
-    for run in program.runs:
-      changed = run_outputs[run.name].changes(run.config, allow_config_change)
-      if changed:
-        refuse_shape_changes(run.config, changed)
   task_sets = {}
   for i, program in enumerate(mine):
     key = _data_key(program.config)
@@ -190,6 +186,10 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
                    program.config.data_dir or 'the TFDS default data_dir')
       task_sets[key] = tasks.load_task_set(program.config)
     mine[i] = fit_to_data(program, task_sets[key])  # the batch fits; epochs become steps
+    for run in mine[i].runs:  # compared as saved: with the steps the epochs became
+      changed = run_outputs[run.name].changes(run.config, allow_config_change)
+      if changed:
+        refuse_shape_changes(run.config, changed)
   if is_sweep and mine and devices.is_primary():
     sweep.save_record(workdir, config)
 

@@ -100,7 +100,7 @@ class Trainer:
     self.begin_task = jax.jit(self._begin_task, donate_argnums=0)
     self.train_steps = jax.jit(self._train_steps, donate_argnums=0)
     self.end_chunk = jax.jit(self._end_chunk, donate_argnums=0)
-    self.evaluate = jax.jit(self._evaluate)
+    self.evaluate = jax.jit(self._evaluate, static_argnames='split')
 
   @property
   def chunk(self):
@@ -225,12 +225,16 @@ class Trainer:
     return self._runs(end, STATE_AXES, data_axes(data), 0)(state, data, hp)
 
   def _evaluate(self, params, batch_stats, data, split, task, hp):
-    """How many examples of task `task` of `split` each run classifies correctly: int32 [R].
+    """How many examples of task `task` of split `split` ('test' or 'val') each run classifies
+    correctly: int32 [R].
 
-    Counts, not percentages: the host divides in float64, so runs that predict
-    the same examples report the same accuracy however they were compiled.
+    The split is named, not passed, so each split compiles once (their sizes
+    differ) and the trace count says which. Counts, not percentages: the host
+    divides in float64, so runs that predict the same examples report the same
+    accuracy however they were compiled.
     """
-    self.traces['evaluate'] += 1
+    self.traces[f'evaluate_{split}'] += 1
+    split = getattr(data, split)
     hits = lambda params, batch_stats, data, hp: self._hits(params, batch_stats, data, split,
                                                               task, hp)
     return self._runs(hits, 0, 0, data_axes(data), 0, out_axes=0)(params, batch_stats, data, hp)
