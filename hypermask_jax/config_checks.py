@@ -8,13 +8,15 @@ from hypermask_jax import hypernet
 from hypermask_jax import methods
 from hypermask_jax import paths
 from hypermask_jax import targets
+from hypermask_jax import task_inference
 from hypermask_jax.data import tasks
 
 METHODS = tuple(methods.METHODS)
 CHOICES = {'hnet_activation': tuple(hypernet.ACTIVATIONS), 'reg_targets': ('stored', 'snapshot'),
            'train_embeddings': ('all', 'current'), 'target': targets.TARGETS,
            'batch_norm': targets.BATCH_NORM_MODES, 'lr_schedule': ('constant', 'plateau'),
-           'selection': ('last', 'best_val')}
+           'selection': ('last', 'best_val', 'best_val_loss'),
+           'task_inference': task_inference.MODES}
 IMAGE_TARGETS = ('resnet20', 'zenkenet')  # they need image inputs, not the MNIST vectors
 
 

@@ -151,9 +151,9 @@ def just_after_vs_final(acc, title):
 
 # Record fields that are not training-loss terms; names of the methods' loss terms.
 NOT_LOSS = ('task', 'step', 'global_step', 'epoch', 'accuracy', 'val_accuracy',
-            'best_val_accuracy', 'learning_rate', 'steps_per_sec')
+            'best_val_accuracy', 'best_val_loss', 'learning_rate', 'steps_per_sec')
 TERM_NAMES = {'loss': 'total loss', 'ce': 'cross-entropy', 'reg': 'output regulariser',
-              'l1': 'L1 drift', 'learning_rate': 'learning rate'}
+              'l1': 'L1 drift', 'learning_rate': 'learning rate', 'val_loss': 'validation loss'}
 
 
 def training_curves(records, title):
