@@ -316,3 +316,36 @@ def final_accuracy_per_task(series, title):
   ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))
   ax.set_title(title)
   return fig
+
+
+def pooled_rows(acc, sizes):
+  """Each row of a [T, T] accuracy matrix averaged over the samples of its tasks (NaN: not
+  evaluated), weighted by their test sizes."""
+  return np.array([np.average(row[:i + 1], weights=sizes[:i + 1]) for i, row in enumerate(acc)])
+
+
+def task_inference(acc, inferred, sizes, title):
+  """With the task given vs inferred: each task's accuracy after the last task, and the accuracy
+  over all samples of the tasks seen after each task. inferred: {metric: [T, T] matrix}."""
+  n = acc.shape[0]
+  fig = Figure(figsize=(13, 4.8), dpi=DPI, layout='constrained')
+  final_ax, pooled_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+  x = np.arange(1, n + 1)
+  marker = 'o' if n <= 30 else None
+  series = {'task given': acc, **inferred}
+  for k, (name, matrix) in enumerate(series.items()):
+    style = {'color': 'black', 'lw': 2.2} if k == 0 else {'lw': 1.3}
+    final_ax.plot(x, matrix[-1], marker=marker, markersize=4, label=name, **style)
+    pooled_ax.plot(x, pooled_rows(matrix, sizes), marker=marker, markersize=4, label=name,
+                   **style)
+  for ax, what, xlabel in ((final_ax, 'accuracy on each task after the last task', 'task'),
+                           (pooled_ax, 'accuracy over all samples of the tasks seen',
+                            'tasks trained')):
+    _task_axis(ax, n)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('test accuracy (%)')
+    ax.set_title(what, fontsize=10)
+    ax.grid(alpha=0.3)
+  pooled_ax.legend(fontsize=8, loc='best')
+  fig.suptitle(title)
+  return fig

@@ -16,9 +16,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from hypermask_jax import outputs
 from hypermask_jax import task_inference
-
-RESULTS = 'task_inference.json'
 
 
 def pooled(row, sizes):
@@ -73,7 +72,7 @@ class Recorder:
     for r, out in enumerate(outs):
       for name in self.inference.names:
         matrices[r][name][task][:task + 1] = [float(result[name][r]) for result in by_task]
-      (out.path / RESULTS).write_text(json.dumps(
+      (out.path / outputs.TASK_INFERENCE).write_text(json.dumps(
           {'mode': self.mode, 'test_sizes': self.sizes.tolist(), 'metrics': matrices[r]}))
     self.log(matrices, task)
 

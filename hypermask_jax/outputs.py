@@ -29,6 +29,7 @@ ACCURACY_CSV = 'accuracy_matrix.csv'
 ACCURACY_JSON = 'accuracy_matrix.json'
 EMBEDDINGS = 'task_embeddings.json'
 SIMILARITY_CSV = 'embedding_similarity.csv'
+TASK_INFERENCE = 'task_inference.json'  # accuracies with the task inferred (task_inference.py)
 WEIGHTS = 'checkpoint.json'  # where the run's weights are: its program's checkpoints, run index
 
 
