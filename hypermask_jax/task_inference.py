@@ -140,8 +140,8 @@ class TaskInference:
       return jax.lax.map(lambda t: jax.lax.cond(t < num_seen, of_task, lambda _: empty, t),
                          jnp.arange(self.config.max_tasks))
 
-    axes = trainer_lib.data_axes(data)
-    return self.trainer._runs(one_run, 0, 0, axes, 0, out_axes=0)(params, batch_stats, data, hp)  # pylint: disable=protected-access
+    return jax.vmap(one_run, in_axes=(0, 0, trainer_lib.data_axes(data), 0))(
+        params, batch_stats, data, hp)
 
   def _evaluate(self, params, batch_stats, data, split, task, num_seen, hp, stats):
     """{metric: [R] accuracy (%)} on task `task` of `split`, choosing among the first num_seen
@@ -175,9 +175,7 @@ class TaskInference:
       return {name: (100 * n / split.size[task]).astype(jnp.float32)
               for name, n in right.items()}
 
-    axes = trainer_lib.data_axes(data)
-    stats_axes = None if stats is None else 0
-    return self.trainer._runs(one_run, 0, 0, axes, 0, stats_axes, out_axes=0)(  # pylint: disable=protected-access
+    return jax.vmap(one_run, in_axes=(0, 0, trainer_lib.data_axes(data), 0, 0))(
         params, batch_stats, data, hp, stats)
 
   def _right(self, logits, feats, stats, seen, task, labels, valid):

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from configs import cifar100_fecam_resnet20
-from configs import tiny_imagenet_resnet20
 from configs import tiny_imagenet_zenkenet
 from hypermask_jax import config_checks
 from hypermask_jax import train
@@ -61,9 +60,10 @@ def test_the_fecam_setting_runs_end_to_end(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('module', [tiny_imagenet_resnet20, tiny_imagenet_zenkenet])
-def test_tiny_imagenet_small_configs_learn_three_synthetic_tasks(module, tmp_path, monkeypatch):
-  summary = run(module, 'tiny_imagenet', 64, tmp_path, monkeypatch)
+def test_tiny_imagenet_runs_end_to_end(tmp_path, monkeypatch):
+  """The 64x64 ZenkeNet with the published sparsity 50 and selection by validation loss (the
+  ResNet-20 config differs only in settings the CIFAR tests cover)."""
+  summary = run(tiny_imagenet_zenkenet, 'tiny_imagenet', 64, tmp_path, monkeypatch)
   acc = np.array(summary['accuracy_matrix'], dtype=float)
   assert np.diag(acc).min() >= 80.0, acc
   assert summary['traces']['train_steps'] == 1

@@ -180,3 +180,34 @@ def test_a_run_reports_entropy_inference_after_each_task(tmp_path, monkeypatch, 
   assert (np.array(details['entropy_accuracy']['final']) <= final + 1e-4).all()
   assert 'after task 3: entropy_task_accuracy:' in caplog.text
   assert summary['traces']['infer_tasks'] == 1
+
+
+class Crash(Exception):
+  """Stands for the machine dying right after a checkpoint was written."""
+
+
+@pytest.mark.slow
+def test_a_resumed_run_reports_what_an_uninterrupted_one_does(tmp_path, monkeypatch, split_data):
+  """The matrices travel in the checkpoint's progress: a restart loses no row."""
+  from hypermask_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(train.tasks, 'load_task_set', lambda config: split_data)
+  config = split_mnist.get_config('small')
+  config.update(num_tasks=3, target_hidden=(16,), hnet_hidden=(8,), embedding_size=4,
+                sparsity=0.0, steps_per_task=7, log_every_steps=7, eval_batch_size=64,
+                task_inference='entropy', checkpoint_every_steps=7)
+  full = train.train_and_evaluate(config, str(tmp_path / 'full'))
+  save = checkpoints.Checkpointer.save
+
+  def save_then_crash(self, step, state, progress):
+    save(self, step, state, progress)
+    if step == 14:  # the end of task 2, after its evaluation
+      raise Crash()
+
+  monkeypatch.setattr(checkpoints.Checkpointer, 'save', save_then_crash)
+  with pytest.raises(Crash):
+    train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  monkeypatch.setattr(checkpoints.Checkpointer, 'save', save)
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert resumed['task_inference'] == full['task_inference']
+  assert (tmp_path / 'resumed' / 'task_inference.json').read_text() == (
+      tmp_path / 'full' / 'task_inference.json').read_text()
