@@ -60,6 +60,7 @@ def published():
   config.checkpoints_to_keep = 3
   config.final_checkpoints_to_keep = 1  # once the run has finished; 0: remove them all
   config.max_call_seconds = 10.0  # wall-time bound of one compiled call: how long a stop waits
+  config.compilation_cache = '~/.cache/hypermask_jax/compiled'  # '' : compile in every process
   config.runs_per_program = 0  # a sweep's runs that share one compiled program; 0: all that fit
   config.sweep = ml_collections.ConfigDict()  # field -> values; the runs are their product
   return config

@@ -40,7 +40,7 @@ def measure(config_arg, num_runs, steps, repeats):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from hypermask_jax import config_checks  # pylint: disable=g-import-not-at-top
   from hypermask_jax import environment  # pylint: disable=g-import-not-at-top
-  from hypermask_jax import host_loop  # pylint: disable=g-import-not-at-top
+  from hypermask_jax import devices  # pylint: disable=g-import-not-at-top
   from hypermask_jax import train  # pylint: disable=g-import-not-at-top
   from hypermask_jax.data import tasks  # pylint: disable=g-import-not-at-top
   from hypermask_jax import config_files  # pylint: disable=g-import-not-at-top
@@ -58,8 +58,7 @@ def measure(config_arg, num_runs, steps, repeats):
     configs.append(run)
   task_set = tasks.synthetic_task_set(config)
   _, trainer = train.build(config, task_set.input_shape, task_set.num_classes)
-  state, data, hp = trainer.fresh(task_set, configs)
-  state, data, hp = host_loop.place_program(state, data, hp, host_loop.runs_mesh())
+  state, data, hp = trainer.fresh(task_set, configs, devices.runs_mesh())
   state = trainer.begin_task(trainer.begin_task(state, 0, hp), 1, hp)
   tic = time.perf_counter()
   state, _ = trainer.train_steps(state, data, hp, np.int32(steps))

@@ -54,7 +54,7 @@ def run(config, steps):
     state, _ = trainer.train_steps(state, data, hp, np.int32(steps))
     jax.block_until_ready(state)
     memory.append(memory_in_use())
-  float(trainer.evaluate(state.params, state.batch_stats, data, data.test, 0, hp)[0])
+  float(trainer.evaluate(state.params, state.batch_stats, data, 'test', 0, hp)[0])
   return memory, dict(trainer.traces)
 
 

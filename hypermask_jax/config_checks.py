@@ -88,9 +88,10 @@ def validate(config):
   for field, allowed in CHOICES.items():
     if config[field] not in allowed:
       raise ConfigError(f'config.{field}={config[field]!r}: must be one of {allowed}')
-  if not isinstance(config.data_dir, str):
-    raise ConfigError(f'config.data_dir={config.data_dir!r}: must be a path (a string; '
-                      "'' for TFDS's default)")
+  for field, empty in (('data_dir', "TFDS's default"), ('compilation_cache', 'no cache')):
+    if not isinstance(config[field], str):
+      raise ConfigError(f'config.{field}={config[field]!r}: must be a path (a string; '
+                        f"'' for {empty})")
   for field in ('lookahead', 'l1_masked', 'download'):
     if not isinstance(config[field], bool):
       raise ConfigError(f'config.{field}={config[field]!r}: must be True or False')

@@ -9,9 +9,10 @@ TRACED or RUN_SETTINGS here if it belongs there; otherwise it is static.
   a static choice, the program makes that choice for all its runs:
   `sparsity` takes the percentile path if any run has sparsity > 0 (a run
   with 0 then gets exactly |tanh|, as alone).
-- RUN_SETTINGS: where data and results live, how often they are saved, how
-  long one compiled call may take. They change no result: a run may resume
-  with other values, and they never split a sweep.
+- RUN_SETTINGS: where data, results and compiled programs live, how often
+  results are saved, how long one compiled call may take, how many runs share a
+  program. They change no result: a run may resume with other values, and they
+  never split a sweep.
 - static: everything else. These fix shapes or structure (hidden sizes,
   embedding or chunk size, target, method, number of tasks, steps, batch,
   ...): runs that differ in one of them run as separate programs.
@@ -20,7 +21,8 @@ TRACED or RUN_SETTINGS here if it belongs there; otherwise it is static.
 TRACED = ('seed', 'learning_rate', 'beta', 'lam', 'sparsity', 'l1_masked')
 
 RUN_SETTINGS = ('data_dir', 'download', 'checkpoint_every_steps', 'checkpoints_to_keep',
-                'final_checkpoints_to_keep', 'max_call_seconds', 'runs_per_program')
+                'final_checkpoints_to_keep', 'max_call_seconds', 'runs_per_program',
+                'compilation_cache')
 
 # Not a run's setting but the description of many runs (see sweep.py).
 SWEEP = 'sweep'

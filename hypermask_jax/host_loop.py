@@ -14,12 +14,10 @@ import time
 
 from absl import logging
 import jax
-from jax.sharding import Mesh
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec
 import numpy as np
 
 from hypermask_jax import checkpoints
+from hypermask_jax import devices
 from hypermask_jax import environment
 from hypermask_jax import inference_results
 from hypermask_jax import metrics
@@ -30,34 +28,6 @@ from hypermask_jax import trainer as trainer_lib
 
 # The layout of `progress` in checkpoints; a checkpoint of another layout is refused on resume.
 PROGRESS_FORMAT = 3
-
-
-def runs_mesh():
-  """The 1-D mesh the runs axis is sharded over: every device ('runs')."""
-  return Mesh(np.array(jax.devices()), ('runs',))
-
-
-def padded_runs(num_runs, mesh):
-  """Runs rounded up to a multiple of the devices (the extra ones repeat the last run)."""
-  devices = mesh.devices.size
-  return -(-num_runs // devices) * devices
-
-
-def place(tree, mesh, batched):
-  """tree's arrays on the mesh: split over 'runs' where `batched(path, leaf)`, else replicated."""
-  def put(path, leaf):
-    spec = PartitionSpec('runs') if batched(path, leaf) else PartitionSpec()
-    return jax.device_put(leaf, NamedSharding(mesh, spec))
-  return jax.tree_util.tree_map_with_path(put, tree)
-
-
-def place_program(state, data, hp, mesh):
-  """State, data and hyperparameters of a program on the mesh: the runs axis split, the
-  images replicated."""
-  state = place(state, mesh, lambda path, leaf: leaf.ndim > 0)  # all but the task and step
-  data = place(data, mesh, lambda path, leaf: any(getattr(k, 'name', None) == 'perms'
-                                                  for k in path))
-  return state, data, place(hp, mesh, lambda path, leaf: True)
 
 
 def bytes_of(tree):
@@ -79,7 +49,7 @@ def memory_per_run(trainer, config):
 def device_memory():
   """Bytes one device can hold: the accelerator's limit, or its share of 90% of the host's free
   memory (CPU devices share the host's)."""
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if 'bytes_limit' in stats:
     return stats['bytes_limit']
   with open('/proc/meminfo') as f:
@@ -145,12 +115,15 @@ def _spread(values, unit=''):
 class ProgramLoop:
   """Trains the runs of one program from a fresh start or a restored checkpoint.
 
-  `sweep_position` is (index, count, steps left in later programs) for the
-  progress line and the ETA of the whole sweep, or None for a single run.
+  `sweep_position` is (the program's index in the sweep, the number of programs,
+  the steps this process has left in later programs) for the progress line and
+  the ETA of the whole sweep, or None for a single run.
   """
 
   def __init__(self, program, outs, data, method, trainer, hp, checkpointer, stop,
                sweep_position=None):
+    if not devices.is_primary():  # only process 0 writes the runs' files
+      outs = [devices.Discard() for _ in outs]
     self.program, self.outs, self.data, self.method = program, outs, data, method
     self.trainer, self.hp, self.checkpointer, self.stop = trainer, hp, checkpointer, stop
     self.config = program.config
@@ -159,7 +132,8 @@ class ProgramLoop:
     self.pacer = CallPacer(self.config.max_call_seconds)
     self.started = time.time()
     self.progress = new_progress(program.runs, self.config.num_tasks)
-    self.boards = [tensorboard.Board(out.path) for out in outs]
+    self.boards = [tensorboard.Board(out.path) if devices.is_primary() else devices.Discard()
+                   for out in outs]
     self.inference = (inference_results.Recorder(trainer, data, hp, self.num_runs)
                       if self.config.task_inference != 'none' else None)
 
@@ -173,7 +147,7 @@ class ProgramLoop:
       first_task, resume_mid_task = 0, False
     else:
       state, self.progress = restored
-      task, step = int(state.task), int(state.step)
+      task, step = (int(x) for x in devices.fetch((state.task, state.step)))
       logging.info('resumed from the checkpoint at task %d/%d step %d', task + 1,
                    config.num_tasks, step)
       resume_mid_task = self.progress['accuracy'][0][task][task] is None
@@ -196,18 +170,21 @@ class ProgramLoop:
     """Trains task `task` from state.step to its end, in calls that end at every boundary."""
     config, trainer = self.config, self.trainer
     steps, every = config.steps_per_task, config.checkpoint_every_steps
-    step = int(state.step)  # kept on the host: one device read per call
+    step = int(devices.fetch(state.step))  # kept on the host: one device read per call
     while step < steps:
       chunk_end = min((step // trainer.chunk + 1) * trainer.chunk, steps)
       next_save = ((task * steps + step) // every + 1) * every - task * steps
       n = self.pacer.steps(min(chunk_end, next_save, step + trainer.max_steps_per_call) - step)
-      if not self.pacer.compiled:
-        logging.info('compiling the training step (once per program; the first call also runs '
-                     'one step)')
+      compiling = not self.pacer.compiled
+      if compiling:
+        logging.info('compiling the training step (once per program, or loaded from the '
+                     'compilation cache; the first call also runs one step)')
       tic = time.time()
       state, aux = trainer.train_steps(state, self.data, self.hp, np.int32(n))
-      aux = jax.device_get(aux)
+      aux = devices.fetch(aux)
       seconds = time.time() - tic
+      if compiling:
+        logging.info('first call (compile and one step): %.1f s', seconds)
       self.add_to_chunk(aux, n, seconds, timed=self.pacer.record(n, seconds))
       step += n
       if step == chunk_end:
@@ -243,7 +220,7 @@ class ProgramLoop:
     """Each run's record (metrics.jsonl) and one progress line for the program."""
     config, progress = self.config, self.progress
     chunk = progress['chunk']
-    schedule = jax.device_get(state.schedule)
+    schedule = devices.fetch(state.schedule)
     records = []
     for r in range(self.num_runs):
       means = {k: v[r] / chunk['steps'] for k, v in chunk['sums'].items()}
@@ -293,14 +270,14 @@ class ProgramLoop:
   def evaluate_task(self, state, task):
     """Test accuracy of every task seen so far, for every run; then the end-of-task checkpoint."""
     if self.config.selection == 'best_val':
-      best = jax.device_get(state.schedule['best_val_accuracy'])[:self.num_runs]
+      best = devices.fetch(state.schedule['best_val_accuracy'])[:self.num_runs]
       logging.info('task %d: kept the parameters of the best validation epoch (%s)', task + 1,
                    _spread(best, '%'))
     if self.config.selection == 'best_val_loss':
-      best = jax.device_get(state.schedule['best_val_loss'])[:self.num_runs]
+      best = devices.fetch(state.schedule['best_val_loss'])[:self.num_runs]
       logging.info('task %d: kept the parameters of the epoch of lowest validation loss (%s)',
                    task + 1, _spread(best))
-    columns = self.evaluate_all(state, self.data.test, task + 1)
+    columns = self.evaluate_all(state, 'test', task + 1)
     for r, out in enumerate(self.outs):
       accuracy = self.progress['accuracy'][r]
       accuracy[task][:task + 1] = columns[r]
@@ -321,16 +298,18 @@ class ProgramLoop:
     return state
 
   def evaluate_all(self, state, split, num_tasks):
-    """[run][task] accuracies (%) of the first num_tasks tasks on `split`."""
-    by_task = [jax.device_get(self.trainer.evaluate(state.params, state.batch_stats, self.data,
-                                                    split, j, self.hp))
+    """[run][task] accuracies (%) of the first num_tasks tasks on split `split` ('test', 'val')."""
+    sizes = devices.fetch(getattr(self.data, split).size)
+    by_task = [devices.fetch(self.trainer.evaluate(state.params, state.batch_stats, self.data,
+                                                   split, j, self.hp))
                for j in range(num_tasks)]
-    return [[float(by_task[j][r]) for j in range(num_tasks)] for r in range(self.num_runs)]
+    return [[100.0 * int(by_task[j][r]) / int(sizes[j]) for j in range(num_tasks)]
+            for r in range(self.num_runs)]
 
   def save(self, state):
     config = self.config
     self.progress['wall_time'] = self.wall_before + time.time() - self.started
-    task, step = int(state.task), int(state.step)
+    task, step = (int(x) for x in devices.fetch((state.task, state.step)))
     logging.info('saving checkpoint %d (task %d/%d step %d)', task * config.steps_per_task + step,
                  task + 1, config.num_tasks, step)
     # A snapshot: the asynchronous save may serialise it after `progress` has moved on.
@@ -338,18 +317,19 @@ class ProgramLoop:
                            json.loads(json.dumps(self.progress)))
 
   def stop_if_requested(self, state, saved):
-    if self.stop.requested:
+    if devices.any_process(self.stop.requested):  # every process saves, or none
       if not saved:
         self.save(state)
       self.checkpointer.wait()
-      raise preemption.Preempted(f'stopped by {self.stop.requested} at task {int(state.task) + 1}'
-                                 f' step {int(state.step)}; checkpoint saved')
+      task, step = (int(x) for x in devices.fetch((state.task, state.step)))
+      raise preemption.Preempted(f'stopped by {self.stop.requested or "a signal to another process"}'
+                                 f' at task {task + 1} step {step}; checkpoint saved')
 
   def finish(self, state):
     """Each run's summary (written last: it marks the run finished); then old checkpoints go."""
     config, progress = self.config, self.progress
-    final_val = self.evaluate_all(state, self.data.val, config.num_tasks)
-    params = jax.device_get(state.params)
+    final_val = self.evaluate_all(state, 'val', config.num_tasks)
+    params = devices.fetch(state.params)
     summaries = []
     for r, (run, out) in enumerate(zip(self.program.runs, self.outs)):
       run_params = jax.tree.map(lambda x, r=r: x[r], params)

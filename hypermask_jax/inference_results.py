@@ -10,13 +10,10 @@ test splits are equally large), and the pooled values are averaged over the
 rows ("average incremental accuracy").
 """
 
-import json
-
 from absl import logging
-import jax
 import numpy as np
 
-from hypermask_jax import outputs
+from hypermask_jax import devices
 from hypermask_jax import task_inference
 
 
@@ -51,7 +48,7 @@ class Recorder:
     self.data, self.hp, self.num_runs = data, hp, num_runs
     self.mode = trainer.config.task_inference
     self.num_tasks = trainer.config.num_tasks
-    self.sizes = np.asarray(jax.device_get(data.test.size))
+    self.sizes = np.asarray(devices.fetch(data.test.size))
 
   def matrices(self, progress):
     """The per-run {metric: matrix} in `progress` (created empty by the first evaluation)."""
@@ -65,15 +62,16 @@ class Recorder:
     if self.mode == 'fecam':
       stats = self.inference.statistics(state.params, state.batch_stats, self.data, task + 1,
                                         self.hp)
-    by_task = [jax.device_get(self.inference.evaluate(
-        state.params, state.batch_stats, self.data, self.data.test, j, task + 1, self.hp, stats))
+    by_task = [devices.fetch(self.inference.evaluate(
+        state.params, state.batch_stats, self.data, 'test', j, task + 1, self.hp, stats))
                for j in range(task + 1)]
     matrices = self.matrices(progress)
     for r, out in enumerate(outs):
-      for name in self.inference.names:
-        matrices[r][name][task][:task + 1] = [float(result[name][r]) for result in by_task]
-      (out.path / outputs.TASK_INFERENCE).write_text(json.dumps(
-          {'mode': self.mode, 'test_sizes': self.sizes.tolist(), 'metrics': matrices[r]}))
+      for name in self.inference.names:  # divided on the host, as the task-given accuracy
+        matrices[r][name][task][:task + 1] = [100.0 * int(result[name][r]) / int(self.sizes[j])
+                                              for j, result in enumerate(by_task)]
+      out.write_task_inference(
+          {'mode': self.mode, 'test_sizes': self.sizes.tolist(), 'metrics': matrices[r]})
     self.log(matrices, task)
 
   def log(self, matrices, task):

@@ -173,8 +173,10 @@ def parse_flags(argv):
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from hypermask_jax import train  # pylint: disable=g-import-not-at-top  (after TF's env setup)
+  from hypermask_jax import devices  # pylint: disable=g-import-not-at-top  (after TF's env setup)
+  from hypermask_jax import train  # pylint: disable=g-import-not-at-top
   try:
+    devices.start_distributed()
     train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value,
                              _SWEEP_SHARD.value, with_report=_REPORT.value)
   except preemption.Preempted as e:
@@ -184,9 +186,5 @@ def main(argv):
     fail(e)
 
 
-def run():
-  app.run(main, flags_parser=parse_flags)
-
-
 if __name__ == '__main__':
-  run()
+  app.run(main, flags_parser=parse_flags)

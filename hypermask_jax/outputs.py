@@ -185,6 +185,10 @@ class RunOutputs:
               for i, row in enumerate(rows)]
     (self.path / ACCURACY_CSV).write_text('\n'.join(lines) + '\n')
 
+  def write_task_inference(self, results):
+    """The accuracies with the task inferred so far (inference_results.py)."""
+    (self.path / TASK_INFERENCE).write_text(json.dumps(results))
+
   def write_embeddings(self, embeddings):
     """The learned task embeddings and their pairwise cosine similarity (compare tasks by it)."""
     (self.path / EMBEDDINGS).write_text(json.dumps(embeddings.tolist()))

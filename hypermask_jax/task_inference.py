@@ -102,7 +102,7 @@ class TaskInference:
     self.names = tuple(metric_names(self.mode))
     self.buckets = task_buckets(self.config.max_tasks)
     self.statistics = jax.jit(self._statistics)
-    self.evaluate = jax.jit(self._evaluate)
+    self.evaluate = jax.jit(self._evaluate, static_argnames='split')
 
   def _batches(self, split, task, batch_size):
     """(index of batch i's examples, valid mask) over task `task` of `split`, and the count."""
@@ -144,9 +144,11 @@ class TaskInference:
         params, batch_stats, data, hp)
 
   def _evaluate(self, params, batch_stats, data, split, task, num_seen, hp, stats):
-    """{metric: [R] accuracy (%)} on task `task` of `split`, choosing among the first num_seen
-    tasks. stats: `statistics`' result with 'fecam', else None."""
+    """{metric: int32 [R]} how many examples of task `task` of split `split` ('test' or 'val',
+    static as in Trainer.evaluate) each run gets right, choosing among the first num_seen
+    tasks. stats: `statistics`' result with 'fecam', else None. Counts: the host divides."""
     self.trainer.traces['infer_tasks'] += 1
+    split = getattr(data, split)
     method = self.method
     bs = split.max_size if self.trainer.whole_split_eval else self.config.eval_batch_size
     batch, count = self._batches(split, task, bs)
@@ -172,8 +174,7 @@ class TaskInference:
 
       bucket = jnp.searchsorted(jnp.asarray(self.buckets), num_seen)
       right = jax.lax.switch(bucket, [with_tasks(k) for k in self.buckets], None)
-      return {name: (100 * n / split.size[task]).astype(jnp.float32)
-              for name, n in right.items()}
+      return {name: n.astype(jnp.int32) for name, n in right.items()}
 
     return jax.vmap(one_run, in_axes=(0, 0, trainer_lib.data_axes(data), 0, 0))(
         params, batch_stats, data, hp, stats)

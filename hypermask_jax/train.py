@@ -12,6 +12,7 @@ import jax
 
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
+from hypermask_jax import devices
 from hypermask_jax import environment
 from hypermask_jax import fields
 from hypermask_jax import host_loop
@@ -95,7 +96,7 @@ def log_sweep(points, workdir):
                sweep_results.GRID_CSV, sweep_results.BEST, sweep_results.RESULTS)
 
 
-def runs_per_program(config, runs, mesh):
+def runs_per_program(config, mesh):
   """The most runs one program of this config takes: runs_per_program, or as many as fit.
 
   Raises ConfigError if not even one run (with the data) fits a device.
@@ -162,26 +163,23 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
     log_results(finished[runs[0].name], workdir)
     return finished[runs[0].name]
 
-  mesh = host_loop.runs_mesh()
+  logging.info('%s', environment.one_line())
+  environment.use_compilation_cache(runs[0].config.compilation_cache)
+  mesh = devices.runs_mesh()
   caps = {}
 
   def capacity(program_config):
     key = repr(sorted(outputs.flat_config(program_config).items()))
     if key not in caps:
-      caps[key] = runs_per_program(program_config, runs, mesh)
+      caps[key] = runs_per_program(program_config, mesh)
     return caps[key]
 
   programs = sweep.group(runs, capacity)
   mine = [p for p in sweep.shard(programs, shard_index, shard_count)
           if any(finished[run.name] is None for run in p.runs)]
   for program in mine:  # every check before anything is written
-    outputs.Workdir(sweep.program_folder(workdir, config, program)).check_usable()
-    for run in program.runs:
-      changed = run_outputs[run.name].changes(run.config, allow_config_change)
-      if changed:
-        refuse_shape_changes(run.config, changed)
-  if mine:
-    logging.info('%s', environment.one_line())
+    if devices.is_primary():
+      outputs.Workdir(sweep.program_folder(workdir, config, program)).check_usable()
   task_sets = {}
   for i, program in enumerate(mine):
     key = _data_key(program.config)
@@ -191,24 +189,30 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
                    program.config.data_dir or 'the TFDS default data_dir')
       task_sets[key] = tasks.load_task_set(program.config)
     mine[i] = fit_to_data(program, task_sets[key])  # the batch fits; epochs become steps
-  if is_sweep and mine:
+    for run in mine[i].runs:  # compared as saved: with the steps the epochs became
+      changed = run_outputs[run.name].changes(run.config, allow_config_change)
+      if changed:
+        refuse_shape_changes(run.config, changed)
+  if is_sweep and mine and devices.is_primary():
     sweep.save_record(workdir, config)
 
   later_steps = sum(p.config.num_tasks * p.config.steps_per_task for p in mine)
-  for position, program in enumerate(mine):
+  for program in mine:
     later_steps -= program.config.num_tasks * program.config.steps_per_task
     summaries = run_program(program, task_sets[_data_key(program.config)],
                             [run_outputs[r.name] for r in program.runs],
                             sweep.program_folder(workdir, config, program), mesh,
-                            (position, len(mine), later_steps) if is_sweep else None)
+                            (program.index, len(programs), later_steps) if is_sweep else None)
     for run, summary in zip(program.runs, summaries):
       finished[run.name] = summary
   if not is_sweep:
     summary = finished[runs[0].name]
     log_results(summary, workdir)
-    if with_report:
+    if with_report and devices.is_primary():
       write_report(workdir, is_sweep, task_sets)
     return summary
+  if not devices.is_primary():
+    return {'runs': {name: s for name, s in finished.items() if s is not None}, 'grid': []}
   points = sweep_results.write(workdir, config, runs)
   log_sweep(points, workdir)
   if with_report and mine:
@@ -227,23 +231,26 @@ def run_program(program, task_set, outs, folder, mesh, sweep_position):
   """Trains one program's runs to the end (or to a stop request); returns their summaries."""
   config = program.config
   method, trainer = build(config, task_set.input_shape, task_set.num_classes)
-  padded = host_loop.padded_runs(len(program.runs), mesh)
-  state, data, hp = trainer.fresh(task_set, host_loop.padded_configs(program, padded))
-  state, data, hp = host_loop.place_program(state, data, hp, mesh)
-  counts = method.param_counts(jax.tree.map(lambda x: x[0], state.params))
+  padded = devices.padded_runs(len(program.runs), mesh)
+  state, data, hp = trainer.fresh(task_set, host_loop.padded_configs(program, padded), mesh)
+  counts = method.param_counts(jax.eval_shape(
+      trainer.init_run, trainer_lib.run_hyperparams(program.runs[0].config)).params)
   logging.info('%s%d tasks of %d training steps; %d run(s)%s; parameters per run: %s',
                f'{program.name}: ' if sweep_position else '', config.num_tasks,
                config.steps_per_task, len(program.runs),
                f' (+{padded - len(program.runs)} padding)' if padded > len(program.runs) else '',
                base.describe_counts(counts))
   folder = outputs.Workdir(folder)
-  folder.lock_and_create()
+  primary = devices.is_primary()
+  if primary:
+    folder.lock_and_create()
   try:
     checkpointer = checkpoints.Checkpointer(folder.path, config.checkpoints_to_keep)
     try:
       restored = host_loop.restore(checkpointer, state, program, folder.path)
       for index, (run, out) in enumerate(zip(program.runs, outs)):
-        out.save_config(run.config, folder.path, index)
+        if primary:
+          out.save_config(run.config, folder.path, index)
       with preemption.StopSignals() as stop:
         loop = host_loop.ProgramLoop(program, outs, data, method, trainer, hp, checkpointer,
                                      stop, sweep_position)
@@ -254,4 +261,5 @@ def run_program(program, task_set, outs, folder, mesh, sweep_position):
     finally:
       checkpointer.close()
   finally:
-    folder.release()
+    if primary:
+      folder.release()

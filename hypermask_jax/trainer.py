@@ -23,6 +23,8 @@ import math
 import flax
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 import numpy as np
 import optax
 
@@ -101,7 +103,7 @@ class Trainer:
     self.begin_task = jax.jit(self._begin_task, donate_argnums=0)
     self.train_steps = jax.jit(self._train_steps, donate_argnums=0)
     self.end_chunk = jax.jit(self._end_chunk, donate_argnums=0)
-    self.evaluate = jax.jit(self._evaluate)
+    self.evaluate = jax.jit(self._evaluate, static_argnames='split')
 
   @property
   def chunk(self):
@@ -134,10 +136,22 @@ class Trainer:
                       rng=jax.random.fold_in(rng, 1), batch_stats=batch_stats,
                       schedule=new_schedule(hp, self.config.selection), best=best)
 
-  def fresh(self, task_set, configs):
-    """(fresh state, task set, hyperparameters) of a program whose runs have these configs."""
+  def fresh(self, task_set, configs, mesh=None):
+    """(fresh state, task set, hyperparameters) of a program whose runs have these configs.
+
+    With a mesh (devices.runs_mesh) the runs axis is split over its devices and
+    the images replicated; without one, everything is on the default device.
+    """
     hp = hyperparams(configs)
-    return self.init_state(hp), tasks.for_runs(task_set, [c.seed for c in configs]), hp
+    data = tasks.for_runs(task_set, [c.seed for c in configs])
+    if mesh is None:
+      return self.init_state(hp), data, hp
+    runs, shared = NamedSharding(mesh, PartitionSpec('runs')), NamedSharding(mesh, PartitionSpec())
+    layout = lambda axes: jax.tree.map(lambda axis: runs if axis == 0 else shared, axes,
+                                       is_leaf=lambda x: x is None)
+    hp, data = jax.device_put(hp, runs), jax.device_put(data, layout(data_axes(data)))
+    init = jax.jit(self._init_state, out_shardings=layout(STATE_AXES))
+    return init(hp), data, hp
 
   def _init_state(self, hp):
     self.traces['init_state'] += 1
@@ -221,20 +235,31 @@ class Trainer:
     return self._runs(end, STATE_AXES, data_axes(data), 0)(state, data, hp)
 
   def _evaluate(self, params, batch_stats, data, split, task, hp):
-    """Accuracy (%) of every run on task `task` of `split`: [R]."""
-    self.traces['evaluate'] += 1
-    accuracy = lambda params, batch_stats, data, hp: self._accuracy(params, batch_stats, data,
-                                                                      split, task, hp)
-    return self._runs(accuracy, 0, 0, data_axes(data), 0, out_axes=0)(params, batch_stats,
-                                                                         data, hp)
+    """How many examples of task `task` of split `split` ('test' or 'val') each run classifies
+    correctly: int32 [R].
 
-  def _accuracy(self, params, batch_stats, data, split, task, hp):
-    """One run's accuracy (%) on task `task` of `split`."""
-    return self._val_metrics(params, batch_stats, data, split, task, hp)[0]
+    The split is named, not passed, so each split compiles once (their sizes
+    differ) and the trace count says which. Counts, not percentages: the host
+    divides in float64, so runs that predict the same examples report the same
+    accuracy however they were compiled.
+    """
+    self.traces[f'evaluate_{split}'] += 1
+    split = getattr(data, split)
+    hits = lambda params, batch_stats, data, hp: self._hits_and_loss(
+        params, batch_stats, data, split, task, hp)[0]
+    return self._runs(hits, 0, 0, data_axes(data), 0, out_axes=0)(params, batch_stats, data, hp)
 
   def _val_metrics(self, params, batch_stats, data, split, task, hp):
-    """One run's (accuracy (%), mean cross-entropy) on task `task` of `split`, in fixed-size
-    batches, padding masked.
+    """One run's (accuracy (%), mean cross-entropy) on task `task` of `split` (float32, for
+    decisions on the device: plateau, best snapshot)."""
+    hits, loss = self._hits_and_loss(params, batch_stats, data, split, task, hp)
+    size = split.size[task]
+    # Not weakly typed: they are state.
+    return (100.0 * hits / size).astype(jnp.float32), (loss / size).astype(jnp.float32)
+
+  def _hits_and_loss(self, params, batch_stats, data, split, task, hp):
+    """One run's correct predictions (int32) and summed cross-entropy on task `task` of `split`,
+    in fixed-size batches with padding masked out.
 
     A target that normalises with batch statistics sees the task's whole split
     as one batch (the reference's evaluation), its padding excluded from them.
@@ -256,5 +281,4 @@ class Trainer:
 
     batches = jnp.arange(math.ceil(split.max_size / bs))
     hits, ce = jax.tree.map(jnp.sum, jax.lax.map(correct, batches))
-    # Not weakly typed: they are state.
-    return (100.0 * hits / size).astype(jnp.float32), (ce / size).astype(jnp.float32)
+    return hits.astype(jnp.int32), ce

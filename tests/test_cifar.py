@@ -231,7 +231,7 @@ def test_small_configs_learn_three_synthetic_image_tasks(module, small_run):
     assert acc[-1].min() >= 90.0, acc
   # One compile for all tasks and epochs.
   assert summary['traces'] == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
-                               'evaluate': 1}
+                               'evaluate_test': 1, 'evaluate_val': 1}
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   epochs = module.get_config('small').epochs_per_task
   assert [r['epoch'] for r in records] == list(range(1, epochs + 1)) * 3
@@ -308,13 +308,13 @@ def test_hnet_with_per_task_running_statistics(synthetic_cifar_task_set):
   for task in range(2):
     state = trainer.begin_task(state, task, hp)
     state = run_chunk(trainer, state, data, hp)
-    trainer.evaluate(state.params, state.batch_stats, data, data.test, task, hp)
+    trainer.evaluate(state.params, state.batch_stats, data, 'test', task, hp)
   means = np.asarray(state.batch_stats['bn_stem']['mean'][0])
   assert np.all(means[:2] != 0) and np.all(means[2] == 0)  # tasks 0 and 1; task 2 untouched
   assert not np.allclose(means[0], means[1])
   assert not np.allclose(state.params['target']['bn_stem']['scale'][0], scale)
   assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
-                            'evaluate': 1}
+                            'evaluate_test': 1}
 
 
 def test_the_cpu_convolution_equals_xla_convolution():

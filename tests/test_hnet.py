@@ -112,7 +112,7 @@ def test_hundred_tasks_compile_once_with_constant_memory():
   from experiments import long_sequence  # pylint: disable=g-import-not-at-top
   memory, traces = long_sequence.run(hnet_permuted_mnist_100.get_config('small'), steps=2)
   assert len(memory) == 100
-  assert traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'evaluate': 1}
+  assert traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'evaluate_test': 1}
   # Allocator pools settle over the first tasks; after that the floor does not grow (readings
   # taken while transient evaluation buffers are alive sit up to ~40 MB above it).
   assert min(memory[90:]) - min(memory[50:60]) < 16 * 2**20, [m // 2**20 for m in memory[::5]]

@@ -16,6 +16,7 @@ from hypermask_jax import train
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
 from tests.conftest import synthetic_mnist
+from tests.test_sweep import TOLERANCE
 
 BLOCK = 255  # the synthetic digits: a bright 6x4 block at a place that depends on the digit
 
@@ -118,8 +119,13 @@ def lookup_program(data, mode, confuse, runs=2):
 
 
 def infer(inference, params, hp, data, num_seen, stats=None):
-  return [jax.device_get(inference.evaluate(params, {}, data, data.test, j, num_seen, hp, stats))
-          for j in range(num_seen)]
+  """Per task j < num_seen, {metric: [R] accuracy (%)} from the compiled counts."""
+  results = []
+  for j in range(num_seen):
+    counts = jax.device_get(inference.evaluate(params, {}, data, 'test', j, num_seen, hp, stats))
+    assert all(c.dtype == np.int32 for c in counts.values())
+    results.append({k: 100.0 * c / int(data.test.size[j]) for k, c in counts.items()})
+  return results
 
 
 def test_entropy_inference_finds_each_task_when_its_network_is_the_only_sure_one(split_data):
@@ -211,3 +217,31 @@ def test_a_resumed_run_reports_what_an_uninterrupted_one_does(tmp_path, monkeypa
   assert resumed['task_inference'] == full['task_inference']
   assert (tmp_path / 'resumed' / 'task_inference.json').read_text() == (
       tmp_path / 'full' / 'task_inference.json').read_text()
+
+
+@pytest.mark.slow
+def test_each_run_of_a_sweep_infers_tasks_as_it_does_alone(tmp_path, monkeypatch, split_data):
+  """FeCAM (which reports the entropy too) over a runs axis of two seeds: the same matrices."""
+  monkeypatch.setattr(train.tasks, 'load_task_set', lambda config: split_data)
+
+  def config(seed=1, sweep=None):
+    config = split_mnist.get_config('small')
+    config.update(num_tasks=3, target_hidden=(16,), hnet_hidden=(8,), embedding_size=4,
+                  sparsity=0.0, steps_per_task=7, log_every_steps=7, eval_batch_size=64,
+                  task_inference='fecam', seed=seed)
+    if sweep:
+      config.sweep.seed = sweep
+    return config
+
+  together = train.train_and_evaluate(config(sweep=(1, 2)), str(tmp_path / 'sweep'))['runs']
+  for seed in (1, 2):
+    alone = train.train_and_evaluate(config(seed), str(tmp_path / f'seed{seed}'))
+    run = together[f'seed={seed}']
+    assert run['run']['runs_in_program'] == 2
+    for name, metric in alone['task_inference']['metrics'].items():
+      np.testing.assert_allclose(np.array(run['task_inference']['metrics'][name]['matrix'],
+                                          dtype=float),
+                                 np.array(metric['matrix'], dtype=float), atol=TOLERANCE)
+    assert run['traces'] == alone['traces']
+  first, second = (together[f'seed={s}']['task_inference'] for s in (1, 2))
+  assert first != second  # the seeds trained different networks

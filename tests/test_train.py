@@ -41,9 +41,9 @@ def test_train_step_traces_once_across_tasks(synthetic_task_set):
       state = run_chunk(trainer, state, data, hp)
     assert int(state.step) == 7
     for j in range(task + 1):
-      trainer.evaluate(state.params, state.batch_stats, data, data.test, j, hp)
+      trainer.evaluate(state.params, state.batch_stats, data, 'test', j, hp)
   assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
-                            'evaluate': 1}
+                            'evaluate_test': 1}
 
 
 def test_how_steps_are_grouped_into_calls_changes_nothing(synthetic_task_set):
