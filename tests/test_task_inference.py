@@ -164,12 +164,14 @@ def test_fecam_finds_the_class_the_entropy_misses(split_data):
   assert inference.trainer.traces == {'infer_tasks': 1, 'task_statistics': 1}
 
 
-def test_a_run_reports_entropy_inference_after_each_task(tmp_path, monkeypatch, split_data, caplog):
+@pytest.mark.parametrize('method', ['hypermask', 'hnet'])
+def test_a_run_reports_entropy_inference_after_each_task(tmp_path, monkeypatch, split_data, caplog,
+                                                         method):
   monkeypatch.setattr(train.tasks, 'load_task_set', lambda config: split_data)
   config = split_mnist.get_config('small')
-  config.update(num_tasks=3, target_hidden=(16,), hnet_hidden=(8,), embedding_size=4,
-                sparsity=0.0, steps_per_task=7, log_every_steps=7, eval_batch_size=64,
-                task_inference='entropy')
+  config.update(method=method, num_tasks=3, target_hidden=(16,), hnet_hidden=(8,),
+                embedding_size=4, sparsity=0.0, steps_per_task=7, log_every_steps=7,
+                eval_batch_size=64, task_inference='entropy')
   with caplog.at_level('INFO', logger='absl'):  # once absl's flags are parsed, its own level
     summary = train.train_and_evaluate(config, str(tmp_path))
   saved = json.loads((tmp_path / 'task_inference.json').read_text())
