@@ -1,6 +1,7 @@
 """Split CIFAR-100: targets, masks, BatchNorm, augmentation, plateau schedule, best-val selection."""
 
 import json
+import warnings
 
 import flax
 import jax
@@ -262,14 +263,37 @@ def test_an_epoch_run_resumes_mid_task_to_identical_results(tmp_path, small_run,
   assert strip(tmp_path / 'metrics.jsonl') == strip(full_dir / 'metrics.jsonl')
 
 
-def test_zenkenet_dropout_follows_the_step_rng():
-  net = targets.ZenkeNet(10)
+def test_zenkenet_dropout_drops_channels_then_elements_or_is_off():
+  """'architecture': whole channels after each conv stage, elements after the dense layer."""
+  net, off = targets.ZenkeNet(10, dropout='architecture'), targets.ZenkeNet(10)
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   params = net.init({'params': jax.random.key(1)}, x)
   run = lambda seed: net.apply(params, x, 0, True, rngs={'dropout': jax.random.key(seed)})
   np.testing.assert_array_equal(run(2), run(2))
   assert not np.allclose(run(2), run(3))
-  np.testing.assert_array_equal(net.apply(params, x), net.apply(params, x))  # eval: no dropout
+  np.testing.assert_array_equal(net.apply(params, x), off.apply(params, x))  # eval: no dropout
+  # 'off' (the default, as the published numbers were produced) trains without dropout.
+  np.testing.assert_array_equal(off.apply(params, x, 0, True, rngs={'dropout': jax.random.key(2)}),
+                                off.apply(params, x))
+
+  _, seen = net.apply(params, x, 0, True, rngs={'dropout': jax.random.key(2)},
+                      capture_intermediates=True, mutable=['intermediates'])
+  seen = jax.tree.map(np.asarray, seen['intermediates'])
+  out = lambda name: seen[name]['__call__'][0]
+  pooled = lambda conv: np.asarray(flax.linen.max_pool(jax.nn.relu(out(conv)), (2, 2), (2, 2)))
+  inputs = [pooled('conv0_1'), pooled('conv1_1'), np.maximum(out('dense'), 0)]
+  for i, rate in enumerate((0.25, 0.25, 0.5)):
+    kept = inputs[i] > 0
+    scale = np.where(kept, out(f'Dropout_{i}') / np.where(kept, inputs[i], 1), np.nan)
+    scale = np.round(scale.astype(np.float64), 4)
+    assert set(np.unique(scale[kept])) == {0.0, round(1 / (1 - rate), 4)}  # dropped or rescaled
+    if i < 2:  # Dropout2d: each channel of an image is dropped or kept as a whole
+      with np.errstate(all='ignore'), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # channels the ReLU zeroed everywhere: all NaN
+        assert np.array_equal(np.nanmax(scale, axis=(1, 2)), np.nanmin(scale, axis=(1, 2)),
+                              equal_nan=True)
+    else:  # elements: within each image some are dropped, others kept
+      assert np.all(np.nanmin(scale, axis=1) == 0) and np.all(np.nanmax(scale, axis=1) == 2)
 
 
 def test_mock_cifar100_becomes_ten_tasks_of_ten_classes(tmp_path):
