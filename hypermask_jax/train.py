@@ -194,7 +194,9 @@ def _schedule_fields(config, schedule, epoch):
 def _new_progress(num_tasks):
   """What a checkpoint records besides the train state (JSON)."""
   return {'accuracy': [[None] * num_tasks for _ in range(num_tasks)], 'records': [],
-          'wall_time': 0.0, 'train_time': 0.0, 'steps_timed': 0}
+          'wall_time': 0.0, 'train_time': 0.0, 'steps_timed': 0,
+          'random_init_accuracy': [None] * num_tasks,  # R_j: the initial params on task j
+          'before_training_accuracy': [None] * num_tasks}  # A[j-1, j]: task j before training it
 
 
 def train_and_evaluate(config, workdir, allow_config_change=False):
@@ -234,6 +236,9 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
   restored = checkpointer.restore_latest(state)
   if restored is None:
     progress, first_task, resume_mid_task = _new_progress(num_tasks), 0, False
+    progress['random_init_accuracy'] = [
+        float(trainer.evaluate(state.params, state.batch_stats, data, data.test, j, hp))
+        for j in range(num_tasks)]
   else:
     state, progress = restored
     task, step = int(state.task), int(state.step)
@@ -302,6 +307,9 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
     row = [float(trainer.evaluate(state.params, state.batch_stats, data, data.test, j, hp))
            for j in range(task + 1)]
     progress['accuracy'][task][:task + 1] = row
+    if task + 1 < num_tasks:  # the next task before its training, for forward transfer
+      progress['before_training_accuracy'][task + 1] = float(
+          trainer.evaluate(state.params, state.batch_stats, data, data.test, task + 1, hp))
     out.write_accuracy(progress['accuracy'], task + 1)
     logging.info('after task %d: test accuracy %s (mean %.2f)', task + 1,
                  ' '.join(f'{a:.2f}' for a in row), np.mean(row))
@@ -309,7 +317,9 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
     stop_if_requested(state, saved=True)
 
   acc = np.array(progress['accuracy'], dtype=float)
-  summary = {**metrics.summary(acc), 'accuracy_matrix': progress['accuracy'],
+  summary = {**metrics.summary(acc, progress['before_training_accuracy'],
+                               progress['random_init_accuracy']),
+             'accuracy_matrix': progress['accuracy'],
              'wall_time_sec': wall_before + time.time() - started,
              'train_steps_per_sec': progress['steps_timed'] / max(progress['train_time'], 1e-9),
              'params': counts, 'traces': dict(trainer.traces)}
@@ -317,6 +327,7 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
   if embeddings is not None:
     out.write_embeddings(np.asarray(embeddings[:num_tasks]))
   out.write_summary(summary)
-  logging.info('done: mean accuracy %.2f, BWT %.2f, forgetting %.2f; results in %s',
-               summary['mean_accuracy'], summary['bwt'], summary['forgetting'], out.path)
+  logging.info('done: mean accuracy %.2f, BWT %.2f, forgetting %.2f, FWT %.2f; results in %s',
+               summary['mean_accuracy'], summary['bwt'], summary['forgetting'], summary['fwt'],
+               out.path)
   return summary
