@@ -50,8 +50,11 @@ def masks_from_output(layout, target_params, flat_output, sparsity, sparse):
       for p, w in flat.items()})
 
 
-def apply_masks(target_params, masks):
-  return jax.tree.map(jnp.multiply, target_params, masks)
+def apply_masks(target_params, masks, select):
+  """W * M on the tensors `select` picks (by path); the other leaves unchanged."""
+  flat, flat_masks = traverse_util.flatten_dict(target_params), traverse_util.flatten_dict(masks)
+  return traverse_util.unflatten_dict(
+      {p: w * flat_masks[p] if select(p) else w for p, w in flat.items()})
 
 
 def sparsity_at(sparsity, task, step, steps_per_task):

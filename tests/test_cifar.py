@@ -66,13 +66,12 @@ def test_generated_and_masked_counts_follow_the_spec_arithmetic():
   assert sum(x.size for x in jax.tree.leaves(params['target'])) == 1_067_530 + 2 * bn_channels
 
 
-def test_masks_cover_conv_and_dense_weights_never_batch_norm_or_the_head_bias():
+def test_masks_cover_conv_and_dense_weights_never_batch_norm():
   hypermask, params = shapes(cifar100_resnet20.get_config(), HyperMask)
   flat = flax.traverse_util.flatten_dict(params['target'])
   masked = set(hypermask.layout.paths)
   for path in flat:
-    is_norm = path[-2].startswith('bn')
-    assert (path in masked) == (not is_norm and path != ('head', 'bias')), path
+    assert (path in masked) == (not path[-2].startswith('bn')), path
   assert ('conv_stem', 'bias') in masked and ('stage2_block2', 'conv1', 'kernel') in masked
   hnet, hnet_params = shapes(cifar100_resnet20.get_config(), HNET)
   own = flax.traverse_util.flatten_dict(hnet_params['target'])
@@ -118,7 +117,7 @@ def test_running_statistics_are_kept_per_task():
 
 def test_augmentation_crops_inside_the_padding_and_flips_half_the_batch(synthetic_cifar_task_set):
   data = synthetic_cifar_task_set
-  images, labels = tasks.draw_batch(data.train, 1, jax.random.key(0), 64)
+  images, labels, _ = tasks.draw_batch(data.train, 1, jax.random.key(0), 0, 64)
   x = data.inputs(images, 1, jax.random.key(1), train=True)
   pixels = np.asarray(x) * np.array(tasks.CIFAR_STD) + np.array(tasks.CIFAR_MEAN)
   originals = np.asarray(images, np.float32) / 255

@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -69,6 +70,32 @@ def test_eval_uses_each_tasks_own_embedding(synthetic_task_set):
   w1 = method.eval_weights(params, np.int32(1), hp)
   assert not np.allclose(w0['dense_0']['kernel'], w1['dense_0']['kernel'])
   np.testing.assert_array_equal(w0['head']['bias'], params['target']['head']['bias'])
+
+
+def test_output_bias_mask_weights_its_drift_and_regulariser_not_the_forward_pass(
+    synthetic_task_set):
+  config = tiny_config()
+  data = synthetic_task_set
+  method = HyperMask(config, data.input_shape, data.num_classes)
+  params = method.init_params(jax.random.key(0))
+  assert method.layout.paths[-1] == ('head', 'bias')  # generated, last in the flat output
+  memory = method.begin_task(params)
+  x = data.inputs(data.train.images[:32], 1, None, train=False)
+  batch, hp = (x, data.train.labels[:32], 1), train.hyperparams(config)
+  loss = lambda p: method.loss(p, {}, batch, jnp.int32(1), 0, memory, hp, jax.random.key(1))
+  head_mask = method.masks(params, method.hnet_outputs(params['hnet'], jnp.array([1]))[0],
+                           0.0)['head']['bias']
+  # Moving only the output bias: the logits move by exactly that (its mask is not applied) and
+  # the L1 drift is that move weighted by the bias's mask.
+  moved = {**params, 'target': {**params['target'], 'head': {
+      **params['target']['head'], 'bias': params['target']['head']['bias'] + 0.5}}}
+  logits = lambda p: method.predict(method.eval_weights(p, jnp.int32(1), hp), {}, x, 1)
+  np.testing.assert_allclose(logits(moved), logits(params) + 0.5, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(loss(moved)[1][0]['l1'], 0.5 * jnp.sum(head_mask), rtol=1e-5)
+  # The hypernetwork's outputs for the bias are regularised: shift them for task 0 by 0.1.
+  shifted = {**params, 'hnet': {**params['hnet'], 'out': {
+      **params['hnet']['out'], 'bias': params['hnet']['out']['bias'].at[-10:].add(0.1)}}}
+  np.testing.assert_allclose(loss(shifted)[1][0]['reg'], 10 * 0.1 ** 2, rtol=1e-4)
 
 
 @pytest.fixture
