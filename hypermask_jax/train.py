@@ -40,7 +40,7 @@ class TrainState:
   memory: dict  # what the method keeps from before the current task (regularisation targets)
   task: jax.Array  # int32 scalar
   step: jax.Array  # int32 scalar, step within the task
-  rng: jax.Array  # the run's key; batch draws use fold_in(task, step), so no iterator state
+  rng: jax.Array  # the run's key; keyed by (task, step) and (task, epoch): no iterator state
   batch_stats: dict  # per-task BatchNorm running statistics ({} unless batch_norm='running')
   schedule: dict  # this task's plateau state, last and best validation accuracy
   best: dict  # params and batch_stats of the best validation epoch ({} unless selection=best_val)
@@ -102,12 +102,12 @@ class Trainer:
                          schedule=new_schedule(hp))
 
   def _train_step(self, state, data, hp):
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.task), state.step)
-    rng_batch, rng_inputs = jax.random.split(rng)
-    batch_tasks = self.method.batch_tasks(state.task, jax.random.fold_in(rng, 1),
-                                          self.config.batch_size)
-    images, labels = tasks.draw_batch(data.train, batch_tasks, rng_batch, self.config.batch_size)
-    x = data.inputs(images, batch_tasks, rng_inputs, train=True)
+    task_rng, order_rng = jax.random.split(jax.random.fold_in(state.rng, state.task))
+    rng = jax.random.fold_in(task_rng, state.step)
+    images, labels, batch_tasks = tasks.draw_batch(
+        data.train, self.method.batch_tasks(state.task), order_rng, state.step,
+        self.config.batch_size)
+    x = data.inputs(images, batch_tasks, jax.random.fold_in(rng, 1), train=True)
     tx = optimizer(state.schedule['plateau']['learning_rate'])
     grads, aux, batch_stats = self.method.gradients(
         state.params, state.batch_stats, state.opt_state, tx, (x, labels, batch_tasks),
@@ -133,6 +133,8 @@ class Trainer:
   def _end_of_chunk(self, state, data, hp):
     """Validation accuracy; the plateau step; the best snapshot, swapped in when the task ends."""
     config = self.config
+    if data.val is None:  # no validation split (config_checks refuses plateau and best_val)
+      return state
     val = self._accuracy(state.params, state.batch_stats, data, data.val, state.task, hp)
     schedule = {**state.schedule, 'val_accuracy': val}
     if config.lr_schedule == 'plateau':
@@ -232,6 +234,7 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
   num_tasks, steps = config.num_tasks, config.steps_per_task
   state = trainer.init_state(config.seed, hp)
   counts = method.param_counts(state.params)
+  logging.info('Settings: %s', config_checks.describe(config))
   logging.info('Parameters: %s', base.describe_counts(counts))
   restored = checkpointer.restore_latest(state)
   if restored is None:
@@ -282,18 +285,18 @@ def _run(config, out, data, method, trainer, hp, checkpointer, stop):
       compiled = True
       rate = progress['steps_timed'] / max(progress['train_time'], 1e-9)
       means = {k: float(np.sum(v * active) / max(active.sum(), 1)) for k, v in aux.items()}
-      val = float(schedule['val_accuracy'])
+      # Without a validation split no validation accuracy is logged (the test split stays unseen).
+      val = {} if data.val is None else {'val_accuracy': float(schedule['val_accuracy'])}
       fields = _schedule_fields(config, schedule, step // trainer.chunk)
-      record = {'task': task, 'step': step, **means, 'val_accuracy': val, **fields,
-                'steps_per_sec': rate}
+      record = {'task': task, 'step': step, **means, **val, **fields, 'steps_per_sec': rate}
       progress['records'].append(record)
       out.log_metrics(record)
       remaining = (num_tasks - task) * steps - step
       terms = ' '.join(f'{k} {v:.4g}' for k, v in {**means, **fields}.items()
                        if k != 'accuracy')
-      logging.info('task %d/%d step %d/%d | %s | train acc %.2f val acc %.2f | %.1f steps/s '
+      logging.info('task %d/%d step %d/%d | %s | train acc %.2f val acc %s | %.1f steps/s '
                    'ETA %s', task + 1, num_tasks, step, steps, terms,
-                   100 * means['accuracy'], val, rate,
+                   100 * means['accuracy'], f"{val['val_accuracy']:.2f}" if val else '-', rate,
                    _format_eta(remaining / rate) if progress['steps_timed'] else '?')
       if step < steps:  # the end of a task is saved (and a stop honoured) after eval
         periodic = ((task * steps + step) // config.checkpoint_every_steps

@@ -56,12 +56,12 @@ def test_generated_and_masked_counts_follow_the_spec_arithmetic():
     hnet, _ = shapes(module.get_config(), HNET)
     assert hnet.layout.size == weights  # HNET generates every kernel and bias
     hypermask, params = shapes(module.get_config(), HyperMask)
-    assert hypermask.layout.size == weights - 10  # all but the head's bias
+    assert hypermask.layout.size == weights  # the head's bias too (unmasked in the forward pass)
     out = params['hnet']['out']
-    assert out['kernel'].shape == (100, weights - 10)
+    assert out['kernel'].shape == (100, weights)
   # ResNet-20's hypernetwork output layer: ~108M parameters (SPEC section 3).
   hypermask, params = shapes(cifar100_resnet20.get_config(), HyperMask)
-  assert sum(x.size for x in jax.tree.leaves(params['hnet']['out'])) == 101 * 1_067_520
+  assert sum(x.size for x in jax.tree.leaves(params['hnet']['out'])) == 101 * 1_067_530
   bn_channels = 16 + 6 * (32 + 64 + 128)  # stem + 2 per block
   assert sum(x.size for x in jax.tree.leaves(params['target'])) == 1_067_530 + 2 * bn_channels
 

@@ -6,7 +6,23 @@ serves every task. Permuted MNIST shares one image array across tasks and
 applies each task's pixel permutation on the device; augmentation (Split
 MNIST's crops, Split CIFAR-100's crops and flips) also runs on the device,
 from the step's rng.
+
+Two data protocols (PROTOCOLS) say how the MNIST benchmarks are formed:
+- 'hypermask' (the HyperMask reference): Permuted MNIST pads 28x28 to 32x32
+  (1024 inputs) and permutes every task, task 0 included, with permutations
+  drawn from the run's seed; its first 5000 training images validate. Split
+  MNIST augments (random crop 28 from a 4-pixel padding) and normalises with
+  MNIST's mean and std; the first 1000 images of each task validate.
+- 'hypercl' (hypercl, how HNET's published results were produced): Permuted
+  MNIST has 784 inputs, task 0 unpermuted and tasks 1.. permuted from the
+  fixed seed HYPERCL_PERMUTATION_SEED whatever the run's seed; Split MNIST has
+  no augmentation and inputs in [0, 1]; both train on the whole training set
+  and have no validation split (TaskSet.val is None).
+Split CIFAR-100 has only the 'hypermask' protocol.
 """
+
+import math
+from typing import Optional
 
 import flax
 import jax
@@ -16,11 +32,15 @@ import numpy as np
 from hypermask_jax.data import tfds_io
 
 BENCHMARKS = ('permuted_mnist', 'split_mnist', 'split_cifar100')
+PROTOCOLS = ('hypermask', 'hypercl')
 TFDS_NAMES = {'permuted_mnist': 'mnist', 'split_mnist': 'mnist', 'split_cifar100': 'cifar100'}
 MAX_TASKS = {'split_mnist': 5, 'split_cifar100': 10}  # Permuted MNIST has no limit
 SPLIT_MNIST_MEAN, SPLIT_MNIST_STD = 0.1307, 0.3081
 CIFAR_MEAN = (0.485, 0.456, 0.406)  # the reference's (ImageNet's) normalisation
 CIFAR_STD = (0.229, 0.224, 0.225)
+HYPERCL_PERMUTATION_SEED = 42  # hypercl's data_random_seed default
+VALIDATION_SIZES = {  # per protocol: (Permuted MNIST, Split MNIST per task); 0 = none
+    'hypermask': (5000, 1000), 'hypercl': (0, 0)}
 
 
 @flax.struct.dataclass
@@ -37,11 +57,12 @@ class Split:
 class TaskSet:
   """Train, validation and test splits of one benchmark, plus how its inputs are formed."""
   train: Split
-  val: Split
+  val: Optional[Split]  # None: the protocol has no validation split
   test: Split
   perms: jax.Array  # int32 [T, D]: per-task input permutation (permuted_mnist), else [T, 0]
   benchmark: str = flax.struct.field(pytree_node=False)
   num_classes: int = flax.struct.field(pytree_node=False)
+  protocol: str = flax.struct.field(pytree_node=False, default='hypermask')
 
   @property
   def num_tasks(self):
@@ -50,20 +71,25 @@ class TaskSet:
   @property
   def input_shape(self):
     """The shape of one input: flat vectors for the MNIST MLPs, NHWC images for CIFAR."""
-    return {'permuted_mnist': (32 * 32,), 'split_mnist': (28 * 28,),
-            'split_cifar100': (32, 32, 3)}[self.benchmark]
+    if self.benchmark == 'permuted_mnist':
+      return (self.perms.shape[1],)
+    return {'split_mnist': (28 * 28,), 'split_cifar100': (32, 32, 3)}[self.benchmark]
 
   def inputs(self, images, tasks, rng, train):
     """Turns uint8 images of `tasks` (one task, or one per image) into float inputs, on the device."""
     x = images.astype(jnp.float32) / 255.0
     if self.benchmark == 'permuted_mnist':
-      x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))).reshape(x.shape[0], -1)
+      if self.protocol == 'hypermask':
+        x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+      x = x.reshape(x.shape[0], -1)
       return jnp.take_along_axis(x, jnp.broadcast_to(self.perms[tasks], x.shape), axis=1)
     if self.benchmark == 'split_cifar100':
       if train:
         rng_flip, rng_crop = jax.random.split(rng)
         x = random_crop(rng_crop, random_flip(rng_flip, x), pad=4)
       return (x - jnp.asarray(CIFAR_MEAN)) / jnp.asarray(CIFAR_STD)
+    if self.protocol == 'hypercl':
+      return x.reshape(x.shape[0], -1)
     if train:
       x = random_crop(rng, x, pad=4)
     return ((x - SPLIT_MNIST_MEAN) / SPLIT_MNIST_STD).reshape(x.shape[0], -1)
@@ -84,13 +110,82 @@ def random_flip(rng, images):
   return jnp.where(flip, images[:, :, ::-1], images)
 
 
-def draw_batch(split, tasks, rng, batch_size):
-  """Samples a batch (uniformly, with replacement) from the part of the split of `tasks`.
+def _mix32(x):
+  """A bijective avalanche mix of uint32 (murmur3's finaliser): the swap-or-not round function.
 
-  `tasks` is one task index, or one per example (joint training).
+  jax.random's keyed hash of a traced integer is fold_in, a threefry block
+  (20 rounds) per element and round of the shuffle; these five operations
+  serve as well for choosing which elements swap.
   """
-  idx = split.offset[tasks] + jax.random.randint(rng, (batch_size,), 0, split.size[tasks])
-  return split.images[idx], split.labels[idx]
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def permutation_rounds(n):
+  """Swap-or-not rounds for a domain of n: 6 log2(n), the count its security bound asks for."""
+  return 6 * max(1, math.ceil(math.log2(max(n, 2))))
+
+
+def permuted_position(key, positions, n, rounds):
+  """Element `positions` (int [m], each in [0, n)) of a random permutation of range(n) keyed by key.
+
+  The swap-or-not shuffle (Hoang, Morris and Rogaway, 2012): each round draws
+  an offset K in [0, n) and a random bit function F; x goes to its partner
+  K - x (mod n) when F(max(x, partner)) is 1. Each round is an involution, so
+  the whole is a bijection of range(n) for any n; computing one element costs
+  `rounds` steps, so a batch needs no sort of the whole set (a sort-based
+  jax.random.permutation of 60k indices took 70 ms per call on CPU).
+  """
+  key_offsets, key_salts = jax.random.split(key)
+  offsets = jax.random.randint(key_offsets, (rounds,), 0, n).astype(jnp.uint32)
+  salts = jax.random.bits(key_salts, (rounds,), jnp.uint32)
+  n = jnp.asarray(n, jnp.uint32)
+
+  def swap_or_not(r, x):
+    partner = (offsets[r] + n - x) % n
+    swap = (_mix32(jnp.maximum(x, partner) ^ salts[r]) & 1) == 1
+    return jnp.where(swap, partner, x)
+
+  return jax.lax.fori_loop(0, rounds, swap_or_not, positions.astype(jnp.uint32)).astype(jnp.int32)
+
+
+def draw_batch(split, tasks, key, step, batch_size):
+  """Batch number `step` of the training stream of `tasks`: (images, labels, task of each example).
+
+  `tasks` is one task index (its examples), or an int array of tasks (joint
+  training: the union of their examples; the task of each example is
+  returned, else `tasks` itself). The stream visits the examples in a fresh
+  random order each epoch, without replacement: stream position
+  p = step * batch_size + i is element p mod n of the permutation of epoch
+  p // n, keyed by fold_in(key, epoch). A batch may end one epoch and start
+  the next, as the reference's batch generator (hypnettorch's
+  next_train_batch) does. Keyed by (key, epoch), the order needs no iterator
+  state to resume.
+  """
+  many = jnp.ndim(tasks) > 0
+  sizes = split.size[tasks] if many else split.size[tasks][None]
+  n = jnp.sum(sizes)
+  most = split.max_size * (jnp.size(tasks) if many else 1)
+  pos = step * batch_size + jnp.arange(batch_size)
+  first_epoch = (step * batch_size) // n
+  epoch_of = pos // n - first_epoch  # 0 or 1: batch_size <= n
+  rounds = permutation_rounds(most)
+  index = jnp.where(
+      epoch_of == 0,
+      permuted_position(jax.random.fold_in(key, first_epoch), pos % n, n, rounds),
+      permuted_position(jax.random.fold_in(key, first_epoch + 1), pos % n, n, rounds))
+  if many:
+    ends = jnp.cumsum(sizes)
+    which = jnp.searchsorted(ends, index, side='right')
+    example_tasks = jnp.asarray(tasks)[which]
+    idx = split.offset[example_tasks] + index - (ends[which] - sizes[which])
+  else:
+    example_tasks = tasks
+    idx = split.offset[tasks] + index
+  return split.images[idx], split.labels[idx], example_tasks
 
 
 def _split(images, labels, offsets, sizes):
@@ -99,22 +194,41 @@ def _split(images, labels, offsets, sizes):
                max_size=int(max(sizes)))
 
 
-def permuted_mnist(train, test, num_tasks, seed, val_size=5000):
-  """Permuted MNIST: one seeded permutation of the padded 1024 pixels per task (task 0 too)."""
+def permutations(num_tasks, seed, protocol):
+  """Per-task pixel permutations [T, D] under `protocol`.
+
+  'hypermask': D = 1024 (the padded image), every task drawn from the run's
+  seed. 'hypercl': D = 784, task 0 the identity, tasks 1.. drawn from
+  HYPERCL_PERMUTATION_SEED, the same whatever the run's seed.
+  """
+  if protocol == 'hypermask':
+    rs = np.random.RandomState(seed)
+    return np.stack([rs.permutation(32 * 32) for _ in range(num_tasks)])
+  rs = np.random.RandomState(HYPERCL_PERMUTATION_SEED)
+  return np.stack([np.arange(28 * 28)] + [rs.permutation(28 * 28) for _ in range(num_tasks - 1)])
+
+
+def permuted_mnist(train, test, num_tasks, seed, protocol='hypermask', val_size=None):
+  """Permuted MNIST under `protocol` (see the module docstring).
+
+  The first val_size training images (default: the protocol's) validate; none when 0.
+  """
   (x, y), (x_test, y_test) = train, test
-  rs = np.random.RandomState(seed)
-  perms = np.stack([rs.permutation(32 * 32) for _ in range(num_tasks)])
+  val_size = VALIDATION_SIZES[protocol][0] if val_size is None else val_size
   shared = lambda xs, ys: _split(xs, ys, [0] * num_tasks, [len(ys)] * num_tasks)
-  return TaskSet(train=shared(x[val_size:], y[val_size:]), val=shared(x[:val_size], y[:val_size]),
-                 test=shared(x_test, y_test), perms=jnp.asarray(perms, jnp.int32),
-                 benchmark='permuted_mnist', num_classes=10)
+  return TaskSet(train=shared(x[val_size:], y[val_size:]),
+                 val=shared(x[:val_size], y[:val_size]) if val_size else None,
+                 test=shared(x_test, y_test),
+                 perms=jnp.asarray(permutations(num_tasks, seed, protocol), jnp.int32),
+                 benchmark='permuted_mnist', num_classes=10, protocol=protocol)
 
 
-def class_split(train, test, num_tasks, classes_per_task, val_size, benchmark):
+def class_split(train, test, num_tasks, classes_per_task, val_size, benchmark,
+                protocol='hypermask'):
   """Task i holds classes [i*c, (i+1)*c) labelled 0..c-1 (c = classes_per_task).
 
   Its validation set is the first `val_size` of its training images (in
-  dataset order), the rest its training set.
+  dataset order), the rest its training set; val_size=0: no validation split.
   """
   parts = {'train': [], 'val': [], 'test': []}
   for task in range(num_tasks):
@@ -134,19 +248,32 @@ def class_split(train, test, num_tasks, classes_per_task, val_size, benchmark):
     return _split(np.concatenate([xs for xs, _ in chunks]), np.concatenate([ys for _, ys in chunks]),
                   np.cumsum([0] + sizes[:-1]), sizes)
 
-  return TaskSet(train=concat(parts['train']), val=concat(parts['val']), test=concat(parts['test']),
-                 perms=jnp.zeros((num_tasks, 0), jnp.int32), benchmark=benchmark,
-                 num_classes=classes_per_task)
+  return TaskSet(train=concat(parts['train']), val=concat(parts['val']) if val_size else None,
+                 test=concat(parts['test']), perms=jnp.zeros((num_tasks, 0), jnp.int32),
+                 benchmark=benchmark, num_classes=classes_per_task, protocol=protocol)
 
 
-def split_mnist(train, test, num_tasks, val_size=1000):
-  """Split MNIST: task i holds digits {2i, 2i+1} labelled 0/1; validation = first 1000 of each."""
-  return class_split(train, test, num_tasks, 2, val_size, 'split_mnist')
+def split_mnist(train, test, num_tasks, protocol='hypermask', val_size=None):
+  """Split MNIST: task i holds digits {2i, 2i+1} labelled 0/1.
+
+  The first val_size images of each task (default: the protocol's, 1000 or
+  none) validate.
+  """
+  val_size = VALIDATION_SIZES[protocol][1] if val_size is None else val_size
+  return class_split(train, test, num_tasks, 2, val_size, 'split_mnist', protocol)
 
 
 def split_cifar100(train, test, num_tasks, val_size=500):
   """Split CIFAR-100: task i holds classes 10i..10i+9 labelled 0..9; validation = first 500."""
   return class_split(train, test, num_tasks, 10, val_size, 'split_cifar100')
+
+
+def _build(config, train, test):
+  if config.dataset == 'permuted_mnist':
+    return permuted_mnist(train, test, config.num_tasks, config.seed, config.data_protocol)
+  if config.dataset == 'split_cifar100':
+    return split_cifar100(train, test, config.num_tasks)
+  return split_mnist(train, test, config.num_tasks, config.data_protocol)
 
 
 def synthetic_task_set(config, train_size=12000, test_size=2000):
@@ -155,13 +282,10 @@ def synthetic_task_set(config, train_size=12000, test_size=2000):
   if config.dataset == 'split_cifar100':  # CIFAR's sizes: 500 train and 100 test images per class
     make = lambda n: (rs.randint(0, 256, (n, 32, 32, 3)).astype(np.uint8),
                       np.arange(n, dtype=np.int32) % 100)
-    return split_cifar100(make(50000), make(10000), config.num_tasks)
+    return _build(config, make(50000), make(10000))
   make = lambda n: (rs.randint(0, 256, (n, 28, 28, 1)).astype(np.uint8),
                     rs.randint(0, 10, n).astype(np.int32))
-  train, test = make(train_size), make(test_size)
-  if config.dataset == 'permuted_mnist':
-    return permuted_mnist(train, test, config.num_tasks, config.seed)
-  return split_mnist(train, test, config.num_tasks, val_size=100)
+  return _build(config, make(train_size), make(test_size))
 
 
 def load_task_set(config):
@@ -170,8 +294,4 @@ def load_task_set(config):
   name = TFDS_NAMES[config.dataset]
   train = tfds_io.load_split(name, 'train', data_dir, download)
   test = tfds_io.load_split(name, 'test', data_dir, download)
-  if config.dataset == 'permuted_mnist':
-    return permuted_mnist(train, test, config.num_tasks, config.seed)
-  if config.dataset == 'split_cifar100':
-    return split_cifar100(train, test, config.num_tasks)
-  return split_mnist(train, test, config.num_tasks)
+  return _build(config, train, test)
