@@ -77,6 +77,20 @@ def test_masks_cover_every_weight_and_the_forward_pass_leaves_the_head_bias_unma
                              params['head']['kernel'] * masks['head']['kernel'])
 
 
+def test_sparsity_cuts_every_mask_but_the_output_biass():
+  """The output bias's mask only weights its L1 drift; the reference does not sparsify it."""
+  _, params = small_target((6,))
+  layout = layout_lib.Layout.of(params, layout_lib.is_weight)
+  flat = jax.random.normal(jax.random.key(3), (layout.size,))
+  masks = mask_lib.masks_from_output(layout, params, flat, 50.0, sparse=True)
+  pieces = layout.split(flat)
+  np.testing.assert_allclose(masks['head']['bias'], np.abs(np.tanh(pieces[('head', 'bias')])),
+                             rtol=1e-6)
+  for path in (('dense_0', 'kernel'), ('head', 'kernel'), ('dense_0', 'bias')):
+    got = masks[path[0]][path[1]]
+    assert 0.3 < np.mean(got == 0) <= 0.5, path  # the lower half is cut
+
+
 @pytest.mark.parametrize('path,masked', [
     (('dense_0', 'kernel'), True), (('dense_0', 'bias'), True), (('head', 'kernel'), True),
     (('head', 'bias'), False), (('BatchNorm_0', 'scale'), False), (('BatchNorm_0', 'bias'), False),
