@@ -8,15 +8,22 @@ instead (hypercl did so only from 250 tasks on; K=32 keeps the memory per
 step constant). `reg_targets='snapshot'` recomputes the targets from a
 hypernetwork snapshot instead of storing one target-sized row per task.
 
-Variants: published and `:small` (a smoke run on a 2-core CPU, with a random
-subset of 8 old tasks per step so that its memory stays flat).
+Variants (configs/variants.py): published, `:small` (a smoke run on a 2-core CPU,
+with a random subset of 8 old tasks per step so that its memory stays flat), `:seeds`.
 """
 
 from configs import hnet_permuted_mnist
+from configs import variants
+
+VARIANTS = variants.VARIANTS
 
 
 def get_config(variant='published'):
-  config = hnet_permuted_mnist.get_config()
+  return variants.apply(published(), variant, small)
+
+
+def published():
+  config = hnet_permuted_mnist.published()
   config.num_tasks = 100
   config.embedding_size = 128
   config.chunk_embedding_size = 12
@@ -25,16 +32,16 @@ def get_config(variant='published'):
   config.chunk_size = 7500
   config.beta = 0.01
   config.reg_subset = 0
-  if variant == 'small':
-    config.target_hidden = (100, 100)
-    config.hnet_hidden = (25, 25)
-    config.chunk_size = 4000
-    config.embedding_size = 24
-    config.learning_rate = 1e-3
-    config.steps_per_task = 200
-    config.log_every_steps = 100
-    config.checkpoint_every_steps = 1000
-    config.reg_subset = 8
-  elif variant != 'published':
-    raise ValueError(f"unknown variant {variant!r}: use 'published' or 'small'")
   return config
+
+
+def small(config):
+  config.target_hidden = (100, 100)
+  config.hnet_hidden = (25, 25)
+  config.chunk_size = 4000
+  config.embedding_size = 24
+  config.learning_rate = 1e-3
+  config.steps_per_task = 200
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.reg_subset = 8

@@ -7,15 +7,21 @@ embedding only; a 400-400 target with one 2-way head per task, all generated
 and regularised; the hypercl data protocol (no augmentation, inputs in [0, 1],
 no validation split).
 
-Variants: `configs/hnet_split_mnist.py` (published) and
-`configs/hnet_split_mnist.py:small` (about a minute on a 2-core CPU).
+Variants (configs/variants.py): published, `:small` (about a minute on a 2-core CPU), `:seeds`.
 """
 
 from configs import split_mnist
+from configs import variants
+
+VARIANTS = variants.VARIANTS
 
 
 def get_config(variant='published'):
-  config = split_mnist.get_config()
+  return variants.apply(published(), variant, small)
+
+
+def published():
+  config = split_mnist.published()
   config.method = 'hnet'
   config.target_hidden = (400, 400)
   config.embedding_size = 96
@@ -32,15 +38,15 @@ def get_config(variant='published'):
   config.lookahead = True
   config.output_heads = 'per_task'
   config.data_protocol = 'hypercl'
-  if variant == 'small':
-    # A smaller target; the published (10, 10) hypernetwork is then too small to learn it.
-    config.target_hidden = (100, 100)
-    config.hnet_hidden = (25, 25)
-    config.beta = 0.1
-    config.chunk_size = 4000
-    config.steps_per_task = 1000
-    config.log_every_steps = 250
-    config.checkpoint_every_steps = 500
-  elif variant != 'published':
-    raise ValueError(f"unknown variant {variant!r}: use 'published' or 'small'")
   return config
+
+
+def small(config):
+  # A smaller target; the published (10, 10) hypernetwork is then too small to learn it.
+  config.target_hidden = (100, 100)
+  config.hnet_hidden = (25, 25)
+  config.beta = 0.1
+  config.chunk_size = 4000
+  config.steps_per_task = 1000
+  config.log_every_steps = 250
+  config.checkpoint_every_steps = 500

@@ -31,7 +31,6 @@ from configs import permuted_mnist
 from hypermask_jax import config_checks
 from hypermask_jax import train
 from hypermask_jax.data import tasks
-from hypermask_jax.methods import METHODS
 
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timings per variant (interleaved).')
 N, BATCH, DRAWS = 60000, 128, 200
@@ -68,16 +67,15 @@ def time_draws(draw, split):
 
 
 def compiled_steps(config, draw):
-  """A function running one chunk of training steps of `config` with `draw` as the sampler."""
+  """A function timing one call of training steps of `config` with `draw` as the sampler."""
   original = tasks.draw_batch
   tasks.draw_batch = draw  # seen when the chunk is traced, below
   try:
-    data = tasks.synthetic_task_set(config)
-    trainer = train.Trainer(config, METHODS[config.method](config, data.input_shape,
-                                                             data.num_classes))
-    hp = train.hyperparams(config)
-    state = trainer.begin_task(trainer.init_state(0, hp), 1, hp)
-    state, _ = trainer.train_chunk(state, data, hp)
+    trainer = train.build_for(config)[1]
+    state, data, hp = trainer.fresh(tasks.synthetic_task_set(config), [config])
+    steps = np.int32(trainer.max_steps_per_call)
+    state = trainer.begin_task(state, 1, hp)
+    state, _ = trainer.train_steps(state, data, hp, steps)
     jax.block_until_ready(state)
   finally:
     tasks.draw_batch = original
@@ -86,9 +84,9 @@ def compiled_steps(config, draw):
     nonlocal state
     state = trainer.begin_task(state, 1, hp)
     tic = time.perf_counter()
-    state, _ = trainer.train_chunk(state, data, hp)
+    state, _ = trainer.train_steps(state, data, hp, steps)
     jax.block_until_ready(state)
-    return (time.perf_counter() - tic) / trainer.chunk
+    return (time.perf_counter() - tic) / int(steps)
   return seconds_per_step
 
 

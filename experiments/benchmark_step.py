@@ -16,7 +16,7 @@ training time the blocking part costs at the config's checkpoint_every_steps.
 
 Data is synthetic with the benchmark's shapes (timing does not depend on the
 pixels), so it runs anywhere. Steps run as the training loop runs them: one
-compiled lax.scan over a chunk of `--steps` steps.
+compiled call of `--steps` steps (at most trainer.MAX_STEPS_PER_CALL).
 """
 
 import pathlib
@@ -30,10 +30,12 @@ from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
+import numpy as np
 
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
-from hypermask_jax import train
+from hypermask_jax import environment
+from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 from hypermask_jax.methods import base
@@ -47,27 +49,20 @@ _COMPARE_TORCH = flags.DEFINE_bool(
 
 
 def time_chunk(trainer, state, data, hp, repeats):
+  steps = np.int32(_STEPS.value)
   best = float('inf')
   for _ in range(repeats):
     tic = time.perf_counter()
-    state, _ = trainer.train_chunk(state, data, hp)
+    state, _ = trainer.train_steps(state, data, hp, steps)
     jax.block_until_ready(state)
     best = min(best, time.perf_counter() - tic)
   return state, best
 
 
-def peak_memory():
-  """Peak bytes on the default device (GPU, TPU), else the process's peak resident set (CPU)."""
-  stats = jax.devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    return stats['peak_bytes_in_use'], 'device peak'
-  with open('/proc/self/status') as f:
-    kib = next(int(line.split()[1]) for line in f if line.startswith('VmHWM:'))
-  return kib * 1024, 'process peak resident set'
-
-
 def main(argv):
   del argv
+  if not 1 <= _STEPS.value <= trainer_lib.MAX_STEPS_PER_CALL:
+    raise app.UsageError(f'--steps must be in [1, {trainer_lib.MAX_STEPS_PER_CALL}]')
   config = flags.FLAGS.config
   snapshot = config.selection == 'best_val'
   with config.unlocked():
@@ -80,10 +75,9 @@ def main(argv):
   if _COMPARE_TORCH.value and config.method != 'hypermask':
     raise app.UsageError('--compare_torch times the HyperMask reference step; '
                          f'config.method={config.method!r}')
-  trainer = train.Trainer(config, method)
-  hp = train.hyperparams(config)
-  state = trainer.init_state(config.seed, hp)
-  counts = method.param_counts(state.params)
+  trainer = trainer_lib.Trainer(config, method)
+  state, data, hp = trainer.fresh(data, [config])
+  counts = method.param_counts(jax.tree.map(lambda x: x[0], state.params))
   target = tuple(config.target_hidden) if config.target == 'mlp' else config.target
   print(f'config: {config.dataset}, {config.method}, target {target}, '
         f'hnet {tuple(config.hnet_hidden)}, batch {config.batch_size}, max_tasks {config.max_tasks}')
@@ -98,9 +92,9 @@ def main(argv):
       raise app.UsageError(f'--compare_torch needs PyTorch ({e}); pip install torch==2.13.0')
   state = trainer.begin_task(state, 0, hp)
   tic = time.perf_counter()
-  trainer.train_chunk.lower(state, data, hp).compile()
+  trainer.train_steps.lower(state, data, hp, np.int32(_STEPS.value)).compile()
   print(f'compile time of the train chunk: {time.perf_counter() - tic:.1f} s')
-  state, _ = trainer.train_chunk(state, data, hp)  # warm-up (and the jit cache fill)
+  state, _ = trainer.train_steps(state, data, hp, np.int32(_STEPS.value))  # warm-up, jit cache
   jax.block_until_ready(state)
   for task in (0, config.num_tasks - 1):
     state = trainer.begin_task(state, task, hp)
@@ -113,7 +107,7 @@ def main(argv):
       line += f' | torch {1e3 * torch_step:9.2f} ms/step | jax is {torch_step / step:.2f}x faster'
     print(line)
   print(f'traces: {dict(trainer.traces)}')
-  peak, kind = peak_memory()
+  peak, kind = environment.peak_memory()
   if _COMPARE_TORCH.value and kind.startswith('process'):
     kind += ', PyTorch included: measure without --compare_torch'
   params_gib = sum(x.nbytes for x in jax.tree.leaves(state.params)) / 2**30
@@ -139,7 +133,7 @@ def report_checkpoint_cost(trainer, state, data, hp, chunk_seconds):
     blocking = time.perf_counter() - tic
     chunks = 0
     while checkpointer.manager.is_saving_in_progress():
-      state, _ = trainer.train_chunk(state, data, hp)
+      state, _ = trainer.train_steps(state, data, hp, np.int32(_STEPS.value))
       jax.block_until_ready(state)
       chunks += 1
     total = time.perf_counter() - tic

@@ -25,9 +25,10 @@ from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
+import numpy as np
 
 from hypermask_jax import config_checks
-from hypermask_jax import train
+from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 
@@ -65,17 +66,16 @@ def run(config, steps, only_task=None):
     config.log_every_steps = steps
   config = config_checks.resolve(config)
   data = tasks.synthetic_task_set(config)
-  trainer = train.Trainer(config, METHODS[config.method](config, data.input_shape,
+  trainer = trainer_lib.Trainer(config, METHODS[config.method](config, data.input_shape,
                                                            data.num_classes))
-  hp = train.hyperparams(config)
-  state = trainer.init_state(config.seed, hp)
+  state, data, hp = trainer.fresh(data, [config])
   memory = []
   for task in range(config.num_tasks) if only_task is None else [only_task - 1]:
     state = trainer.begin_task(state, task, hp)
-    state, _ = trainer.train_chunk(state, data, hp)
+    state, _ = trainer.train_steps(state, data, hp, np.int32(steps))
     jax.block_until_ready(state)
     memory.append(memory_in_use())
-  float(trainer.evaluate(state.params, state.batch_stats, data, data.test, 0, hp))
+  float(trainer.evaluate(state.params, state.batch_stats, data, 'test', 0, hp)[0])
   return memory, dict(trainer.traces)
 
 

@@ -54,7 +54,7 @@ from configs import permuted_mnist
 from hypermask_jax import config_checks
 from hypermask_jax import layout as layout_lib
 from hypermask_jax import mask as mask_lib
-from hypermask_jax import train
+from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.methods import HNET
 from hypermask_jax.methods import HyperMask
 
@@ -134,7 +134,8 @@ def build_ours(config):
 
 def our_step(method, start, params, x, y, config):
   """Regularisation targets, loss terms, gradients and one Adam step, as the trainer does them."""
-  hp = {k: jnp.asarray(float(config[k]), x.dtype) for k in train.hyperparams(config)}
+  hp = jax.tree.map(lambda v: jnp.asarray(v, x.dtype) if v.dtype == np.float32 else v,
+                  trainer_lib.run_hyperparams(config))
   tx = optax.adam(config.learning_rate)
 
   @jax.jit

@@ -3,8 +3,10 @@
 import math
 import numbers
 
+from hypermask_jax import errors
 from hypermask_jax import hypernet
 from hypermask_jax import methods
+from hypermask_jax import paths
 from hypermask_jax import targets
 from hypermask_jax.data import tasks
 
@@ -28,7 +30,7 @@ def describe(config):
   return ' '.join(f'{field}={config[field]}' for field in PROTOCOL_FIELDS)
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.BadInput):
   """A config field holds a value the library cannot run with."""
 
 
@@ -56,11 +58,14 @@ def _sizes(config, field):
 
 
 def resolve(config):
-  """A validated copy of config with its defaults filled in (max_tasks = num_tasks if unset)."""
+  """A validated copy of config with its defaults filled in (max_tasks = num_tasks if unset)
+  and a local data_dir made absolute."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     if config.max_tasks is None:
       config.max_tasks = config.num_tasks
+    if isinstance(config.data_dir, str):
+      config.data_dir = paths.absolute(config.data_dir)
   validate(config)
   return config
 
@@ -75,6 +80,9 @@ def validate(config):
                 'eval_batch_size', 'checkpoint_every_steps', 'checkpoints_to_keep',
                 'width_factor'):
     _number(config, field, low=1, integer=True)
+  _number(config, 'final_checkpoints_to_keep', low=0, integer=True)
+  _number(config, 'runs_per_program', low=0, integer=True)
+  _number(config, 'max_call_seconds', low=0, low_open=True)
   _number(config, 'epochs_per_task', low=0, integer=True)
   if config.epochs_per_task == 0:
     _number(config, 'steps_per_task', low=1, integer=True)
@@ -89,6 +97,10 @@ def validate(config):
   for field, allowed in CHOICES.items():
     if config[field] not in allowed:
       raise ConfigError(f'config.{field}={config[field]!r}: must be one of {allowed}')
+  for field, empty in (('data_dir', "TFDS's default"), ('compilation_cache', 'no cache')):
+    if not isinstance(config[field], str):
+      raise ConfigError(f'config.{field}={config[field]!r}: must be a path (a string; '
+                        f"'' for {empty})")
   for field in ('lookahead', 'l1_masked', 'download'):
     if not isinstance(config[field], bool):
       raise ConfigError(f'config.{field}={config[field]!r}: must be True or False')

@@ -1,9 +1,20 @@
 """Command line: python -m hypermask_jax.main --config=configs/permuted_mnist.py --workdir=DIR.
 
-Any config field can be overridden, e.g. --config.seed=3 --config.beta=1e-3.
+Any config field can be overridden, e.g. --config.seed=3 --config.beta=1e-3;
+`--help` lists the configs, their variants, the most used fields and the exit
+statuses. Bad input of any kind (a flag, the config, the workdir, the data)
+ends with one line on stderr and exit status 2, before anything is computed or
+written.
 """
 
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up noise; before TFDS
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # and its oneDNN notice (TF only reads data)
+
+import difflib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import logging as std_logging
+import re
 import sys
 
 from absl import app
@@ -11,22 +22,42 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from hypermask_jax import config_checks
-from hypermask_jax import outputs
+from hypermask_jax import config_files
+from hypermask_jax import errors
 from hypermask_jax import preemption
-from hypermask_jax import train
-from hypermask_jax.data import tfds_io
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for the results of this run.')
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume an unfinished run in --workdir even though its saved '
-    'config differs in fields that change results.')
+    'config differs in fields that change results (not in fields that change array shapes).')
+_REPORT = flags.DEFINE_bool(
+    'report', True, 'Write figures and report.md into WORKDIR/report when the run or sweep ends '
+    '(python -m hypermask_jax.report WORKDIR writes them at any time).')
+_SWEEP_SHARD = flags.DEFINE_string(
+    'sweep_shard', None, 'i/n: run only the i-th of n shares of a sweep\'s programs (0 <= i < n), '
+    'e.g. one per job of a SLURM array; any later run collects the finished ones.')
+# New attributes are accepted only under config.sweep (checked in check_config_flags).
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
-                                lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
+                                lock_config=False, accept_new_attributes=True)
 
-EXIT_BAD_INPUT = 2
 CHATTY_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
+HELP_FLAGS = ('-h', '-help', '--help', '--helpshort', '--helpfull', '-?')
+MOST_USED_FIELDS = (
+    ('data_dir', "TFDS data dir ('' = TFDS's default); prepare MNIST offline with "
+                 'python -m hypermask_jax.data.prepare'),
+    ('seed', 'parameters, permutations and batch order'),
+    ('method', 'hypermask, hnet, finetune or joint'),
+    ('num_tasks', 'tasks to train'),
+    ('steps_per_task', 'training steps per task (or epochs_per_task)'),
+    ('learning_rate, batch_size', 'Adam step size, batch'),
+    ('beta, lam', 'output-regulariser and L1-drift weights'),
+    ('sparsity', 'HyperMask mask sparsity in [0, 100)'),
+    ('log_every_steps', 'steps between progress lines (and validations)'),
+    ('checkpoint_every_steps', 'steps between checkpoints (also after every task)'),
+    ('max_call_seconds', 'wall-time bound of one compiled call: how long a stop waits'),
+    ('sweep.FIELD', 'values of FIELD to sweep, e.g. --config.sweep.seed=1,2,3,4,5'),
+    ('runs_per_program', 'most runs one compiled program trains at once (0: as many as fit)'),
+)
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -37,21 +68,123 @@ class _QuietLibraries(std_logging.Filter):
         lib in record.pathname for lib in CHATTY_LIBRARIES)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+def fail(message):
+  """The one exit for bad input: one line on stderr, exit status 2."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(errors.EXIT_BAD_INPUT)
+
+
+def help_text():
+  lines = ['usage: python -m hypermask_jax.main --config=configs/FILE.py[:VARIANT] --workdir=DIR '
+           '[--config.FIELD=VALUE ...] [--config.sweep.FIELD=V1,V2,...] [--allow_config_change] '
+           '[--sweep_shard=i/n]', '',
+           'Trains a continual-learning run, or the runs of a sweep (the product of the '
+           '--config.sweep.FIELD lists; runs that differ only in seed, learning_rate, beta, lam, '
+           'sparsity or l1_masked share one compiled program), and evaluates every task after '
+           'each task. Running the same command again resumes an interrupted run from its newest '
+           'checkpoint, or prints the results of a finished one.', '',
+           'Configs (the first variant is the default; pick another with :VARIANT):']
+  for path, variants, doc in config_files.available():
+    lines.append(f"  {path:34s} {', '.join(variants):28s} {doc}")
+  lines += ['', 'Most used fields (--config.FIELD=VALUE; every field: README.md, "Configs"):']
+  lines += [f'  {field:28s} {meaning}' for field, meaning in MOST_USED_FIELDS]
+  lines += ['', 'Flags:', '  --workdir=DIR                folder for the results (created; '
+            'relative paths are resolved once at start)',
+            '  --allow_config_change        resume although result fields of the config changed',
+            '  --sweep_shard=i/n            run only the i-th of n shares of a sweep (0 <= i < n)',
+            '  --noreport                   no figures and report.md at the end (see '
+            'python -m hypermask_jax.report)',
+            '', 'Exit status:', '  0   finished (or already finished)',
+            '  2   bad input: one line names the flag, field or path; nothing was written',
+            f'  {preemption.EXIT_PREEMPTED}  stopped by SIGTERM or SIGINT after saving a '
+            'checkpoint: run the same command again to resume']
+  return '\n'.join(lines)
+
+
+def _config_value(argv):
+  """The value given to --config (the last one, as absl takes it; None if the flag is absent)."""
+  value = None
+  for i, arg in enumerate(argv):
+    match = re.match(r'^--?config(=(.*))?$', arg)
+    if match:
+      value = match.group(2) if match.group(1) is not None else (
+          argv[i + 1] if i + 1 < len(argv) else '')
+  return value
+
+
+def _fields(config, prefix=''):
+  names = []
+  for key, value in config.items():
+    names.append(prefix + key)
+    if hasattr(value, 'items'):
+      names += _fields(value, f'{prefix}{key}.')
+  return names
+
+
+def check_config_flags(argv):
+  """Checks --config and every --config.FIELD override with messages that name them.
+
+  ml_collections reports these cases with tracebacks or deferred errors; this
+  finds them first (the config file is loaded once more by the flag itself).
+  """
+  value = _config_value(argv)
+  example = ('name a config file, e.g. --config=configs/permuted_mnist.py:small '
+             '(--help lists them)')
+  if value is None:
+    raise errors.BadInput(f'--config: missing; {example}')
+  if not value:
+    raise errors.BadInput(f'--config: empty; {example}')
+  config = config_files.load(value)
+  fields = [f for f in _fields(config) if f.split('.')[0] != 'sweep']
+  for arg in argv:
+    match = re.match(r'^--?(?:no)?config\.([^=]+)', arg)
+    if not match:
+      continue
+    field = match.group(1)
+    swept = field.startswith('sweep.')
+    if (field[len('sweep.'):] if swept else field) not in fields:
+      close = difflib.get_close_matches(field[len('sweep.'):] if swept else field, fields, n=1,
+                                        cutoff=0.6)
+      hint = (f"did you mean --config.{'sweep.' if swept else ''}{close[0]}?" if close
+              else '--help lists the main ones')
+      what = 'no such config field to sweep' if swept else 'no such config field'
+      raise errors.BadInput(f'--config.{field}: {what} ({hint})')
+
+
+def parse_flags(argv):
+  """absl's flag parsing with our error path: --help exits 0, bad flags exit 2 with one line."""
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    print(help_text())
+    sys.exit(0)
   try:
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
+    check_config_flags(argv[1:])
+    rest = flags.FLAGS(argv)
+  except errors.BadInput as e:
+    fail(e)
+  except (flags.Error, ValueError, TypeError) as e:
+    fail(errors.BadInput(re.sub(r'^flag ', '', str(e).strip().splitlines()[0])))
+  if not _WORKDIR.value:
+    fail('--workdir: missing; name a folder for the results, e.g. --workdir=runs/my_run')
+  if len(rest) > 1:
+    fail(f'unexpected arguments {rest[1:]}: flags are written --name=value')
+  return rest
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from hypermask_jax import devices  # pylint: disable=g-import-not-at-top  (after TF's env setup)
+  from hypermask_jax import train  # pylint: disable=g-import-not-at-top
+  try:
+    devices.start_distributed()
+    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value,
+                             _SWEEP_SHARD.value, with_report=_REPORT.value)
   except preemption.Preempted as e:
-    logging.warning('%s', e)
     print(f'preempted: {e}; run the same command again to resume.', file=sys.stderr)
     sys.exit(preemption.EXIT_PREEMPTED)
-  except (config_checks.ConfigError, outputs.WorkdirError, tfds_io.DatasetUnavailableError) as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
+  except errors.BadInput as e:
+    fail(e)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

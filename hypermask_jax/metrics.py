@@ -46,10 +46,16 @@ def cosine_similarity(embeddings):
   return unit @ unit.T
 
 
-def summary(acc, before_training, random_init):
-  """The headline metrics, and the per-task accuracies they come from (lists over tasks)."""
+def summary(acc):
+  """The headline metrics of an accuracy matrix (of the tasks done so far)."""
   return {'mean_accuracy': mean_final_accuracy(acc), 'bwt': backward_transfer(acc),
-          'forgetting': forgetting(acc), 'fwt': forward_transfer(before_training, random_init),
+          'forgetting': forgetting(acc)}
+
+
+def per_task(acc, before_training, random_init):
+  """FWT, and the per-task accuracies behind the metrics (lists over tasks): final, just after
+  training (the diagonal), before training (A[j-1, j]) and with the initial params (R_j)."""
+  return {'fwt': forward_transfer(before_training, random_init),
           'final_accuracy': [float(a) for a in acc[-1]],
           'just_after_training_accuracy': just_after_training(acc),
           'before_training_accuracy': list(before_training),

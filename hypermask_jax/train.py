@@ -1,336 +1,263 @@
-"""The training loop shared by all methods: tasks one after another, each a compiled lax.scan.
+"""Runs an experiment: one run, or the runs of a sweep as vmapped programs, one after another.
 
-One jitted function per kind of work (start a task, run a chunk of steps,
-evaluate a task), each compiled once per config: the task index and the step
-are traced integers and per-task state lives in arrays of size max_tasks.
-A chunk ends with a validation pass inside the same compiled program; with
-epochs_per_task a chunk is one epoch, and the plateau schedule and the
-best-validation snapshot are updated there (they live in the train state).
+A start is all checks first (the config and its sweep, every folder, the data,
+the memory a program needs), then the commitment (locks, config.json), so a
+refused start leaves the workdir as it was. Each program then trains its runs
+together (host_loop.py), sharded over the local devices; a sweep ends by
+writing its tables (sweep_results.py).
 """
 
-import collections
-import json
-import math
-import time
-
 from absl import logging
-import flax
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
-from hypermask_jax import metrics
+from hypermask_jax import devices
+from hypermask_jax import environment
+from hypermask_jax import host_loop
 from hypermask_jax import outputs
+from hypermask_jax import paths
 from hypermask_jax import preemption
-from hypermask_jax import schedules
-from hypermask_jax import targets
+from hypermask_jax import sweep
+from hypermask_jax import sweep_results
+from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 from hypermask_jax.methods import base
 
 
-@flax.struct.dataclass
-class TrainState:
-  """Everything training needs: all of it a pytree, so it can be donated, vmapped or saved."""
-  params: dict
-  opt_state: optax.OptState
-  memory: dict  # what the method keeps from before the current task (regularisation targets)
-  task: jax.Array  # int32 scalar
-  step: jax.Array  # int32 scalar, step within the task
-  rng: jax.Array  # the run's key; keyed by (task, step) and (task, epoch): no iterator state
-  batch_stats: dict  # per-task BatchNorm running statistics ({} unless batch_norm='running')
-  schedule: dict  # this task's plateau state, last and best validation accuracy
-  best: dict  # params and batch_stats of the best validation epoch ({} unless selection=best_val)
+def build(config, input_shape, num_classes):
+  """(method, trainer) for a resolved config."""
+  method = METHODS[config.method](config, input_shape, num_classes)
+  return method, trainer_lib.Trainer(config, method)
 
 
-def hyperparams(config):
-  """The traced hyperparameters: they may later be vmapped over a grid without recompiling."""
-  return {k: jnp.asarray(config[k], jnp.float32)
-          for k in ('learning_rate', 'beta', 'lam', 'sparsity')}
+def build_for(config):
+  """(method, trainer) from the config alone (shapes known without loading the data)."""
+  return build(config, tasks.input_shape(config.dataset, config.data_protocol), tasks.NUM_CLASSES[config.dataset])
 
 
-def optimizer(learning_rate):
-  """A fresh Adam per task (SPEC 1.1); its rate is traced (hyperparameter, plateau schedule)."""
-  return optax.adam(learning_rate)
+def state_shapes(config):
+  """One run's train state shapes for config, without computing anything."""
+  _, trainer = build_for(config)
+  state = jax.eval_shape(trainer.init_run, trainer_lib.run_hyperparams(config))
+  return jax.tree.map(lambda x: (x.shape, x.dtype), state)
 
 
-def new_schedule(hp):
-  """A task's schedule state: its plateau scheduler and no validation result yet."""
-  return {'plateau': schedules.plateau_init(hp['learning_rate']),
-          'val_accuracy': jnp.float32(0), 'best_val_accuracy': jnp.float32(-jnp.inf)}
+def _with_field(config, field, value):
+  """A copy of config with the dotted `field` set to a saved (JSON) value."""
+  config = config.copy_and_resolve_references()
+  *parents, name = field.split('.')
+  node = config
+  for parent in parents:
+    node = node[parent]
+  with config.ignore_type(), config.unlocked():
+    node[name] = tuple(value) if isinstance(node[name], tuple) else value
+  return config
 
 
-class Trainer:
-  """Compiled train/eval functions for one config; `traces` counts how often each was traced."""
+def refuse_shape_changes(config, changed):
+  """Raises ConfigError if resuming with the `changed` fields would change the state's shapes.
 
-  def __init__(self, config, method):
-    self.config = config
-    self.method = method
-    self.traces = collections.Counter()
-    if config.epochs_per_task:
-      self.chunk = config.steps_per_task // config.epochs_per_task  # one epoch
-    else:
-      self.chunk = min(config.log_every_steps, config.steps_per_task)
-    self.whole_split_eval = targets.uses_batch_statistics_at_eval(method.target)
-    self.begin_task = jax.jit(self._begin_task, donate_argnums=0)
-    self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
-    self.evaluate = jax.jit(self._evaluate)
-
-  def init_state(self, seed, hp):
-    rng = jax.random.PRNGKey(seed)  # raw uint32 key data: plain arrays in checkpoints
-    params = self.method.init_params(jax.random.fold_in(rng, 0))
-    memory = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                          jax.eval_shape(self.method.begin_task, params))
-    batch_stats = self.method.init_batch_stats()
-    best = ({'params': params, 'batch_stats': batch_stats}
-            if self.config.selection == 'best_val' else {})
-    best = jax.tree.map(jnp.copy, best)  # its own buffers: the state is donated
-    return TrainState(params=params, opt_state=optimizer(hp['learning_rate']).init(params),
-                      memory=memory, task=jnp.int32(0), step=jnp.int32(0),
-                      rng=jax.random.fold_in(rng, 1), batch_stats=batch_stats,
-                      schedule=new_schedule(hp), best=best)
-
-  def _begin_task(self, state, task, hp):
-    self.traces['begin_task'] += 1
-    opt_state = (optimizer(hp['learning_rate']).init(state.params)
-                 if self.method.fresh_optimizer_per_task else state.opt_state)
-    return state.replace(memory=self.method.begin_task(state.params), opt_state=opt_state,
-                         task=jnp.asarray(task, jnp.int32), step=jnp.int32(0),
-                         schedule=new_schedule(hp))
-
-  def _train_step(self, state, data, hp):
-    task_rng, order_rng = jax.random.split(jax.random.fold_in(state.rng, state.task))
-    rng = jax.random.fold_in(task_rng, state.step)
-    images, labels, batch_tasks = tasks.draw_batch(
-        data.train, self.method.batch_tasks(state.task), order_rng, state.step,
-        self.config.batch_size)
-    x = data.inputs(images, batch_tasks, jax.random.fold_in(rng, 1), train=True)
-    tx = optimizer(state.schedule['plateau']['learning_rate'])
-    grads, aux, batch_stats = self.method.gradients(
-        state.params, state.batch_stats, state.opt_state, tx, (x, labels, batch_tasks),
-        state.task, state.step, state.memory, hp, jax.random.fold_in(rng, 2))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-                         batch_stats=batch_stats, step=state.step + 1), aux
-
-  def _train_chunk(self, state, data, hp):
-    """Runs self.chunk steps (those past steps_per_task skipped: one shape), then validates."""
-    self.traces['train_chunk'] += 1
-
-    def body(state, _):
-      active = state.step < self.config.steps_per_task
-      skip = lambda state: (state, jax.tree.map(jnp.zeros_like, aux_shape))
-      new_state, aux = jax.lax.cond(active, lambda s: self._train_step(s, data, hp), skip, state)
-      return new_state, (aux, active)
-
-    aux_shape = jax.eval_shape(lambda s: self._train_step(s, data, hp)[1], state)
-    state, aux = jax.lax.scan(body, state, length=self.chunk)
-    return self._end_of_chunk(state, data, hp), aux
-
-  def _end_of_chunk(self, state, data, hp):
-    """Validation accuracy; the plateau step; the best snapshot, swapped in when the task ends."""
-    config = self.config
-    if data.val is None:  # no validation split (config_checks refuses plateau and best_val)
-      return state
-    val = self._accuracy(state.params, state.batch_stats, data, data.val, state.task, hp)
-    schedule = {**state.schedule, 'val_accuracy': val}
-    if config.lr_schedule == 'plateau':
-      schedule['plateau'] = schedules.plateau_update(
-          schedule['plateau'], val, config.plateau_factor, config.plateau_patience,
-          config.plateau_min_lr)
-    if config.selection != 'best_val':
-      return state.replace(schedule=schedule)
-    best, schedule['best_val_accuracy'] = schedules.keep_best(
-        state.best, schedule['best_val_accuracy'],
-        {'params': state.params, 'batch_stats': state.batch_stats}, val)
-    done = state.step >= config.steps_per_task
-    chosen = jax.tree.map(lambda b, c: jnp.where(done, b, c), best,
-                          {'params': state.params, 'batch_stats': state.batch_stats})
-    return state.replace(schedule=schedule, best=best, **chosen)
-
-  def _evaluate(self, params, batch_stats, data, split, task, hp):
-    self.traces['evaluate'] += 1
-    return self._accuracy(params, batch_stats, data, split, task, hp)
-
-  def _accuracy(self, params, batch_stats, data, split, task, hp):
-    """Accuracy (%) of task `task` on `split`, in fixed-size batches with padding masked out.
-
-    A target that normalises with batch statistics sees the task's whole split
-    as one batch (the reference's evaluation), its padding excluded from them.
-    """
-    weights = self.method.eval_weights(params, task, hp)
-    size = split.size[task]
-    bs = split.max_size if self.whole_split_eval else self.config.eval_batch_size
-
-    def correct(i):
-      pos = i * bs + jnp.arange(bs)
-      valid = pos < size
-      idx = split.offset[task] + jnp.minimum(pos, size - 1)
-      x = data.inputs(split.images[idx], task, None, train=False)
-      logits = self.method.predict(weights, batch_stats, x, task, valid)
-      return jnp.sum((jnp.argmax(logits, -1) == split.labels[idx]) & valid)
-
-    batches = jnp.arange(math.ceil(split.max_size / bs))
-    hits = jnp.sum(jax.lax.map(correct, batches))
-    return (100.0 * hits / size).astype(jnp.float32)  # not weakly typed: it is state
-
-
-def _format_eta(seconds):
-  seconds = int(seconds)
-  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
-
-
-def _schedule_fields(config, schedule, epoch):
-  """What the metrics log adds with epochs, a plateau schedule, best-validation selection."""
-  fields = {'epoch': epoch} if config.epochs_per_task else {}
-  if config.lr_schedule == 'plateau':
-    fields['learning_rate'] = float(schedule['plateau']['learning_rate'])
-  if config.selection == 'best_val':
-    fields['best_val_accuracy'] = float(schedule['best_val_accuracy'])
-  return fields
-
-
-def _new_progress(num_tasks):
-  """What a checkpoint records besides the train state (JSON)."""
-  return {'accuracy': [[None] * num_tasks for _ in range(num_tasks)], 'records': [],
-          'wall_time': 0.0, 'train_time': 0.0, 'steps_timed': 0,
-          'random_init_accuracy': [None] * num_tasks,  # R_j: the initial params on task j
-          'before_training_accuracy': [None] * num_tasks}  # A[j-1, j]: task j before training it
-
-
-def train_and_evaluate(config, workdir, allow_config_change=False):
-  """Runs the whole task sequence of `config` in `workdir`, resuming from its newest checkpoint.
-
-  Returns the summary. Raises preemption.Preempted after saving if SIGTERM or
-  SIGINT arrived; running the same call again continues where it stopped and
-  ends with the results an uninterrupted run would have produced.
+  `changed` maps each differing field to (saved value, requested value); the
+  fields named are those whose change alone changes a shape (all of them if
+  only their combination does).
   """
-  config = config_checks.resolve(config)
-  out = outputs.Workdir(workdir)
-  finished = out.start(config, allow_config_change)
-  if finished is not None:
+  shapes = state_shapes(config)
+  saved = config
+  for field, (value, _) in changed.items():
+    saved = _with_field(saved, field, value)
+  if state_shapes(saved) == shapes:
+    return
+  culprits = [f for f, (value, _) in changed.items()
+              if state_shapes(_with_field(config, f, value)) != shapes] or list(changed)
+  raise config_checks.ConfigError(
+      f"--allow_config_change cannot resume with {', '.join(culprits)} changed: "
+      f"{'it changes' if len(culprits) == 1 else 'they change'} the shapes of the saved train "
+      'state; keep the saved value, or use another --workdir')
+
+
+def log_results(summary, path):
+  """The final row of the accuracy matrix and the headline numbers, on the console."""
+  final = [a for a in summary['accuracy_matrix'][-1] if a is not None]
+  logging.info('final test accuracy (%%) of tasks 1-%d: %s', len(final),
+               ' '.join(f'{a:.2f}' for a in final))
+  logging.info('done: mean accuracy %.2f%%, BWT %.2f, forgetting %.2f; results in %s',
+               summary['mean_accuracy'], summary['bwt'], summary['forgetting'], path)
+
+
+def log_sweep(points, workdir):
+  for point in points:
+    mean, std = point.stat('mean_accuracy')
+    logging.info('%s: mean accuracy %.2f%% ± %.2f over seeds %s', point.label, mean, std,
+                 ', '.join(map(str, point.seeds)))
+  logging.info('sweep tables in %s (%s, %s, %s, %s)', workdir, sweep_results.RUNS_CSV,
+               sweep_results.GRID_CSV, sweep_results.BEST, sweep_results.RESULTS)
+
+
+def runs_per_program(config, mesh):
+  """The most runs one program of this config takes: runs_per_program, or as many as fit.
+
+  Raises ConfigError if not even one run (with the data) fits a device.
+  """
+  _, trainer = build_for(config)
+  per_run = host_loop.memory_per_run(trainer, config)
+  capacity = host_loop.device_memory()
+  gib = host_loop.format_bytes
+  if per_run > capacity:
+    raise config_checks.ConfigError(
+        f'config: one run needs about {gib(per_run)} (its train state, gradients and Adam '
+        f'update) but a device holds {gib(capacity)}; it does not fit even at one run per '
+        'program: make the model smaller, or use a larger device')
+  fit = mesh.devices.size * (capacity // per_run)
+  logging.info('%s per run (train state %s); up to %d runs per program fit on %d device(s)',
+               gib(per_run), gib(host_loop.bytes_of(
+                   jax.eval_shape(trainer.init_run, trainer_lib.run_hyperparams(config)))),
+               fit, mesh.devices.size)
+  return min(config.runs_per_program, fit) if config.runs_per_program else fit
+
+
+def _data_key(config):
+  return (config.dataset, config.data_dir, config.download, config.num_tasks)
+
+
+def write_report(workdir, is_sweep, task_sets):
+  """The figures and report.md (report.py) at the end: a run's, or the sweep's by grid point.
+  Extras: a failure here is logged and never fails the finished run."""
+  from hypermask_jax import report  # pylint: disable=g-import-not-at-top  (matplotlib: on demand)
+  try:
+    if is_sweep:
+      report.write_report([workdir])
+    else:
+      report.write_run_report(workdir, data=next(iter(task_sets.values()), None))
+  except Exception:  # pylint: disable=broad-except
+    logging.exception('Could not write the report; the results in %s are complete.', workdir)
+
+
+def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=None,
+                       with_report=False):
+  """Runs `config` (one run, or the runs of config.sweep) in `workdir`, resuming where it stopped.
+
+  Returns the summary of a single run; for a sweep, {'runs': {name: summary}
+  of the finished runs, 'grid': their grid points (results.GridPoint)}. Raises
+  errors.BadInput (before anything is written) for a config, workdir or
+  dataset it cannot run with, and preemption.Preempted after saving if SIGTERM
+  or SIGINT arrived; running the same call again continues where it stopped and
+  ends with the results an uninterrupted run would have produced. with_report:
+  write the figures and report.md when the run or the sweep ends.
+  """
+  workdir = paths.absolute(workdir)
+  runs = sweep.expand(config)
+  shard_index, shard_count = sweep.parse_shard(sweep_shard)
+  is_sweep = sweep.is_sweep(config)
+  sweep.check_folder(workdir, config)
+  run_outputs = {run.name: outputs.RunOutputs(sweep.run_folder(workdir, config, run))
+                 for run in runs}
+  finished = {run.name: run_outputs[run.name].finished_summary(run.config) for run in runs}
+  if all(s is not None for s in finished.values()) and not is_sweep:
     logging.info('%s already holds the finished results of this config; not retraining.',
                  workdir)
-    return finished
-  data = tasks.load_task_set(config)
-  config = config_checks.fit_to_data(config, data)
-  method = METHODS[config.method](config, data.input_shape, data.num_classes)
-  trainer = Trainer(config, method)
-  hp = hyperparams(config)
-  checkpointer = checkpoints.Checkpointer(workdir, config.checkpoints_to_keep)
-  with preemption.StopSignals() as stop:
+    log_results(finished[runs[0].name], workdir)
+    return finished[runs[0].name]
+
+  logging.info('%s', environment.one_line())
+  environment.use_compilation_cache(runs[0].config.compilation_cache)
+  mesh = devices.runs_mesh()
+  caps = {}
+
+  def capacity(program_config):
+    key = repr(sorted(outputs.flat_config(program_config).items()))
+    if key not in caps:
+      caps[key] = runs_per_program(program_config, mesh)
+    return caps[key]
+
+  programs = sweep.group(runs, capacity)
+  mine = [p for p in sweep.shard(programs, shard_index, shard_count)
+          if any(finished[run.name] is None for run in p.runs)]
+  for program in mine:  # every check before anything is written
+    if devices.is_primary():
+      outputs.Workdir(sweep.program_folder(workdir, config, program)).check_usable()
+  task_sets = {}
+  for i, program in enumerate(mine):
+    key = _data_key(program.config)
+    if key not in task_sets:
+      logging.info('loading data: %s (TFDS %s) from %s', program.config.dataset,
+                   tasks.TFDS_NAMES[program.config.dataset],
+                   program.config.data_dir or 'the TFDS default data_dir')
+      task_sets[key] = tasks.load_task_set(program.config)
+    mine[i] = fit_to_data(program, task_sets[key])  # the batch fits; epochs become steps
+    for run in mine[i].runs:  # compared as saved: with the steps the epochs became
+      changed = run_outputs[run.name].changes(run.config, allow_config_change)
+      if changed:
+        refuse_shape_changes(run.config, changed)
+  if is_sweep and mine and devices.is_primary():
+    sweep.save_record(workdir, config)
+
+  later_steps = sum(p.config.num_tasks * p.config.steps_per_task for p in mine)
+  for program in mine:
+    later_steps -= program.config.num_tasks * program.config.steps_per_task
+    summaries = run_program(program, task_sets[_data_key(program.config)],
+                            [run_outputs[r.name] for r in program.runs],
+                            sweep.program_folder(workdir, config, program), mesh,
+                            (program.index, len(programs), later_steps) if is_sweep else None)
+    for run, summary in zip(program.runs, summaries):
+      finished[run.name] = summary
+  if not is_sweep:
+    summary = finished[runs[0].name]
+    log_results(summary, workdir)
+    if with_report and devices.is_primary():
+      write_report(workdir, is_sweep, task_sets)
+    return summary
+  if not devices.is_primary():
+    return {'runs': {name: s for name, s in finished.items() if s is not None}, 'grid': []}
+  points = sweep_results.write(workdir, config, runs)
+  log_sweep(points, workdir)
+  if with_report and mine:
+    write_report(workdir, is_sweep, task_sets)
+  return {'runs': {name: s for name, s in finished.items() if s is not None}, 'grid': points}
+
+
+def fit_to_data(program, task_set):
+  """The program with its configs checked against the data and steps_per_task filled in."""
+  fit = lambda config: config_checks.fit_to_data(config, task_set)
+  runs = tuple(sweep.Run(run.index, run.values, fit(run.config)) for run in program.runs)
+  return sweep.Program(program.index, runs, fit(program.config))
+
+
+def run_program(program, task_set, outs, folder, mesh, sweep_position):
+  """Trains one program's runs to the end (or to a stop request); returns their summaries."""
+  config = program.config
+  method, trainer = build(config, task_set.input_shape, task_set.num_classes)
+  padded = devices.padded_runs(len(program.runs), mesh)
+  state, data, hp = trainer.fresh(task_set, host_loop.padded_configs(program, padded), mesh)
+  counts = method.param_counts(jax.eval_shape(
+      trainer.init_run, trainer_lib.run_hyperparams(program.runs[0].config)).params)
+  logging.info('%s%d tasks of %d training steps; %d run(s)%s; parameters per run: %s',
+               f'{program.name}: ' if sweep_position else '', config.num_tasks,
+               config.steps_per_task, len(program.runs),
+               f' (+{padded - len(program.runs)} padding)' if padded > len(program.runs) else '',
+               base.describe_counts(counts))
+  logging.info('Settings: %s', config_checks.describe(config))
+  folder = outputs.Workdir(folder)
+  primary = devices.is_primary()
+  if primary:
+    folder.lock_and_create()
+  try:
+    checkpointer = checkpoints.Checkpointer(folder.path, config.checkpoints_to_keep)
     try:
-      return _run(config, out, data, method, trainer, hp, checkpointer, stop)
+      restored = host_loop.restore(checkpointer, state, program, folder.path)
+      for index, (run, out) in enumerate(zip(program.runs, outs)):
+        if primary:
+          out.save_config(run.config, folder.path, index)
+      with preemption.StopSignals() as stop:
+        loop = host_loop.ProgramLoop(program, outs, data, method, trainer, hp, checkpointer,
+                                     stop, sweep_position)
+        try:
+          return loop.run(state, restored)
+        finally:
+          loop.close()
     finally:
       checkpointer.close()
-
-
-def _run(config, out, data, method, trainer, hp, checkpointer, stop):
-  """The task loop, from a fresh start or from the newest checkpoint."""
-  started = time.time()
-  num_tasks, steps = config.num_tasks, config.steps_per_task
-  state = trainer.init_state(config.seed, hp)
-  counts = method.param_counts(state.params)
-  logging.info('Settings: %s', config_checks.describe(config))
-  logging.info('Parameters: %s', base.describe_counts(counts))
-  restored = checkpointer.restore_latest(state)
-  if restored is None:
-    progress, first_task, resume_mid_task = _new_progress(num_tasks), 0, False
-    progress['random_init_accuracy'] = [
-        float(trainer.evaluate(state.params, state.batch_stats, data, data.test, j, hp))
-        for j in range(num_tasks)]
-  else:
-    state, progress = restored
-    task, step = int(state.task), int(state.step)
-    logging.info('Resumed from the checkpoint at task %d step %d.', task + 1, step)
-    resume_mid_task = progress['accuracy'][task][task] is None
-    first_task = task if resume_mid_task else task + 1
-  out.rewrite_metrics(progress['records'])
-  wall_before = progress['wall_time']
-  compiled = False  # the first chunk of this process includes compiling: not timed
-
-  def save(state):
-    progress['wall_time'] = wall_before + time.time() - started
-    step = int(state.task) * steps + int(state.step)
-    logging.info('saving checkpoint %d (task %d step %d)', step, int(state.task) + 1,
-                 int(state.step))
-    # A snapshot: the asynchronous save may serialise it after `progress` has moved on.
-    checkpointer.save(step, state, json.loads(json.dumps(progress)))
-
-  def stop_if_requested(state, saved):
-    if stop.requested:
-      if not saved:
-        save(state)
-      checkpointer.wait()
-      raise preemption.Preempted(f'stopped by {stop.requested} at task {int(state.task) + 1} '
-                                 f'step {int(state.step)}; checkpoint saved')
-
-  for task in range(first_task, num_tasks):
-    if not (resume_mid_task and task == first_task):
-      state = trainer.begin_task(state, task, hp)
-    step = int(state.step)  # kept on the host: one device read per chunk
-    while step < steps:
-      before = task * steps + step
-      tic = time.time()
-      state, (aux, active) = trainer.train_chunk(state, data, hp)
-      aux, active, step, schedule = jax.device_get((aux, active, state.step, state.schedule))
-      step = int(step)
-      elapsed = time.time() - tic
-      if compiled:
-        progress['train_time'] += elapsed
-        progress['steps_timed'] += int(active.sum())
-      compiled = True
-      rate = progress['steps_timed'] / max(progress['train_time'], 1e-9)
-      means = {k: float(np.sum(v * active) / max(active.sum(), 1)) for k, v in aux.items()}
-      # Without a validation split no validation accuracy is logged (the test split stays unseen).
-      val = {} if data.val is None else {'val_accuracy': float(schedule['val_accuracy'])}
-      fields = _schedule_fields(config, schedule, step // trainer.chunk)
-      record = {'task': task, 'step': step, **means, **val, **fields, 'steps_per_sec': rate}
-      progress['records'].append(record)
-      out.log_metrics(record)
-      remaining = (num_tasks - task) * steps - step
-      terms = ' '.join(f'{k} {v:.4g}' for k, v in {**means, **fields}.items()
-                       if k != 'accuracy')
-      logging.info('task %d/%d step %d/%d | %s | train acc %.2f val acc %s | %.1f steps/s '
-                   'ETA %s', task + 1, num_tasks, step, steps, terms,
-                   100 * means['accuracy'], f"{val['val_accuracy']:.2f}" if val else '-', rate,
-                   _format_eta(remaining / rate) if progress['steps_timed'] else '?')
-      if step < steps:  # the end of a task is saved (and a stop honoured) after eval
-        periodic = ((task * steps + step) // config.checkpoint_every_steps
-                    > before // config.checkpoint_every_steps)
-        if periodic:
-          save(state)
-        stop_if_requested(state, saved=periodic)
-    if config.selection == 'best_val':
-      logging.info('task %d: kept the parameters of the best validation epoch (%.2f%%)',
-                   task + 1, float(state.schedule['best_val_accuracy']))
-    row = [float(trainer.evaluate(state.params, state.batch_stats, data, data.test, j, hp))
-           for j in range(task + 1)]
-    progress['accuracy'][task][:task + 1] = row
-    if task + 1 < num_tasks:  # the next task before its training, for forward transfer
-      progress['before_training_accuracy'][task + 1] = float(
-          trainer.evaluate(state.params, state.batch_stats, data, data.test, task + 1, hp))
-    out.write_accuracy(progress['accuracy'], task + 1)
-    logging.info('after task %d: test accuracy %s (mean %.2f)', task + 1,
-                 ' '.join(f'{a:.2f}' for a in row), np.mean(row))
-    save(state)
-    stop_if_requested(state, saved=True)
-
-  acc = np.array(progress['accuracy'], dtype=float)
-  summary = {**metrics.summary(acc, progress['before_training_accuracy'],
-                               progress['random_init_accuracy']),
-             'accuracy_matrix': progress['accuracy'],
-             'wall_time_sec': wall_before + time.time() - started,
-             'train_steps_per_sec': progress['steps_timed'] / max(progress['train_time'], 1e-9),
-             'params': counts, 'traces': dict(trainer.traces)}
-  embeddings = method.task_embeddings(state.params)
-  if embeddings is not None:
-    out.write_embeddings(np.asarray(embeddings[:num_tasks]))
-  out.write_summary(summary)
-  logging.info('done: mean accuracy %.2f, BWT %.2f, forgetting %.2f, FWT %.2f; results in %s',
-               summary['mean_accuracy'], summary['bwt'], summary['forgetting'], summary['fwt'],
-               out.path)
-  return summary
+  finally:
+    if primary:
+      folder.release()

@@ -30,7 +30,7 @@ def test_forward_transfer_against_the_random_network():
 
 
 def test_summary_keeps_just_after_training_apart_from_final():
-  summary = metrics.summary(ACC, [None, 60.0, 30.0], [10.0, 12.0, 9.0])
+  summary = metrics.per_task(ACC, [None, 60.0, 30.0], [10.0, 12.0, 9.0])
   assert summary['just_after_training_accuracy'] == [90.0, 95.0, 70.0]
   assert summary['final_accuracy'] == [80.0, 96.0, 70.0]
   assert summary['fwt'] == pytest.approx(34.5)
@@ -39,6 +39,7 @@ def test_summary_keeps_just_after_training_apart_from_final():
 
 
 def test_single_task():
-  summary = metrics.summary(np.array([[88.0]]), [None], [11.0])
+  acc = np.array([[88.0]])
+  summary = {**metrics.summary(acc), **metrics.per_task(acc, [None], [11.0])}
   assert {k: summary[k] for k in ('mean_accuracy', 'bwt', 'forgetting', 'fwt')} == {
       'mean_accuracy': 88.0, 'bwt': 0.0, 'forgetting': 0.0, 'fwt': 0.0}

@@ -53,8 +53,8 @@ def test_cifar100_round_trip(tmp_path):
   src.mkdir()
   write_tarball(src / prepare.CIFAR100_TARBALL, splits)
   data_dir = str(tmp_path / 'tfds')
-  assert prepare.prepare('cifar100', str(src), data_dir)
-  assert not prepare.prepare('cifar100', str(src), data_dir)  # second call: already there
+  assert prepare.prepare('cifar100', str(src), data_dir)['written']
+  assert not prepare.prepare('cifar100', str(src), data_dir)['written']  # verified, not rebuilt
   for split, (images, fine, _) in splits.items():
     got_images, got_labels = tfds_io.load_split('cifar100', split, data_dir, download=False)
     assert got_images.shape == (len(fine), 32, 32, 3)
@@ -85,7 +85,7 @@ def test_cifar100_catalogue_features_and_ids(tmp_path):
 
 
 def test_cifar100_missing_tarball_names_the_path(tmp_path):
-  with pytest.raises(ValueError, match='not found') as e:
+  with pytest.raises(prepare.SourceError, match='not found') as e:
     prepare.prepare('cifar100', str(tmp_path), str(tmp_path / 'tfds'))
   assert str(tmp_path / prepare.CIFAR100_TARBALL) in str(e.value)
 
@@ -101,7 +101,7 @@ def test_cifar100_rejects_a_bad_tarball(tmp_path, members, data_fn, fine_n, matc
     images, fine, coarse = splits['test']
     splits['test'] = (images, fine[:fine_n], coarse)
   write_tarball(tmp_path / prepare.CIFAR100_TARBALL, splits, members, data_fn)
-  with pytest.raises(ValueError, match=match) as e:
+  with pytest.raises(prepare.SourceError, match=match) as e:
     prepare.read_cifar100(str(tmp_path))
   assert str(tmp_path / prepare.CIFAR100_TARBALL) in str(e.value)
 
@@ -113,5 +113,15 @@ def test_cifar100_refuses_foreign_pickle_globals(tmp_path):
     info = tarfile.TarInfo('cifar-100-python/meta')
     info.size = len(blob)
     tar.addfile(info, io.BytesIO(blob))
-  with pytest.raises(ValueError, match=r'refusing global \w+\.print'):
+  with pytest.raises(prepare.SourceError, match=r'refusing global \w+\.print'):
     prepare.read_cifar100(str(tmp_path))
+
+
+def test_cifar100_names_a_truncated_tarball(tmp_path):
+  splits = {'train': make_split(40, seed=6), 'test': make_split(10, seed=7)}
+  path = tmp_path / prepare.CIFAR100_TARBALL
+  write_tarball(path, splits)
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  with pytest.raises(prepare.SourceError) as e:
+    prepare.read_cifar100(str(tmp_path))
+  assert str(e.value).startswith(f'{path}: not a complete gzipped tarball (')

@@ -14,6 +14,9 @@ from configs import split_mnist
 from hypermask_jax import train
 
 
+pytestmark = pytest.mark.slow  # real training on real MNIST
+
+
 def run(config, data_dir, workdir, **overrides):
   config.data_dir = data_dir
   config.update(overrides)
@@ -36,8 +39,9 @@ def test_small_permuted_mnist_learns_and_remembers(permuted_runs):
   assert len(summary['accuracy_matrix']) == 3
   assert summary['mean_accuracy'] >= 90.0, summary
   assert summary['bwt'] >= -2.0, summary
-  # One program per function for the whole run (validation runs inside train_chunk).
-  assert summary['traces'] == {'begin_task': 1, 'train_chunk': 1, 'evaluate': 1}
+  # One program per function for the whole run.
+  assert summary['traces'] == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
+                               'evaluate_test': 1, 'evaluate_val': 1}
 
 
 def test_without_regularisers_it_forgets_clearly_more(permuted_runs):

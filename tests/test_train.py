@@ -11,7 +11,12 @@ from configs import permuted_mnist
 from hypermask_jax import config_checks
 from hypermask_jax import outputs
 from hypermask_jax import train
+from hypermask_jax import trainer as trainer_lib
+from hypermask_jax.data import tasks
 from hypermask_jax.methods.hypermask import HyperMask
+from tests.conftest import fresh_program
+from tests.conftest import run_chunk
+from tests.conftest import synthetic_mnist
 
 
 def tiny_config(**overrides):
@@ -31,30 +36,51 @@ def tiny_config(**overrides):
 def test_train_step_traces_once_across_tasks(synthetic_task_set):
   config = tiny_config()
   data = synthetic_task_set
-  trainer = train.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
-  hp = train.hyperparams(config)
-  state = trainer.init_state(0, hp)
+  trainer = trainer_lib.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
+  state, data, hp = fresh_program(trainer, data)
   for task in range(3):
     state = trainer.begin_task(state, task, hp)
-    for _ in range(3):
-      state, (_, active) = trainer.train_chunk(state, data, hp)
-    assert int(state.step) == 7 and int(np.sum(active)) == 1
+    for _ in range(3):  # 3 + 3 + 1 steps
+      state = run_chunk(trainer, state, data, hp)
+    assert int(state.step) == 7
     for j in range(task + 1):
-      trainer.evaluate(state.params, state.batch_stats, data, data.test, j, hp)
-  assert trainer.traces == {'begin_task': 1, 'train_chunk': 1, 'evaluate': 1}
+      trainer.evaluate(state.params, state.batch_stats, data, 'test', j, hp)
+  assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
+                            'evaluate_test': 1}
+
+
+def test_how_steps_are_grouped_into_calls_changes_nothing(synthetic_task_set):
+  """The host picks each call's length by wall time: any grouping must give the same run."""
+  config = tiny_config()
+  data = synthetic_task_set
+  trainer = trainer_lib.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
+  runs = []
+  for calls in ((3, 3, 1), (1, 2, 1, 2, 1)):
+    state, data, hp = fresh_program(trainer, synthetic_task_set)
+    state = trainer.begin_task(trainer.begin_task(state, 0, hp), 1, hp)
+    losses = []
+    for n in calls:
+      state, metrics = trainer.train_steps(state, data, hp, np.int32(n))
+      losses += list(np.asarray(metrics['loss'])[:n])
+      assert not np.asarray(metrics['loss'])[n:].any()  # entries past the call's steps: zero
+    runs.append((jax.device_get(state), losses))
+  (state_a, losses_a), (state_b, losses_b) = runs
+  assert losses_a == losses_b and len(losses_a) == 7
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_array_equal(a, b)
+  assert trainer.traces['train_steps'] == 1
 
 
 def test_previous_embeddings_move_only_through_the_regulariser(synthetic_task_set):
   data = synthetic_task_set
   for beta, moves in ((0.0, False), (1.0, True)):
     config = tiny_config(beta=beta)
-    trainer = train.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
-    hp = train.hyperparams(config)
-    state = trainer.init_state(0, hp)
-    before = np.asarray(state.params['hnet']['embeddings'])
+    trainer = trainer_lib.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
+    state, program_data, hp = fresh_program(trainer, data)
+    before = np.asarray(state.params['hnet']['embeddings'][0])
     state = trainer.begin_task(state, 1, hp)
-    state, _ = trainer.train_chunk(state, data, hp)
-    after = np.asarray(state.params['hnet']['embeddings'])
+    state = run_chunk(trainer, state, program_data, hp)
+    after = np.asarray(state.params['hnet']['embeddings'][0])
     assert not np.array_equal(after[1], before[1])  # the current task's embedding learns
     assert np.array_equal(after[2:], before[2:])  # future tasks' embeddings do not move
     assert np.array_equal(after[0], before[0]) != moves
@@ -65,7 +91,7 @@ def test_eval_uses_each_tasks_own_embedding(synthetic_task_set):
   data = synthetic_task_set
   method = HyperMask(config, data.input_shape, data.num_classes)
   params = method.init_params(jax.random.key(0))
-  hp = train.hyperparams(config)
+  hp = trainer_lib.run_hyperparams(config)
   w0 = method.eval_weights(params, np.int32(0), hp)
   w1 = method.eval_weights(params, np.int32(1), hp)
   assert not np.allclose(w0['dense_0']['kernel'], w1['dense_0']['kernel'])
@@ -81,7 +107,7 @@ def test_output_bias_mask_weights_its_drift_and_regulariser_not_the_forward_pass
   assert method.layout.paths[-1] == ('head', 'bias')  # generated, last in the flat output
   memory = method.begin_task(params)
   x = data.inputs(data.train.images[:32], 1, None, train=False)
-  batch, hp = (x, data.train.labels[:32], 1), train.hyperparams(config)
+  batch, hp = (x, data.train.labels[:32], 1), trainer_lib.run_hyperparams(config)
   loss = lambda p: method.loss(p, {}, batch, jnp.int32(1), 0, memory, hp, jax.random.key(1))
   head_mask = method.masks(params, method.hnet_outputs(params['hnet'], jnp.array([1]))[0],
                            0.0)['head']['bias']
@@ -119,9 +145,22 @@ def test_run_writes_results_and_does_not_overwrite_them(tmp_path, patched_data):
   assert len(acc) == 3 and acc[0][1] is None and acc[2][2] is not None
   assert summary['mean_accuracy'] == pytest.approx(np.mean(acc[2]))
   csv = (workdir / 'accuracy_matrix.csv').read_text().splitlines()
-  assert csv[0] == 'after_task,task_0,task_1,task_2' and csv[1].endswith(',,')
+  assert csv[0] == 'after_task,task_1,task_2,task_3' and csv[1].startswith('1,')  # from 1
+  assert csv[1].endswith(',,')
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert len(records) == 3 * 3 and {'loss', 'ce', 'reg', 'l1', 'val_accuracy'} <= set(records[0])
+  assert [(r['task'], r['step'], r['global_step']) for r in records[:4]] == [
+      (1, 3, 3), (1, 6, 6), (1, 7, 7), (2, 3, 10)]
+  assert max(r['accuracy'] for r in records) > 1.0  # percent, like val_accuracy, not a fraction
+  assert all(r.get('steps_per_sec', 1.0) > 0 for r in records)  # absent until measured
+  assert summary['environment']['backend'] == 'cpu' and summary['environment']['jax']
+  # Just after training (the diagonal) apart from final; FWT from the next task before its
+  # training against the initial params.
+  assert summary['just_after_training_accuracy'] == [acc[t][t] for t in range(3)]
+  assert summary['final_accuracy'] == acc[2]
+  ahead, at_init = summary['before_training_accuracy'], summary['random_init_accuracy']
+  assert ahead[0] is None and None not in ahead[1:] and None not in at_init
+  assert summary['fwt'] == pytest.approx(np.mean([ahead[j] - at_init[j] for j in (1, 2)]))
   before = (workdir / 'summary.json').read_text()
 
   # The same config again: nothing is retrained or rewritten.
@@ -133,9 +172,22 @@ def test_run_writes_results_and_does_not_overwrite_them(tmp_path, patched_data):
   assert (workdir / 'summary.json').read_text() == before
 
 
+def test_a_protocol_without_validation_split_logs_no_validation_accuracy(tmp_path, monkeypatch):
+  train_split, test_split = synthetic_mnist()
+  monkeypatch.setattr(train.tasks, 'load_task_set', lambda config: tasks.permuted_mnist(
+      train_split, test_split, config.num_tasks, config.seed, 'hypercl'))
+  config = tiny_config(data_protocol='hypercl', num_tasks=2)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert records and not any('val_accuracy' in r for r in records)
+  assert summary['final_val_accuracy'] is None and np.isnan(summary['mean_val_accuracy'])
+  assert 'evaluate_val' not in summary['traces']
+  assert None not in summary['final_accuracy']
+
+
 @pytest.mark.parametrize('method', ['hypermask', 'hnet', 'finetune', 'joint'])
 def test_every_method_runs_through_the_shared_loop(tmp_path, patched_data, method):
   summary = train.train_and_evaluate(tiny_config(method=method, chunk_size=500),
                                      str(tmp_path / method))
   assert len(summary['accuracy_matrix']) == 3
-  assert summary['traces']['train_chunk'] == 1
+  assert summary['traces']['train_steps'] == 1

@@ -1,7 +1,12 @@
 """Offline importer: builds a TFDS dataset from raw files, so `tfds.load` works with no network.
 
-  python -m hypermask_jax.data.prepare mnist --source_dir DIR --data_dir DIR
-  python -m hypermask_jax.data.prepare cifar100 --source_dir DIR --data_dir DIR
+  python -m hypermask_jax.data.prepare mnist --source_dir DIR --data_dir DIR [--force]
+  python -m hypermask_jax.data.prepare cifar100 --source_dir DIR --data_dir DIR [--force]
+
+A dataset that is already prepared is not rebuilt: it is read back in full
+and reported intact or damaged; --force rebuilds it (the raw files are read
+first, so a bad source leaves the old dataset in place). Exit status 0 when
+the dataset is there and intact, 2 with one line naming the file otherwise.
 
 Raw files expected in --source_dir:
   mnist:    the four gzipped IDX files (train-images-idx3-ubyte.gz, ...).
@@ -12,20 +17,39 @@ TFDS catalogue dataset, so `tfds.load('mnist', data_dir=DIR)` (or 'cifar100')
 reads it unchanged.
 """
 
-import codecs
-import gzip
 import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up noise
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+import codecs  # pylint: disable=g-import-not-at-top,wrong-import-position
+import contextlib
+import gzip
+import io
 import pickle
 import sys
 import tarfile
+import tempfile
+import zlib
 
 from absl import app
 from absl import flags
+from absl import logging
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from hypermask_jax import errors
+from hypermask_jax import paths
+from hypermask_jax.data import tfds_io
+
 _SOURCE_DIR = flags.DEFINE_string('source_dir', None, 'Folder with the raw files.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir to write into.')
+_FORCE = flags.DEFINE_bool('force', False, 'Rebuild the dataset even if it is already prepared.')
+
+
+class SourceError(errors.BadInput):
+  """A raw file is missing, truncated or not in the expected format."""
 
 MNIST_FILES = {
     'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
@@ -35,15 +59,21 @@ MNIST_FILES = {
 
 def read_idx(path):
   """Parses one gzipped IDX file (the MNIST format) into a numpy array."""
-  with gzip.open(path, 'rb') as f:
-    data = f.read()
-  if data[:2] != b'\x00\x00' or data[2] != 0x08:
-    raise ValueError(f'{path}: not an unsigned-byte IDX file')
+  if not os.path.isfile(path):
+    raise SourceError(f'{path}: not found; --source_dir must hold the four MNIST IDX .gz files')
+  try:
+    with gzip.open(path, 'rb') as f:
+      data = f.read()
+  except (OSError, EOFError, zlib.error) as e:  # not gzip (BadGzipFile), or cut short
+    raise SourceError(f'{path}: not a complete gzip file ({type(e).__name__}: {e}); '
+                      'download it again') from None
+  if len(data) < 4 or data[:2] != b'\x00\x00' or data[2] != 0x08:
+    raise SourceError(f'{path}: not an unsigned-byte IDX file')
   ndim = data[3]
   shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
   array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if array.size != int(np.prod(shape)):
-    raise ValueError(f'{path}: header says {shape}, file holds {array.size} bytes')
+    raise SourceError(f'{path}: header says {shape}, file holds {array.size} bytes')
   return array.reshape(shape)
 
 
@@ -54,7 +84,8 @@ def read_mnist(source_dir):
     images = read_idx(os.path.join(source_dir, images_file))
     labels = read_idx(os.path.join(source_dir, labels_file))
     if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
-      raise ValueError(f'{split}: images {images.shape} do not match labels {labels.shape}')
+      raise SourceError(f'{source_dir}: {split} images {images.shape} do not match labels '
+                        f'{labels.shape}')
     splits[split] = (images[..., None], labels.astype(np.int64))
   return splits
 
@@ -110,24 +141,24 @@ def _read_pickle_member(tar, tar_path, member):
   try:
     f = tar.extractfile(member)
   except KeyError:
-    raise ValueError(f'{tar_path}: has no member {member!r}') from None
+    raise SourceError(f'{tar_path}: has no member {member!r}') from None
   if f is None:
-    raise ValueError(f'{tar_path}: member {member!r} is not a regular file')
+    raise SourceError(f'{tar_path}: member {member!r} is not a regular file')
   with f:
     try:
       obj = _CifarUnpickler(f, encoding='bytes').load()
     except Exception as e:  # pickle raises many types on a damaged or foreign stream.
-      raise ValueError(f'{tar_path}: member {member!r} is not a CIFAR pickle '
-                       f'({type(e).__name__}: {e})') from e
+      raise SourceError(f'{tar_path}: member {member!r} is not a CIFAR pickle '
+                        f'({type(e).__name__}: {e})') from e
   if not isinstance(obj, dict):
-    raise ValueError(f'{tar_path}: member {member!r} holds {type(obj).__name__}, not a dict')
+    raise SourceError(f'{tar_path}: member {member!r} holds {type(obj).__name__}, not a dict')
   return obj
 
 
 def _field(batch, key, tar_path, member):
   if key not in batch:
-    raise ValueError(f'{tar_path}: member {member!r} has no {key!r} entry '
-                     f'(has {sorted(batch)})')
+    raise SourceError(f'{tar_path}: member {member!r} has no {key!r} entry '
+                      f'(has {sorted(batch)})')
   return batch[key]
 
 
@@ -135,43 +166,48 @@ def read_cifar100(source_dir):
   """Returns ({'label'|'coarse_label': names}, {split: (images [N, 32, 32, 3], fine [N], coarse [N])})."""
   tar_path = os.path.join(source_dir, CIFAR100_TARBALL)
   if not os.path.isfile(tar_path):
-    raise ValueError(f'{tar_path}: not found; download the CIFAR-100 python version '
-                     f'({CIFAR100_TARBALL}) into --source_dir')
+    raise SourceError(f'{tar_path}: not found; download the CIFAR-100 python version '
+                      f'({CIFAR100_TARBALL}) into --source_dir')
   try:
-    tar = tarfile.open(tar_path, 'r:gz')
-  except (tarfile.TarError, EOFError, OSError) as e:
-    raise ValueError(f'{tar_path}: not a gzipped tarball ({type(e).__name__}: {e})') from e
-  with tar:
-    meta_member = CIFAR100_MEMBERS['meta']
-    meta = _read_pickle_member(tar, tar_path, meta_member)
-    names = {}
-    for key, meta_key in (('label', b'fine_label_names'), ('coarse_label', b'coarse_label_names')):
-      names[key] = [n.decode() if isinstance(n, bytes) else str(n)
-                    for n in _field(meta, meta_key, tar_path, meta_member)]
-      if len(names[key]) != CIFAR100_CLASSES[key]:
-        raise ValueError(f'{tar_path}: {meta_member!r} lists {len(names[key])} '
-                         f'{meta_key.decode()}, expected {CIFAR100_CLASSES[key]}')
-    splits = {}
-    for split in ('train', 'test'):
-      member = CIFAR100_MEMBERS[split]
-      batch = _read_pickle_member(tar, tar_path, member)
-      data = np.asarray(_field(batch, b'data', tar_path, member))
-      if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f'{tar_path}: {member!r} data is {data.dtype} {data.shape}, '
-                         'expected uint8 [N, 3072]')
-      # Each row is the red, then green, then blue 32x32 plane, each row-major: CHW -> HWC.
-      images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-      labels = []
-      for key, batch_key in (('label', b'fine_labels'), ('coarse_label', b'coarse_labels')):
-        y = np.asarray(_field(batch, batch_key, tar_path, member), np.int64).reshape(-1)
-        if y.shape[0] != images.shape[0]:
-          raise ValueError(f'{tar_path}: {member!r} has {images.shape[0]} images but '
-                           f'{y.shape[0]} {batch_key.decode()}')
-        if y.size and (y.min() < 0 or y.max() >= CIFAR100_CLASSES[key]):
-          raise ValueError(f'{tar_path}: {member!r} {batch_key.decode()} outside '
-                           f'[0, {CIFAR100_CLASSES[key]})')
-        labels.append(y)
-      splits[split] = (np.ascontiguousarray(images), *labels)
+    with tarfile.open(tar_path, 'r:gz') as tar:
+      return _read_cifar100_members(tar, tar_path)
+  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # not gzip, or cut short
+    raise SourceError(f'{tar_path}: not a complete gzipped tarball ({type(e).__name__}: {e}); '
+                      'download it again') from None
+
+
+def _read_cifar100_members(tar, tar_path):
+  """The label names and splits from the open CIFAR-100 python tarball."""
+  meta_member = CIFAR100_MEMBERS['meta']
+  meta = _read_pickle_member(tar, tar_path, meta_member)
+  names = {}
+  for key, meta_key in (('label', b'fine_label_names'), ('coarse_label', b'coarse_label_names')):
+    names[key] = [n.decode() if isinstance(n, bytes) else str(n)
+                  for n in _field(meta, meta_key, tar_path, meta_member)]
+    if len(names[key]) != CIFAR100_CLASSES[key]:
+      raise SourceError(f'{tar_path}: {meta_member!r} lists {len(names[key])} '
+                        f'{meta_key.decode()}, expected {CIFAR100_CLASSES[key]}')
+  splits = {}
+  for split in ('train', 'test'):
+    member = CIFAR100_MEMBERS[split]
+    batch = _read_pickle_member(tar, tar_path, member)
+    data = np.asarray(_field(batch, b'data', tar_path, member))
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+      raise SourceError(f'{tar_path}: {member!r} data is {data.dtype} {data.shape}, '
+                        'expected uint8 [N, 3072]')
+    # Each row is the red, then green, then blue 32x32 plane, each row-major: CHW -> HWC.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = []
+    for key, batch_key in (('label', b'fine_labels'), ('coarse_label', b'coarse_labels')):
+      y = np.asarray(_field(batch, batch_key, tar_path, member), np.int64).reshape(-1)
+      if y.shape[0] != images.shape[0]:
+        raise SourceError(f'{tar_path}: {member!r} has {images.shape[0]} images but '
+                          f'{y.shape[0]} {batch_key.decode()}')
+      if y.size and (y.min() < 0 or y.max() >= CIFAR100_CLASSES[key]):
+        raise SourceError(f'{tar_path}: {member!r} {batch_key.decode()} outside '
+                          f'[0, {CIFAR100_CLASSES[key]})')
+      labels.append(y)
+    splits[split] = (np.ascontiguousarray(images), *labels)
   return names, splits
 
 
@@ -208,34 +244,98 @@ def cifar100_examples(source_dir):
 READERS = {'mnist': mnist_examples, 'cifar100': cifar100_examples}
 
 
-def prepare(name, source_dir, data_dir):
-  """Writes dataset `name` into data_dir; returns False if it was already there."""
+def _catalogue_texts(name):
+  """The catalogue dataset's version and texts, read on an empty data_dir (whatever DIR holds)."""
+  with tempfile.TemporaryDirectory() as empty:
+    info = tfds.builder(name, data_dir=empty).info
+    return {'version': str(info.version), 'description': info.description,
+            'homepage': info.homepage, 'citation': info.citation}
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Silences TFDS while it writes: no progress bars, logs or "downloaded" messages."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def verify(name, data_dir, source_dir=None):
+  """Reads every split of a prepared dataset back in full: {split: number of examples}.
+
+  Raises tfds_io.DatasetUnavailableError, naming the --force command, if a file
+  is damaged or a split holds fewer examples than its metadata says.
+  """
+  dataset_dir = epath.Path(data_dir) / name
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    dataset_dir = builder.data_dir
+    counts = {}
+    for split, info in builder.info.splits.items():
+      counts[split] = len(tfds_io.read_split(builder, split)[1])
+      if counts[split] != info.num_examples:
+        raise ValueError(f'split {split!r} holds {counts[split]} of its {info.num_examples} '
+                         'examples')
+    return counts
+  except Exception as e:  # pylint: disable=broad-except  (damage shows as many error types)
+    raise tfds_io.damaged_error(name, dataset_dir, data_dir, e, source_dir) from None
+
+
+def prepare(name, source_dir, data_dir, force=False):
+  """Makes dataset `name` available in data_dir; returns what it found and did.
+
+  {'written': whether it was (re)built, 'dataset_dir': its folder, 'counts':
+  {split: examples read back}}. An existing dataset is only verified unless
+  `force`; with `force` the raw files are read before the old one is removed.
+  """
   if name not in READERS:
-    raise ValueError(f'unknown dataset {name!r}; the importer knows {sorted(READERS)}')
-  catalogue = tfds.builder(name, data_dir=data_dir)
-  if catalogue.is_prepared():
-    return False
+    raise SourceError(f'unknown dataset {name!r}; the importer knows {sorted(READERS)}')
+  data_dir = paths.absolute(data_dir)
+  texts = _catalogue_texts(name)
+  dataset_dir = epath.Path(data_dir) / name / texts['version']
+  if dataset_dir.exists() and not force:
+    return {'written': False, 'dataset_dir': str(dataset_dir),
+            'counts': verify(name, data_dir, source_dir)}
   features, examples = READERS[name](source_dir)
-  tfds.dataset_builders.store_as_tfds_dataset(
-      name=name, version=str(catalogue.VERSION), features=features,
-      split_datasets=examples, data_dir=data_dir,
-      description=catalogue.info.description, homepage=catalogue.info.homepage,
-      citation=catalogue.info.citation)
-  return True
+  if dataset_dir.exists():
+    dataset_dir.rmtree()
+  with _quiet():
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=name, features=features, split_datasets=examples, data_dir=data_dir, **texts)
+  return {'written': True, 'dataset_dir': str(dataset_dir),
+          'counts': verify(name, data_dir, source_dir)}
+
+
+USAGE = (f'usage: python -m hypermask_jax.data.prepare {{{",".join(READERS)}}} --source_dir DIR '
+         f'--data_dir DIR [--force] (mnist: DIR holds the four IDX .gz files, '
+         f'{MNIST_FILES["train"][0]} and the others; cifar100: DIR holds {CIFAR100_TARBALL})')
 
 
 def main(argv):
   if len(argv) != 2 or not _SOURCE_DIR.value or not _DATA_DIR.value:
-    sys.exit(f'usage: python -m hypermask_jax.data.prepare {{{",".join(READERS)}}} '
-             '--source_dir DIR --data_dir DIR\n'
-             f'  mnist: DIR holds the four gzipped IDX files ({MNIST_FILES["train"][0]}, ...)\n'
-             f'  cifar100: DIR holds {CIFAR100_TARBALL} (the CIFAR-100 python version)')
+    print(USAGE, file=sys.stderr)
+    sys.exit(errors.EXIT_BAD_INPUT)
   name = argv[1]
+  logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines: this command prints its own
   try:
-    written = prepare(name, _SOURCE_DIR.value, _DATA_DIR.value)
-  except (ValueError, OSError) as e:
-    sys.exit(f'error: {e}')
-  print(f"{name}: {'prepared' if written else 'already prepared'} in {_DATA_DIR.value}")
+    done = prepare(name, _SOURCE_DIR.value, _DATA_DIR.value, _FORCE.value)
+  except errors.BadInput as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(errors.EXIT_BAD_INPUT)
+  counts = ', '.join(f'{split} {n}' for split, n in sorted(done['counts'].items(),
+                                                            key=lambda item: -item[1]))
+  if done['written']:
+    print(f'{name}: read the raw files in {paths.absolute(_SOURCE_DIR.value)}')
+    print(f"{name}: wrote {done['dataset_dir']}")
+    print(f'{name}: read back intact: {counts} examples')
+  else:
+    print(f"{name}: already prepared in {done['dataset_dir']}; read back intact: {counts} "
+          'examples (--force rebuilds it)')
 
 
 if __name__ == '__main__':

@@ -41,6 +41,18 @@ CIFAR_STD = (0.229, 0.224, 0.225)
 HYPERCL_PERMUTATION_SEED = 42  # hypercl's data_random_seed default
 VALIDATION_SIZES = {  # per protocol: (Permuted MNIST, Split MNIST per task); 0 = none
     'hypermask': (5000, 1000), 'hypercl': (0, 0)}
+NUM_CLASSES = {'permuted_mnist': 10, 'split_mnist': 2, 'split_cifar100': 10}  # per task
+
+
+def input_shape(benchmark, protocol='hypermask'):
+  """The shape of one input: flat vectors for the MNIST MLPs, NHWC images for CIFAR.
+
+  Permuted MNIST has 1024 inputs (the padded image) under the 'hypermask'
+  protocol, 784 under 'hypercl'.
+  """
+  if benchmark == 'permuted_mnist':
+    return (32 * 32,) if protocol == 'hypermask' else (28 * 28,)
+  return {'split_mnist': (28 * 28,), 'split_cifar100': (32, 32, 3)}[benchmark]
 
 
 @flax.struct.dataclass
@@ -59,7 +71,8 @@ class TaskSet:
   train: Split
   val: Optional[Split]  # None: the protocol has no validation split
   test: Split
-  perms: jax.Array  # int32 [T, D]: per-task input permutation (permuted_mnist), else [T, 0]
+  perms: jax.Array  # int32 [T, D] (one run) or [R, T, D] (a program's runs): per-task input
+  # permutation (permuted_mnist), else D = 0
   benchmark: str = flax.struct.field(pytree_node=False)
   num_classes: int = flax.struct.field(pytree_node=False)
   protocol: str = flax.struct.field(pytree_node=False, default='hypermask')
@@ -70,10 +83,7 @@ class TaskSet:
 
   @property
   def input_shape(self):
-    """The shape of one input: flat vectors for the MNIST MLPs, NHWC images for CIFAR."""
-    if self.benchmark == 'permuted_mnist':
-      return (self.perms.shape[1],)
-    return {'split_mnist': (28 * 28,), 'split_cifar100': (32, 32, 3)}[self.benchmark]
+    return input_shape(self.benchmark, self.protocol)
 
   def inputs(self, images, tasks, rng, train):
     """Turns uint8 images of `tasks` (one task, or one per image) into float inputs, on the device."""
@@ -206,6 +216,18 @@ def permutations(num_tasks, seed, protocol):
     return np.stack([rs.permutation(32 * 32) for _ in range(num_tasks)])
   rs = np.random.RandomState(HYPERCL_PERMUTATION_SEED)
   return np.stack([np.arange(28 * 28)] + [rs.permutation(28 * 28) for _ in range(num_tasks - 1)])
+
+
+def for_runs(task_set, seeds):
+  """The task set of a program: shared images, each run's permutations from its seed [R, T, D].
+
+  Under the 'hypercl' protocol every run has the same (fixed) permutations.
+  """
+  if task_set.benchmark == 'permuted_mnist':
+    perms = np.stack([permutations(task_set.num_tasks, seed, task_set.protocol) for seed in seeds])
+  else:
+    perms = np.zeros((len(seeds), task_set.num_tasks, 0), np.int32)
+  return task_set.replace(perms=jnp.asarray(perms, jnp.int32))
 
 
 def permuted_mnist(train, test, num_tasks, seed, protocol='hypermask', val_size=None):

@@ -1,16 +1,21 @@
-"""Reads TFDS datasets into host arrays, failing with one clear message when they are missing."""
+"""Reads TFDS datasets into host arrays, failing with one clear line when they are missing or damaged."""
 
+import os
+import re
 import socket
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-IMPORT_HINT = ('python -m hypermask_jax.data.prepare {name} '
-               '--source_dir DIR_WITH_RAW_FILES --data_dir {data_dir}')
+from hypermask_jax import errors
+from hypermask_jax import paths
+
+PREPARE = ('python -m hypermask_jax.data.prepare {name} --source_dir DIR_WITH_RAW_FILES '
+           '--data_dir {data_dir}')
 
 
-class DatasetUnavailableError(RuntimeError):
-  """The dataset is neither prepared in data_dir nor downloadable."""
+class DatasetUnavailableError(errors.BadInput):
+  """The dataset is neither prepared in data_dir nor downloadable, or its files are damaged."""
 
 
 # TFDS downloads from here; without a network its retries take minutes to give up.
@@ -20,9 +25,21 @@ DOWNLOAD_HOST = 'storage.googleapis.com'
 def _unavailable(name, split, data_dir, reason):
   where = data_dir or tfds.core.constants.DATA_DIR
   return DatasetUnavailableError(
-      f"TFDS dataset '{name}' (split '{split}') is not prepared in data_dir={where!r} "
-      f'and {reason}.\nPrepare it offline with:\n  '
-      + IMPORT_HINT.format(name=name, data_dir=where))
+      f"TFDS dataset '{name}' (split '{split}') is not prepared in data_dir={where!r} and "
+      f'{reason}; prepare it offline with: {PREPARE.format(name=name, data_dir=where)}')
+
+
+def damaged_error(name, dataset_dir, data_dir, error, source_dir=None):
+  """The error for a prepared dataset whose files cannot be read, with the command to rebuild it."""
+  reason = re.sub(r'\{\{.*?\}\}\s*', '', str(error)).split(' [Op:')[0].strip()
+  reason = reason.splitlines()[0][:200] if reason else ''
+  where = data_dir or tfds.core.constants.DATA_DIR
+  command = PREPARE.format(name=name, data_dir=where)
+  if source_dir:
+    command = command.replace('DIR_WITH_RAW_FILES', paths.absolute(source_dir))
+  return DatasetUnavailableError(
+      f"TFDS dataset '{name}' in {dataset_dir} is damaged ({type(error).__name__}: {reason}); "
+      f'rebuild it with: {command} --force')
 
 
 def _can_resolve(host):
@@ -33,22 +50,37 @@ def _can_resolve(host):
     return False
 
 
-def load_split(name, split, data_dir=None, download=True):
-  """Returns (images uint8 [N, H, W, C], labels int32 [N]) of one TFDS split."""
-  data_dir = data_dir or None
-  if (download and not tfds.builder(name, data_dir=data_dir).is_prepared()
-      and not _can_resolve(DOWNLOAD_HOST)):
-    raise _unavailable(name, split, data_dir, f'cannot be downloaded ({DOWNLOAD_HOST} does '
-                       'not resolve: no network)')
-  try:
-    ds = tfds.load(name, split=split, data_dir=data_dir, download=download)
-  except Exception as e:  # TFDS raises many types (AssertionError, network, OSError).
-    first_line = str(e).splitlines()[0] if str(e) else ''
-    reason = 'could not be downloaded' if download else 'download=False'
-    raise _unavailable(name, split, data_dir, f'{reason} ({type(e).__name__}: {first_line})') from e
+def read_split(builder, split):
+  """(images uint8 [N, H, W, C], labels int32 [N]) of one split of a prepared builder."""
   images, labels = [], []
   # Batched iteration: `batch_size=-1` aborts under tfds.testing.mock_data with TF 2.21.
-  for batch in tfds.as_numpy(ds.batch(8192)):
+  for batch in tfds.as_numpy(builder.as_dataset(split=split).batch(8192)):
     images.append(batch['image'])
     labels.append(batch['label'])
   return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)
+
+
+def load_split(name, split, data_dir=None, download=True):
+  """Returns (images uint8 [N, H, W, C], labels int32 [N]) of one TFDS split."""
+  data_dir = data_dir or None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # an unreadable dataset_info.json of a prepared dataset
+    raise damaged_error(name, os.path.join(data_dir or tfds.core.constants.DATA_DIR, name),
+                   data_dir, e) from e
+  if download and not builder.is_prepared():
+    if not _can_resolve(DOWNLOAD_HOST):
+      raise _unavailable(name, split, data_dir, f'cannot be downloaded ({DOWNLOAD_HOST} does '
+                         'not resolve: no network)')
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # TFDS raises many types (network, OSError, checksums).
+      first_line = str(e).splitlines()[0] if str(e) else ''
+      raise _unavailable(name, split, data_dir,
+                         f'could not be downloaded ({type(e).__name__}: {first_line})') from e
+  try:
+    return read_split(builder, split)
+  except Exception as e:  # tf.data raises DataLossError for a truncated or corrupt record.
+    if builder.is_prepared():
+      raise damaged_error(name, builder.data_dir, data_dir, e) from e
+    raise _unavailable(name, split, data_dir, 'download=False') from e
