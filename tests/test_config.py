@@ -85,7 +85,7 @@ def test_hnet_configs_run_hnet_as_hypercl_published_it():
   from configs import hnet_permuted_mnist_100  # pylint: disable=g-import-not-at-top
   from configs import hnet_split_mnist  # pylint: disable=g-import-not-at-top
   for module in (hnet_permuted_mnist, hnet_permuted_mnist_100, hnet_split_mnist):
-    for variant in ('published', 'small'):
+    for variant in module.VARIANTS:
       config = module.get_config(variant)
       assert {k: config[k] for k in HYPERCL} == HYPERCL, (module.__name__, variant)
   assert hnet_split_mnist.get_config().hnet_activation == 'relu'
