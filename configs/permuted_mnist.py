@@ -23,15 +23,22 @@ def published():
   config.data_dir = ''  # '' = TFDS's default data_dir
   config.download = True  # let TFDS download if the dataset is not prepared in data_dir
   config.seed = 1
+  # How the MNIST tasks are formed: 'hypermask' (pad to 1024 inputs, every task permuted from the
+  # run's seed, a validation split, Split MNIST augmented and normalised) or 'hypercl' (784
+  # inputs, task 0 unpermuted, fixed permutations, no validation split, no augmentation).
+  config.data_protocol = 'hypermask'
   config.num_tasks = 10
   config.max_tasks = config_dict.placeholder(int)  # size of per-task arrays; None: num_tasks
   config.target = 'mlp'  # or 'resnet20', 'zenkenet' (split_cifar100)
   config.target_hidden = (1000, 1000)  # mlp
   config.width_factor = 2  # resnet20: channels 16/32/64 times this
   config.batch_norm = 'batch'  # resnet20: batch statistics also at eval, or 'running' (per task)
+  config.zenkenet_dropout = 'off'  # zenkenet: 'off' (as published) or 'architecture' (0.25/0.5)
+  config.output_heads = 'shared'  # or 'per_task': max_tasks heads, generated (HNET) or masked
   config.embedding_size = 24
   config.hnet_hidden = (100, 100)
   config.hnet_activation = 'elu'
+  config.hnet_init = 'torch'  # PyTorch's Linear init, or 'xavier' (Xavier weights, zero biases)
   config.chunk_size = 0  # > 0: a chunked hypernetwork producing this many outputs per chunk
   config.chunk_embedding_size = 8
   config.learning_rate = 1e-3

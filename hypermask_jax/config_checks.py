@@ -17,8 +17,20 @@ CHOICES = {'hnet_activation': tuple(hypernet.ACTIVATIONS), 'reg_targets': ('stor
            'train_embeddings': ('all', 'current'), 'target': targets.TARGETS,
            'batch_norm': targets.BATCH_NORM_MODES, 'lr_schedule': ('constant', 'plateau'),
            'selection': ('last', 'best_val', 'best_val_loss'),
-           'task_inference': task_inference.MODES}
+           'task_inference': task_inference.MODES, 'hnet_init': hypernet.INITS,
+           'output_heads': ('shared', 'per_task'), 'data_protocol': tasks.PROTOCOLS,
+           'zenkenet_dropout': targets.ZENKENET_DROPOUT}
 IMAGE_TARGETS = ('resnet20', 'zenkenet')  # they need image inputs, not the MNIST vectors
+
+
+# The settings that tell the two references' protocols apart, printed when a run starts.
+PROTOCOL_FIELDS = ('method', 'dataset', 'data_protocol', 'hnet_init', 'lookahead', 'output_heads',
+                   'train_embeddings', 'reg_subset', 'target', 'zenkenet_dropout')
+
+
+def describe(config):
+  """'method=hnet data_protocol=hypercl hnet_init=xavier ...': the protocol-defining fields."""
+  return ' '.join(f'{field}={config[field]}' for field in PROTOCOL_FIELDS)
 
 
 class ConfigError(errors.BadInput):
@@ -106,6 +118,14 @@ def validate(config):
     if config[field] != default and not config.epochs_per_task:
       raise ConfigError(f'config.{field}={config[field]!r} works per epoch: it needs '
                         f'config.epochs_per_task > 0 (or {field}={default!r})')
+  if config.data_protocol == 'hypercl':
+    if config.dataset not in ('permuted_mnist', 'split_mnist'):
+      raise ConfigError("config.data_protocol='hypercl' covers the MNIST benchmarks: use "
+                        f"data_protocol='hypermask' with dataset={config.dataset!r}")
+    for field, default in (('lr_schedule', 'constant'), ('selection', 'last')):
+      if config[field] != default:
+        raise ConfigError(f"config.{field}={config[field]!r} needs a validation split, which "
+                          f"config.data_protocol='hypercl' has none of: use {field}={default!r}")
   if config.target in IMAGE_TARGETS and config.dataset not in tasks.IMAGE_BENCHMARKS:
     raise ConfigError(f'config.target={config.target!r} needs image inputs: use it with '
                       f'dataset in {tasks.IMAGE_BENCHMARKS}, or target=\'mlp\' for '

@@ -175,7 +175,8 @@ def training_curves(records, title):
     ax = fig.add_subplot(rows, cols, k + 1)
     if panel == 'accuracy':
       ax.plot(steps, [r['accuracy'] for r in records], lw=1, label='train (batch)')
-      ax.plot(steps, [r['val_accuracy'] for r in records], lw=1.2, label='validation')
+      if 'val_accuracy' in records[0]:  # absent without a validation split
+        ax.plot(steps, [r['val_accuracy'] for r in records], lw=1.2, label='validation')
       if 'best_val_accuracy' in records[0]:
         ax.plot(steps, [r['best_val_accuracy'] for r in records], lw=1, ls='--',
                 label='best validation')

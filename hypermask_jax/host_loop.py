@@ -27,7 +27,7 @@ from hypermask_jax import tensorboard
 from hypermask_jax import trainer as trainer_lib
 
 # The layout of `progress` in checkpoints; a checkpoint of another layout is refused on resume.
-PROGRESS_FORMAT = 3
+PROGRESS_FORMAT = 4
 
 
 def bytes_of(tree):
@@ -91,7 +91,10 @@ def new_progress(runs, num_tasks):
   return {'format': PROGRESS_FORMAT, 'runs': [run.name for run in runs],
           'accuracy': [[[None] * num_tasks for _ in range(num_tasks)] for _ in runs],
           'records': [[] for _ in runs], 'chunk': new_chunk(), 'wall_time': 0.0,
-          'train_time': 0.0, 'steps_timed': 0}
+          'train_time': 0.0, 'steps_timed': 0,
+          # R_j, task j's test accuracy with the run's initial params; A[j-1, j], before training j
+          'random_init_accuracy': [[None] * num_tasks for _ in runs],
+          'before_training_accuracy': [[None] * num_tasks for _ in runs]}
 
 
 def new_chunk():
@@ -145,6 +148,7 @@ class ProgramLoop:
     config = self.config
     if restored is None:
       first_task, resume_mid_task = 0, False
+      self.progress['random_init_accuracy'] = self.evaluate_all(state, 'test', config.num_tasks)
     else:
       state, self.progress = restored
       task, step = (int(x) for x in devices.fetch((state.task, state.step)))
@@ -226,8 +230,9 @@ class ProgramLoop:
       means = {k: v[r] / chunk['steps'] for k, v in chunk['sums'].items()}
       means['accuracy'] *= 100.0
       record = {'task': task + 1, 'step': step,
-                'global_step': task * config.steps_per_task + step, **means,
-                'val_accuracy': float(schedule['val_accuracy'][r])}
+                'global_step': task * config.steps_per_task + step, **means}
+      if self.data.val is not None:  # without a validation split the test split stays unseen
+        record['val_accuracy'] = float(schedule['val_accuracy'][r])
       if config.epochs_per_task:
         record['epoch'] = step // self.trainer.chunk
       if config.lr_schedule == 'plateau':
@@ -260,10 +265,11 @@ class ProgramLoop:
       index, count, later_steps = self.sweep_position
       remaining += later_steps
       where = f'program {index + 1}/{count} ({self.num_runs} runs) | '
+    val = (_spread([r['val_accuracy'] for r in records], '%') if 'val_accuracy' in records[0]
+           else '-')
     logging.info('%stask %d/%d step %d/%d | %s | train acc %s val acc %s | %s', where,
                  task + 1, config.num_tasks, step, config.steps_per_task, shown,
-                 _spread([r['accuracy'] for r in records], '%'),
-                 _spread([r['val_accuracy'] for r in records], '%'),
+                 _spread([r['accuracy'] for r in records], '%'), val,
                  f'{rate:.1f} steps/s, ETA {_format_eta(remaining / rate)}'
                  if progress['steps_timed'] else 'steps/s after the first call')
 
@@ -278,6 +284,9 @@ class ProgramLoop:
       logging.info('task %d: kept the parameters of the epoch of lowest validation loss (%s)',
                    task + 1, _spread(best))
     columns = self.evaluate_all(state, 'test', task + 1)
+    if task + 1 < self.config.num_tasks:  # the next task before its training: forward transfer
+      for r, a in enumerate(self.evaluate_one(state, 'test', task + 1)):
+        self.progress['before_training_accuracy'][r][task + 1] = a
     for r, out in enumerate(self.outs):
       accuracy = self.progress['accuracy'][r]
       accuracy[task][:task + 1] = columns[r]
@@ -299,12 +308,15 @@ class ProgramLoop:
 
   def evaluate_all(self, state, split, num_tasks):
     """[run][task] accuracies (%) of the first num_tasks tasks on split `split` ('test', 'val')."""
-    sizes = devices.fetch(getattr(self.data, split).size)
-    by_task = [devices.fetch(self.trainer.evaluate(state.params, state.batch_stats, self.data,
-                                                   split, j, self.hp))
-               for j in range(num_tasks)]
-    return [[100.0 * int(by_task[j][r]) / int(sizes[j]) for j in range(num_tasks)]
-            for r in range(self.num_runs)]
+    by_task = [self.evaluate_one(state, split, j) for j in range(num_tasks)]
+    return [[by_task[j][r] for j in range(num_tasks)] for r in range(self.num_runs)]
+
+  def evaluate_one(self, state, split, task):
+    """[run] accuracies (%) of task `task` on split `split`."""
+    size = int(devices.fetch(getattr(self.data, split).size)[task])
+    hits = devices.fetch(self.trainer.evaluate(state.params, state.batch_stats, self.data, split,
+                                               task, self.hp))
+    return [100.0 * int(hits[r]) / size for r in range(self.num_runs)]
 
   def save(self, state):
     config = self.config
@@ -328,15 +340,21 @@ class ProgramLoop:
   def finish(self, state):
     """Each run's summary (written last: it marks the run finished); then old checkpoints go."""
     config, progress = self.config, self.progress
-    final_val = self.evaluate_all(state, 'val', config.num_tasks)
+    no_val = [None] * self.num_runs  # the protocol has no validation split
+    final_val = (no_val if self.data.val is None
+                 else self.evaluate_all(state, 'val', config.num_tasks))
     params = devices.fetch(state.params)
     summaries = []
     for r, (run, out) in enumerate(zip(self.program.runs, self.outs)):
       run_params = jax.tree.map(lambda x, r=r: x[r], params)
       acc = np.array(progress['accuracy'][r], dtype=float)
-      summary = {**metrics.summary(acc), 'accuracy_matrix': progress['accuracy'][r],
+      summary = {**metrics.summary(acc),
+                 **metrics.per_task(acc, progress['before_training_accuracy'][r],
+                                    progress['random_init_accuracy'][r]),
+                 'accuracy_matrix': progress['accuracy'][r],
                  'final_val_accuracy': final_val[r],
-                 'mean_val_accuracy': float(np.mean(final_val[r])),
+                 'mean_val_accuracy': (float('nan') if final_val[r] is None
+                                       else float(np.mean(final_val[r]))),
                  'wall_time_sec': self.wall_before + time.time() - self.started,
                  'train_steps_per_sec': (progress['steps_timed']
                                          / max(progress['train_time'], 1e-9)),

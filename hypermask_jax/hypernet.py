@@ -2,7 +2,13 @@
 
 HMLP maps the embedding straight to all outputs; ChunkedHMLP produces them in
 chunks, from [chunk embedding ; task embedding], all chunks in one batch.
-Task embeddings (N(0, 1), [max_tasks, E]) are part of the params.
+Task embeddings (N(0, 1), [max_tasks, E]) are part of the params, as are the
+chunk embeddings (N(0, 1)).
+
+Dense layers are initialised as `weight_init` says (INITS): 'torch', PyTorch's
+default Linear init (HyperMask, through hypnettorch's default), or 'xavier',
+Xavier-uniform weights and zero biases (how hypercl initialised HNET for its
+published results).
 """
 
 import math
@@ -14,12 +20,20 @@ import jax.numpy as jnp
 from hypermask_jax.layers import torch_dense
 
 ACTIVATIONS = {'elu': nn.elu, 'relu': nn.relu}
+INITS = ('torch', 'xavier')
 
 
-def _mlp(x, hidden, activation, num_outputs):
+def _dense(features, fan_in, init, name):
+  if init == 'xavier':
+    return nn.Dense(features, name=name, kernel_init=nn.initializers.xavier_uniform(),
+                    bias_init=nn.initializers.zeros)
+  return torch_dense(features, fan_in, name=name)
+
+
+def _mlp(x, hidden, activation, num_outputs, init):
   for i, features in enumerate(hidden):
-    x = ACTIVATIONS[activation](torch_dense(features, x.shape[-1], name=f'dense_{i}')(x))
-  return torch_dense(num_outputs, x.shape[-1], name='out')(x)
+    x = ACTIVATIONS[activation](_dense(features, x.shape[-1], init, f'dense_{i}')(x))
+  return _dense(num_outputs, x.shape[-1], init, 'out')(x)
 
 
 class HMLP(nn.Module):
@@ -29,6 +43,7 @@ class HMLP(nn.Module):
   embedding_size: int
   hidden: Sequence[int]
   activation: str = 'elu'
+  weight_init: str = 'torch'
 
   @nn.compact
   def __call__(self, tasks):
@@ -36,7 +51,7 @@ class HMLP(nn.Module):
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
     return _mlp(jnp.take(embeddings, tasks, axis=0), self.hidden, self.activation,
-                self.num_outputs)
+                self.num_outputs, self.weight_init)
 
 
 class ChunkedHMLP(nn.Module):
@@ -53,6 +68,7 @@ class ChunkedHMLP(nn.Module):
   chunk_size: int
   chunk_embedding_size: int
   activation: str = 'elu'
+  weight_init: str = 'torch'
 
   @property
   def num_chunks(self):
@@ -69,7 +85,7 @@ class ChunkedHMLP(nn.Module):
     k, n = task_emb.shape[0], self.num_chunks
     x = jnp.concatenate([jnp.broadcast_to(chunks, (k, n, chunks.shape[1])),
                          jnp.broadcast_to(task_emb[:, None], (k, n, task_emb.shape[1]))], -1)
-    out = _mlp(x, self.hidden, self.activation, self.chunk_size)
+    out = _mlp(x, self.hidden, self.activation, self.chunk_size, self.weight_init)
     return out.reshape(k, n * self.chunk_size)[:, :self.num_outputs]
 
 
@@ -77,7 +93,7 @@ def build(config, num_outputs):
   """The hypernetwork a config asks for: chunked when config.chunk_size > 0."""
   common = dict(num_outputs=num_outputs, max_tasks=config.max_tasks,
                 embedding_size=config.embedding_size, hidden=tuple(config.hnet_hidden),
-                activation=config.hnet_activation)
+                activation=config.hnet_activation, weight_init=config.hnet_init)
   if config.chunk_size > 0:
     return ChunkedHMLP(chunk_size=config.chunk_size,
                        chunk_embedding_size=config.chunk_embedding_size, **common)

@@ -2,9 +2,20 @@
 
 Tensors are selected by their path in the params pytree, never by flatten
 position (Flax sorts keys: 'dense_10' comes before 'dense_2').
+
+The flat output is laid out as PyTorch lays out the same network (the order
+hypnettorch's targets list their parameters, which the reference
+hypernetworks fill): layers in the order the network runs them, a layer's
+weight before its bias, and each tensor in PyTorch's shape ([out, in] for a
+Dense kernel, [out, in, kh, kw] for a conv kernel), row-major. For a full
+hypernetwork the order is immaterial (its output rows are exchangeable), but a
+chunked one ignores layer boundaries: with this layout, the same hypernetwork
+weights generate the same target weights as in the reference, chunk for
+chunk (checked by experiments/parity_torch.py).
 """
 
 import dataclasses
+import re
 
 from flax import traverse_util
 import jax.numpy as jnp
@@ -15,36 +26,70 @@ NORM_PREFIXES = ('BatchNorm', 'LayerNorm', 'GroupNorm', 'norm', 'bn')
 
 
 def is_weight(path):
-  """Kernels and biases of the target, outside normalisation layers (what HNET generates)."""
+  """Kernels and biases of the target, outside normalisation layers (what hypernetworks make)."""
   return path[-1] in ('kernel', 'bias') and not any(p.startswith(NORM_PREFIXES) for p in path[:-1])
 
 
+def is_output_bias(path):
+  return path[-2:] == (HEAD, 'bias')
+
+
 def is_masked(path):
-  """The weights HyperMask masks: all of them but the output layer's bias."""
-  return is_weight(path) and path[-2:] != (HEAD, 'bias')
+  """The weights HyperMask's masks multiply in the forward pass: all but the output layer's bias."""
+  return is_weight(path) and not is_output_bias(path)
+
+
+def network_order(path):
+  """Sort key: the order the targets (targets.py) run their layers, the head last, kernel first.
+
+  Layer names compare with their numbers as numbers ('dense_2' < 'dense_10');
+  'conv_stem' < 'stage0_block0' < ... and 'conv0_0' < 'conv1_1' < 'dense'
+  follow the networks' definitions.
+  """
+  natural = tuple(tuple(int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name))
+                  for name in path[:-1])
+  return (path[:-1][:1] == (HEAD,), natural, path[-1] != 'kernel')
+
+
+def torch_layout(shape):
+  """(the tensor's shape in PyTorch, the axes that turn that into Flax's shape)."""
+  if len(shape) == 2:  # Dense: Flax [in, out], PyTorch [out, in]
+    return (shape[1], shape[0]), (1, 0)
+  if len(shape) == 4:  # conv: Flax HWIO, PyTorch OIHW
+    return (shape[3], shape[2], shape[0], shape[1]), (2, 3, 1, 0)
+  return tuple(shape), tuple(range(len(shape)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """The (path, shape) of each selected tensor, in the order they fill the flat output."""
+  """The (path, Flax shape) of each selected tensor, in the order they fill the flat output."""
   paths: tuple
   shapes: tuple
 
   @classmethod
   def of(cls, target_params, select):
     flat = traverse_util.flatten_dict(target_params)
-    paths = tuple(p for p in flat if select(p))
+    paths = tuple(sorted((p for p in flat if select(p)), key=network_order))
     return cls(paths, tuple(tuple(flat[p].shape) for p in paths))
 
   @property
   def size(self):
     return int(sum(np.prod(s) for s in self.shapes))
 
+  @property
+  def torch_shapes(self):
+    """The shapes in PyTorch's layout, in flat-output order (hypnettorch's `target_shapes`)."""
+    return tuple(torch_layout(s)[0] for s in self.shapes)
+
   def split(self, flat_output):
-    """Cuts a flat [P] vector into {path: tensor} with the target's shapes."""
+    """Cuts a flat [P] vector into {path: tensor} with the target's (Flax) shapes."""
     sizes = [int(np.prod(s)) for s in self.shapes]
     pieces = jnp.split(flat_output, np.cumsum(sizes)[:-1])
-    return {p: x.reshape(s) for p, x, s in zip(self.paths, pieces, self.shapes)}
+    out = {}
+    for path, piece, shape in zip(self.paths, pieces, self.shapes):
+      torch_shape, axes = torch_layout(shape)
+      out[path] = jnp.transpose(piece.reshape(torch_shape), axes)
+    return out
 
   def unflatten(self, flat_output, rest=None):
     """The flat vector as a params pytree, plus the leaves of `rest` that the layout leaves out."""

@@ -4,6 +4,8 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
+from hypermask_jax import layout as layout_lib
+
 
 def kth_smallest(a, ks):
   """The ks-th smallest (0-based, int [m]) values of the non-negative float32 array a.
@@ -42,16 +44,23 @@ def semi_binary(h, sparsity, sparse):
 
 
 def masks_from_output(layout, target_params, flat_output, sparsity, sparse):
-  """The mask pytree, shaped like target_params; unmasked leaves are the scalar 1."""
+  """The mask pytree, shaped like target_params; leaves the layout leaves out are the scalar 1.
+
+  The output bias's mask (it only weights that bias's L1 drift) is |tanh(h)|
+  without the sparsity cut, as in the reference.
+  """
   pieces = layout.split(flat_output)
   flat = traverse_util.flatten_dict(target_params)
   return traverse_util.unflatten_dict({
-      p: semi_binary(pieces[p], sparsity, sparse) if p in pieces else jnp.ones((), w.dtype)
-      for p, w in flat.items()})
+      p: semi_binary(pieces[p], sparsity, sparse and not layout_lib.is_output_bias(p))
+      if p in pieces else jnp.ones((), w.dtype) for p, w in flat.items()})
 
 
-def apply_masks(target_params, masks):
-  return jax.tree.map(jnp.multiply, target_params, masks)
+def apply_masks(target_params, masks, select):
+  """W * M on the tensors `select` picks (by path); the other leaves unchanged."""
+  flat, flat_masks = traverse_util.flatten_dict(target_params), traverse_util.flatten_dict(masks)
+  return traverse_util.unflatten_dict(
+      {p: w * flat_masks[p] if select(p) else w for p, w in flat.items()})
 
 
 def sparsity_at(sparsity, task, step, steps_per_task):

@@ -62,9 +62,21 @@ def outputs_and_output_reg(hnet_fn, targets_fn, task, sizes, rng=None, max_tasks
   return jax.lax.switch(index, [branch(k) for k in sizes], task)
 
 
+def abs_zero_subgradient(x):
+  """|x| whose gradient is sign(x): 0 at x = 0, as PyTorch's abs (jnp.abs gives 1 there).
+
+  At the first step of a task W = W_start, so jnp.abs would push every weight
+  by lambda * M; the reference's L1 drift does not move them.
+  """
+  return x * jax.lax.stop_gradient(jnp.sign(x))
+
+
 def l1_drift(params, start, masks=None):
-  """sum_l |(W_l - W_l^start) * M_l| over the target weights (M = 1 when masks is None)."""
+  """sum_l |(W_l - W_l^start) * M_l| over the target weights (M = 1 when masks is None).
+
+  Its gradient is 0 wherever W_l = W_l^start (abs_zero_subgradient).
+  """
   flat, flat_start = traverse_util.flatten_dict(params), traverse_util.flatten_dict(start)
   flat_masks = traverse_util.flatten_dict(masks) if masks is not None else {}
-  return sum(jnp.sum(jnp.abs((flat[p] - flat_start[p]) * flat_masks.get(p, 1.0)))
+  return sum(jnp.sum(abs_zero_subgradient((flat[p] - flat_start[p]) * flat_masks.get(p, 1.0)))
              for p in flat if layout.is_weight(p))

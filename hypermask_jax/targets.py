@@ -20,6 +20,7 @@ from hypermask_jax.layers import torch_dense
 
 TARGETS = ('mlp', 'resnet20', 'zenkenet')
 BATCH_NORM_MODES = ('batch', 'running')
+ZENKENET_DROPOUT = ('architecture', 'off')
 
 
 def _head(x, num_classes, num_heads, tasks):
@@ -131,28 +132,38 @@ class ResNet20(nn.Module):
 
 
 class ZenkeNet(nn.Module):
-  """The conv net of Zenke et al. (2017): two conv-conv-pool-dropout stages, Dense 512, head.
+  """The conv net of Zenke et al. (2017): two conv-conv-pool(-dropout) stages, Dense 512, head.
+
+  dropout='architecture' drops whole channels (Dropout2d, 0.25) after each
+  stage's pooling and elements (0.5) after the dense layer, as the network is
+  defined; 'off' trains without dropout, as the published HyperMask numbers
+  were produced (the reference left the network in evaluation mode after the
+  first validation, so its dropout acted only in each task's first step).
+  The conv features are flattened channel-major (C, H, W), as PyTorch does, so
+  that the dense kernel is laid out as the reference's.
 
   The reference's 64x64 variant (Tiny ImageNet) has 64 channels in both stages
   and no hidden Dense layer: the head reads the 14 x 14 x 64 = 12,544 features.
   """
   num_classes: int
   num_heads: int = 1
+  dropout: str = 'off'
   channels: Sequence[int] = (32, 64)  # of the two conv stages
   dense: int = 512  # the hidden Dense layer's width; 0: none
 
   @nn.compact
   def __call__(self, x, tasks=0, train=False, valid=None):
     del valid
+    drop = train and self.dropout == 'architecture'
     for stage, features in enumerate(self.channels):
       x = nn.relu(Conv3x3(features, name=f'conv{stage}_0')(x))
       x = nn.relu(Conv3x3(features, padding=0, name=f'conv{stage}_1')(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
-      x = nn.Dropout(0.25, deterministic=not train)(x)
-    x = x.reshape(x.shape[0], -1)
+      x = nn.Dropout(0.25, broadcast_dims=(1, 2), deterministic=not drop)(x)  # whole channels
+    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
     if self.dense:
       x = nn.relu(torch_dense(self.dense, x.shape[-1], name='dense')(x))
-      x = nn.Dropout(0.5, deterministic=not train)(x)
+      x = nn.Dropout(0.5, deterministic=not drop)(x)
     return _head(x, self.num_classes, self.num_heads, tasks)
 
 
@@ -166,9 +177,9 @@ def build(config, num_classes, num_heads=1):
   if config.target == 'resnet20':
     return ResNet20(num_classes=num_classes, num_heads=num_heads, width=config.width_factor,
                     running_stats=config.batch_norm == 'running', max_tasks=config.max_tasks)
-  if config.dataset == 'tiny_imagenet':
-    return ZenkeNet(num_classes=num_classes, num_heads=num_heads, **ZENKENET_64)
-  return ZenkeNet(num_classes=num_classes, num_heads=num_heads)
+  shape = ZENKENET_64 if config.dataset == 'tiny_imagenet' else {}
+  return ZenkeNet(num_classes=num_classes, num_heads=num_heads, dropout=config.zenkenet_dropout,
+                  **shape)
 
 
 def uses_batch_statistics_at_eval(target):

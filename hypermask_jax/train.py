@@ -35,7 +35,8 @@ def build(config, input_shape, num_classes):
 
 def build_for(config):
   """(method, trainer) from the config alone (shapes known without loading the data)."""
-  return build(config, tasks.input_shape(config.dataset), tasks.num_classes(config))
+  return build(config, tasks.input_shape(config.dataset, config.data_protocol),
+               tasks.num_classes(config))
 
 
 def state_shapes(config):
@@ -240,6 +241,7 @@ def run_program(program, task_set, outs, folder, mesh, sweep_position):
                config.steps_per_task, len(program.runs),
                f' (+{padded - len(program.runs)} padding)' if padded > len(program.runs) else '',
                base.describe_counts(counts))
+  logging.info('Settings: %s', config_checks.describe(config))
   folder = outputs.Workdir(folder)
   primary = devices.is_primary()
   if primary:

@@ -44,7 +44,7 @@ class TrainState:
   memory: dict  # what the method keeps from before the current task (regularisation targets)
   task: jax.Array  # int32 scalar
   step: jax.Array  # int32 scalar, step within the task
-  rng: jax.Array  # the run's key; batch draws use fold_in(task, step), so no iterator state
+  rng: jax.Array  # the run's key; keyed by (task, step) and (task, epoch): no iterator state
   batch_stats: dict  # per-task BatchNorm running statistics ({} unless batch_norm='running')
   schedule: dict  # this task's plateau state, last and best validation accuracy
   best: dict  # params and batch_stats of the best validation epoch ({} unless selection=best_val)
@@ -170,12 +170,12 @@ class Trainer:
 
   def _train_step(self, state, data, hp):
     """One step of one run."""
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.task), state.step)
-    rng_batch, rng_inputs = jax.random.split(rng)
-    batch_tasks = self.method.batch_tasks(state.task, jax.random.fold_in(rng, 1),
-                                          self.config.batch_size)
-    images, labels = tasks.draw_batch(data.train, batch_tasks, rng_batch, self.config.batch_size)
-    x = data.inputs(images, batch_tasks, rng_inputs, train=True)
+    task_rng, order_rng = jax.random.split(jax.random.fold_in(state.rng, state.task))
+    rng = jax.random.fold_in(task_rng, state.step)
+    images, labels, batch_tasks = tasks.draw_batch(
+        data.train, self.method.batch_tasks(state.task), order_rng, state.step,
+        self.config.batch_size)
+    x = data.inputs(images, batch_tasks, jax.random.fold_in(rng, 1), train=True)
     tx = optimizer(state.schedule['plateau']['learning_rate'])
     grads, aux, batch_stats = self.method.gradients(
         state.params, state.batch_stats, state.opt_state, tx, (x, labels, batch_tasks),
@@ -209,6 +209,9 @@ class Trainer:
     accuracy, or by loss), swapped in when the task ends."""
     self.traces['end_chunk'] += 1
     config = self.config
+
+    if data.val is None:  # no validation split (config_checks refuses plateau and best_val)
+      return state
 
     def end(state, data, hp):
       val, loss = self._val_metrics(state.params, state.batch_stats, data, data.val, state.task,

@@ -1,6 +1,7 @@
 """Split CIFAR-100: targets, masks, BatchNorm, augmentation, plateau schedule, best-val selection."""
 
 import json
+import warnings
 
 import flax
 import jax
@@ -58,23 +59,22 @@ def test_generated_and_masked_counts_follow_the_spec_arithmetic():
     hnet, _ = shapes(module.get_config(), HNET)
     assert hnet.layout.size == weights  # HNET generates every kernel and bias
     hypermask, params = shapes(module.get_config(), HyperMask)
-    assert hypermask.layout.size == weights - 10  # all but the head's bias
+    assert hypermask.layout.size == weights  # the head's bias too (unmasked in the forward pass)
     out = params['hnet']['out']
-    assert out['kernel'].shape == (100, weights - 10)
+    assert out['kernel'].shape == (100, weights)
   # ResNet-20's hypernetwork output layer: ~108M parameters (SPEC section 3).
   hypermask, params = shapes(cifar100_resnet20.get_config(), HyperMask)
-  assert sum(x.size for x in jax.tree.leaves(params['hnet']['out'])) == 101 * 1_067_520
+  assert sum(x.size for x in jax.tree.leaves(params['hnet']['out'])) == 101 * 1_067_530
   bn_channels = 16 + 6 * (32 + 64 + 128)  # stem + 2 per block
   assert sum(x.size for x in jax.tree.leaves(params['target'])) == 1_067_530 + 2 * bn_channels
 
 
-def test_masks_cover_conv_and_dense_weights_never_batch_norm_or_the_head_bias():
+def test_masks_cover_conv_and_dense_weights_never_batch_norm():
   hypermask, params = shapes(cifar100_resnet20.get_config(), HyperMask)
   flat = flax.traverse_util.flatten_dict(params['target'])
   masked = set(hypermask.layout.paths)
   for path in flat:
-    is_norm = path[-2].startswith('bn')
-    assert (path in masked) == (not is_norm and path != ('head', 'bias')), path
+    assert (path in masked) == (not path[-2].startswith('bn')), path
   assert ('conv_stem', 'bias') in masked and ('stage2_block2', 'conv1', 'kernel') in masked
   hnet, hnet_params = shapes(cifar100_resnet20.get_config(), HNET)
   own = flax.traverse_util.flatten_dict(hnet_params['target'])
@@ -121,7 +121,7 @@ def test_running_statistics_are_kept_per_task():
 
 def test_augmentation_crops_inside_the_padding_and_flips_half_the_batch(synthetic_cifar_task_set):
   data = synthetic_cifar_task_set
-  images, labels = tasks.draw_batch(data.train, 1, jax.random.key(0), 64)
+  images, labels, _ = tasks.draw_batch(data.train, 1, jax.random.key(0), 0, 64)
   x = data.inputs(images, 1, jax.random.key(1), train=True)
   pixels = np.asarray(x) * np.array(tasks.CIFAR_STD) + np.array(tasks.CIFAR_MEAN)
   originals = np.asarray(images, np.float32) / 255
@@ -270,14 +270,37 @@ def test_an_epoch_run_resumes_mid_task_to_identical_results(tmp_path, small_run,
   assert strip(tmp_path / 'metrics.jsonl') == strip(full_dir / 'metrics.jsonl')
 
 
-def test_zenkenet_dropout_follows_the_step_rng():
-  net = targets.ZenkeNet(10)
+def test_zenkenet_dropout_drops_channels_then_elements_or_is_off():
+  """'architecture': whole channels after each conv stage, elements after the dense layer."""
+  net, off = targets.ZenkeNet(10, dropout='architecture'), targets.ZenkeNet(10)
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   params = net.init({'params': jax.random.key(1)}, x)
   run = lambda seed: net.apply(params, x, 0, True, rngs={'dropout': jax.random.key(seed)})
   np.testing.assert_array_equal(run(2), run(2))
   assert not np.allclose(run(2), run(3))
-  np.testing.assert_array_equal(net.apply(params, x), net.apply(params, x))  # eval: no dropout
+  np.testing.assert_array_equal(net.apply(params, x), off.apply(params, x))  # eval: no dropout
+  # 'off' (the default, as the published numbers were produced) trains without dropout.
+  np.testing.assert_array_equal(off.apply(params, x, 0, True, rngs={'dropout': jax.random.key(2)}),
+                                off.apply(params, x))
+
+  _, seen = net.apply(params, x, 0, True, rngs={'dropout': jax.random.key(2)},
+                      capture_intermediates=True, mutable=['intermediates'])
+  seen = jax.tree.map(np.asarray, seen['intermediates'])
+  out = lambda name: seen[name]['__call__'][0]
+  pooled = lambda conv: np.asarray(flax.linen.max_pool(jax.nn.relu(out(conv)), (2, 2), (2, 2)))
+  inputs = [pooled('conv0_1'), pooled('conv1_1'), np.maximum(out('dense'), 0)]
+  for i, rate in enumerate((0.25, 0.25, 0.5)):
+    kept = inputs[i] > 0
+    scale = np.where(kept, out(f'Dropout_{i}') / np.where(kept, inputs[i], 1), np.nan)
+    scale = np.round(scale.astype(np.float64), 4)
+    assert set(np.unique(scale[kept])) == {0.0, round(1 / (1 - rate), 4)}  # dropped or rescaled
+    if i < 2:  # Dropout2d: each channel of an image is dropped or kept as a whole
+      with np.errstate(all='ignore'), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # channels the ReLU zeroed everywhere: all NaN
+        assert np.array_equal(np.nanmax(scale, axis=(1, 2)), np.nanmin(scale, axis=(1, 2)),
+                              equal_nan=True)
+    else:  # elements: within each image some are dropped, others kept
+      assert np.all(np.nanmin(scale, axis=1) == 0) and np.all(np.nanmax(scale, axis=1) == 2)
 
 
 def test_mock_cifar100_becomes_ten_tasks_of_ten_classes(tmp_path):

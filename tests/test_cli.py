@@ -122,7 +122,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(folders, tmp_path, case
   workdir = tmp_path / 'run'
   (workdir / 'kept').mkdir(parents=True)  # an existing workdir must stay as it was
   before = listing(workdir)
-  args = [f'--config=configs/permuted_mnist.py:small', *TINY, f'--config.data_dir={folders["data"]}',
+  args = ['--config=configs/permuted_mnist.py:small', *TINY, f'--config.data_dir={folders["data"]}',
           f'--workdir={workdir}', *extra(folders)]
   if 'NO_CONFIG' in args:
     args = [a for a in args if not a.startswith('--config') and a != 'NO_CONFIG']

@@ -30,6 +30,13 @@ from hypermask_jax.data import tasks
     ('epochs_per_task', 3, 'config.steps_per_task=5000: must be None when '
      'config.epochs_per_task=3'),
     ('plateau_factor', 1.0, 'config.plateau_factor=1.0: must be a number in (0, 1)'),
+    ('hnet_init', 'kaiming', "config.hnet_init='kaiming': must be one of ('torch', 'xavier')"),
+    ('output_heads', 'multi', "config.output_heads='multi': must be one of ('shared', "
+     "'per_task')"),
+    ('data_protocol', 'hnet', "config.data_protocol='hnet': must be one of ('hypermask', "
+     "'hypercl')"),
+    ('zenkenet_dropout', True, "config.zenkenet_dropout=True: must be one of ('architecture', "
+     "'off')"),
 ])
 def test_bad_field_is_named(field, value, message):
   config = permuted_mnist.get_config()
@@ -52,6 +59,50 @@ def test_cifar_configs_resolve_and_refuse_bad_combinations():
   config.method, config.batch_norm = 'joint', 'running'
   with pytest.raises(config_checks.ConfigError, match="batch_norm='running' keeps statistics"):
     config_checks.resolve(config)
+
+
+def test_hypercl_protocol_refuses_what_needs_a_validation_split():
+  from configs import cifar100_resnet20  # pylint: disable=g-import-not-at-top
+  config = cifar100_resnet20.get_config()
+  config.data_protocol = 'hypercl'
+  with pytest.raises(config_checks.ConfigError, match="data_protocol='hypercl' covers the MNIST"):
+    config_checks.resolve(config)
+  config = permuted_mnist.get_config()
+  config.data_protocol, config.epochs_per_task, config.steps_per_task = 'hypercl', 2, None
+  config.selection = 'best_val'
+  with pytest.raises(config_checks.ConfigError, match="config.selection='best_val' needs a "
+                     "validation split"):
+    config_checks.resolve(config)
+
+
+HYPERCL = {'hnet_init': 'xavier', 'lookahead': True, 'output_heads': 'per_task',
+           'data_protocol': 'hypercl', 'train_embeddings': 'current'}
+HYPERMASK = {'hnet_init': 'torch', 'lookahead': False, 'output_heads': 'shared',
+             'data_protocol': 'hypermask'}
+
+
+def test_hnet_configs_run_hnet_as_hypercl_published_it():
+  from configs import hnet_permuted_mnist  # pylint: disable=g-import-not-at-top
+  from configs import hnet_permuted_mnist_100  # pylint: disable=g-import-not-at-top
+  from configs import hnet_split_mnist  # pylint: disable=g-import-not-at-top
+  for module in (hnet_permuted_mnist, hnet_permuted_mnist_100, hnet_split_mnist):
+    for variant in module.VARIANTS:
+      config = module.get_config(variant)
+      assert {k: config[k] for k in HYPERCL} == HYPERCL, (module.__name__, variant)
+  assert hnet_split_mnist.get_config().hnet_activation == 'relu'
+  assert hnet_permuted_mnist_100.get_config().reg_subset == 0  # every old task, every step
+  assert ('data_protocol=hypercl hnet_init=xavier lookahead=True output_heads=per_task '
+          'train_embeddings=current') in config_checks.describe(hnet_permuted_mnist.get_config())
+
+
+def test_hypermask_configs_keep_hypermasks_settings():
+  from configs import cifar100_resnet20  # pylint: disable=g-import-not-at-top
+  from configs import cifar100_zenkenet  # pylint: disable=g-import-not-at-top
+  for module in (permuted_mnist, split_mnist, cifar100_resnet20, cifar100_zenkenet):
+    config = module.get_config()
+    assert config.method == 'hypermask'
+    assert {k: config[k] for k in HYPERMASK} == HYPERMASK, module.__name__
+  assert cifar100_zenkenet.get_config().zenkenet_dropout == 'off'  # as published
 
 
 def test_more_tasks_than_max_tasks():

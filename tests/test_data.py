@@ -1,7 +1,6 @@
 """Task builders, on-device batches and augmentation, the TFDS loader and the offline importer."""
 
 import gzip
-import os
 import pathlib
 import subprocess
 import sys
@@ -32,6 +31,33 @@ def test_permuted_mnist_layout():
   expected = np.stack([rs.permutation(1024) for _ in range(4)])
   np.testing.assert_array_equal(ts.perms, expected)
   assert not np.array_equal(expected[0], np.arange(1024))  # task 0 is permuted too
+
+
+def test_hypercl_permuted_mnist_protocol():
+  train, test = synthetic_mnist(n_train=600, n_test=200)
+  ts = tasks.permuted_mnist(train, test, num_tasks=4, seed=7, protocol='hypercl')
+  assert ts.val is None and ts.train.images.shape == (600, 28, 28, 1)  # all of the training set
+  assert ts.input_shape == (784,)
+  np.testing.assert_array_equal(ts.perms[0], np.arange(784))  # task 0 unpermuted
+  rs = np.random.RandomState(42)  # hypercl's fixed data seed, whatever the run's seed
+  np.testing.assert_array_equal(ts.perms[1:], [rs.permutation(784) for _ in range(3)])
+  other_seed = tasks.permuted_mnist(train, test, num_tasks=4, seed=3, protocol='hypercl')
+  np.testing.assert_array_equal(other_seed.perms, ts.perms)
+  images = ts.test.images[:3]
+  flat = np.asarray(images, np.float32).reshape(3, 784) / 255  # no padding
+  for task in range(4):
+    np.testing.assert_allclose(ts.inputs(images, task, None, train=True),
+                               flat[:, np.asarray(ts.perms[task])])
+
+
+def test_hypercl_split_mnist_protocol():
+  train, test = synthetic_mnist(n_train=3000, n_test=500)
+  ts = tasks.split_mnist(train, test, num_tasks=5, protocol='hypercl')
+  assert ts.val is None
+  assert int(ts.train.size.sum()) == 3000  # no validation split
+  images = ts.train.images[:8]
+  x = ts.inputs(images, 0, jax.random.key(0), train=True)  # no augmentation, no normalisation
+  np.testing.assert_allclose(x, np.asarray(images, np.float32).reshape(8, 784) / 255)
 
 
 def test_permuted_inputs_pad_then_permute():
@@ -72,11 +98,58 @@ def test_random_crop_stays_in_padded_image():
 def test_draw_batch_stays_inside_the_task():
   train, test = synthetic_mnist(n_train=3000, n_test=500)
   ts = tasks.split_mnist(train, test, num_tasks=5, val_size=50)
-  images, labels = tasks.draw_batch(ts.test, 3, jax.random.key(1), 512)
+  images, labels, task = jax.jit(tasks.draw_batch, static_argnums=4)(
+      ts.test, 3, jax.random.key(1), 0, 64)
   lo, n = int(ts.test.offset[3]), int(ts.test.size[3])
-  member = {tuple(np.asarray(x).ravel()[:50]) for x in ts.test.images[lo:lo + n]}
-  assert all(tuple(np.asarray(x).ravel()[:50]) in member for x in images[:20])
-  assert set(np.asarray(labels).tolist()) == {0, 1}
+  member = {x.tobytes() for x in np.asarray(ts.test.images[lo:lo + n])}
+  assert all(x.tobytes() in member for x in np.asarray(images))
+  assert set(np.asarray(labels).tolist()) == {0, 1} and task == 3
+
+
+def id_split(sizes):
+  """A split whose labels are the examples' global indices."""
+  n = sum(sizes)
+  return tasks.Split(images=jnp.zeros((n, 1, 1, 1), jnp.uint8), labels=jnp.arange(n),
+                     offset=jnp.asarray(np.cumsum([0] + sizes[:-1])), size=jnp.asarray(sizes),
+                     max_size=max(sizes))
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 7, 100, 4500])
+def test_permuted_position_is_a_permutation(n):
+  rounds = tasks.permutation_rounds(n)
+  perm = np.asarray(tasks.permuted_position(jax.random.key(0), jnp.arange(n), n, rounds))
+  np.testing.assert_array_equal(np.sort(perm), np.arange(n))
+  if n >= 100:  # and a well-shuffled one
+    other = np.asarray(tasks.permuted_position(jax.random.key(1), jnp.arange(n), n, rounds))
+    assert not np.array_equal(perm, other)
+    assert abs(np.corrcoef(np.arange(n), perm)[0, 1]) < 0.1
+    assert np.sum(perm == np.arange(n)) < 10  # about 1 fixed point expected
+
+
+def test_batches_visit_each_example_once_per_epoch():
+  split = id_split([50, 37, 60])  # task 1: 37 examples at offset 50
+  draw = jax.jit(tasks.draw_batch, static_argnums=4)
+  key = jax.random.key(3)
+  stream = np.concatenate([np.asarray(draw(split, 1, key, step, 8)[1]) for step in range(14)])
+  epochs = [stream[i * 37:(i + 1) * 37] for i in range(3)]  # 14 * 8 = 112 = 3 epochs + 1
+  for epoch in epochs:  # batch 4 ends epoch 0 and starts epoch 1: still each example once
+    np.testing.assert_array_equal(np.sort(epoch), np.arange(50, 87))
+  assert not np.array_equal(epochs[0], epochs[1])
+  # Keyed by (key, epoch): the same batch again, whatever was drawn before (resume).
+  np.testing.assert_array_equal(draw(split, 1, key, 9, 8)[1], stream[72:80])
+  assert not np.array_equal(draw(split, 1, jax.random.key(4), 9, 8)[1], stream[72:80])
+
+
+def test_joint_batches_cover_the_union_of_the_tasks():
+  split = id_split([5, 7, 4])
+  tasks_drawn, ids = [], []
+  draw = jax.jit(tasks.draw_batch, static_argnums=4)
+  for step in range(4):  # 4 * 4 = 16 = one epoch of the 16 examples
+    _, labels, example_tasks = draw(split, jnp.arange(3), jax.random.key(0), step, 4)
+    ids += np.asarray(labels).tolist()
+    tasks_drawn += np.asarray(example_tasks).tolist()
+  assert sorted(ids) == list(range(16))
+  np.testing.assert_array_equal(tasks_drawn, np.searchsorted([5, 12, 16], ids, side='right'))
 
 
 def test_loader_reads_mock_data():

@@ -31,15 +31,20 @@ def method_and_batch(data, config):
   return method, (x, labels, jnp.int32(1))
 
 
-def test_generates_every_target_weight(synthetic_task_set):
-  config = tiny_config()
-  method, _ = method_and_batch(synthetic_task_set, config)
+def test_generates_every_target_weight_and_every_tasks_head(synthetic_task_set):
+  config = tiny_config()  # output_heads='per_task': 4 heads of 10 in one output layer
+  method, (x, _, _) = method_and_batch(synthetic_task_set, config)
   params = method.init_params(jax.random.key(0))
   assert set(params) == {'hnet'}  # the target has no weights of its own
   weights = method.eval_weights(params, jnp.int32(2), None)
-  assert sum(w.size for w in jax.tree.leaves(weights)) == 1024 * 16 + 16 + 16 * 10 + 10
+  assert sum(w.size for w in jax.tree.leaves(weights)) == 1024 * 16 + 16 + 16 * 40 + 40
   counts = method.param_counts(params)
   assert counts['compression'] == counts['hnet'] / counts['target']
+  # Task t reads its own slice of the 40 outputs.
+  hidden = jax.nn.relu(x @ weights['dense_0']['kernel'] + weights['dense_0']['bias'])
+  all_heads = hidden @ weights['head']['kernel'] + weights['head']['bias']
+  np.testing.assert_allclose(method.predict(weights, {}, x, jnp.int32(2)), all_heads[:, 20:30],
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_lookahead_is_the_optimisers_step_on_the_task_loss(synthetic_task_set):

@@ -40,22 +40,60 @@ def test_chunks_split_into_target_shapes_with_an_odd_remainder():
   flat = model.apply({'params': params}, jnp.array([1]))[0]
   weights = layout.unflatten(flat)
   assert jax.tree.map(jnp.shape, weights) == jax.tree.map(jnp.shape, shapes)
+  # PyTorch's layout and layer order: dense_0 [7, 5] then its bias, head [3, 7] then its bias.
+  assert layout.paths == (('dense_0', 'kernel'), ('dense_0', 'bias'), ('head', 'kernel'),
+                          ('head', 'bias'))
   offset = 0
-  for path, shape in zip(layout.paths, layout.shapes):
-    size = int(np.prod(shape))
+  for path, torch_shape in zip(layout.paths, ((7, 5), (7,), (3, 7), (3,))):
+    size = int(np.prod(torch_shape))
     got = weights
     for key in path:
       got = got[key]
-    np.testing.assert_array_equal(got.ravel(), flat[offset:offset + size])
+    np.testing.assert_array_equal(got.T, flat[offset:offset + size].reshape(torch_shape))
     offset += size
   assert offset == flat.shape[0]
   target.apply({'params': weights}, jnp.ones((2, 5)))  # the target consumes it as is
+
+
+def test_layout_follows_the_order_the_networks_run_their_layers():
+  mlp = targets.MLP(hidden=(3,) * 11, num_classes=2)
+  shapes = jax.eval_shape(mlp.init, jax.random.key(0), jnp.zeros((1, 4)))['params']
+  names = [p[0] for p in layout_lib.Layout.of(shapes, layout_lib.is_weight).paths[::2]]
+  assert names == [f'dense_{i}' for i in range(11)] + ['head']  # dense_10 after dense_9
+  resnet = targets.ResNet20(num_classes=10, width=1)
+  shapes = jax.eval_shape(resnet.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  paths = layout_lib.Layout.of(shapes, layout_lib.is_weight).paths
+  convs = [p[:-1] for p in paths[::2]]
+  assert convs == [('conv_stem',)] + [(f'stage{s}_block{b}', f'conv{c}') for s in range(3)
+                                      for b in range(3) for c in range(2)] + [('head',)]
+  assert all(p[-1] == 'kernel' for p in paths[::2]) and all(p[-1] == 'bias' for p in paths[1::2])
+  zenke = targets.ZenkeNet(num_classes=10)
+  shapes = jax.eval_shape(zenke.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  layout = layout_lib.Layout.of(shapes, layout_lib.is_weight)
+  assert [p[0] for p in layout.paths[::2]] == ['conv0_0', 'conv0_1', 'conv1_0', 'conv1_1',
+                                              'dense', 'head']
+  assert layout.torch_shapes[:2] == ((32, 3, 3, 3), (32,))  # conv kernels as [out, in, kh, kw]
+  assert layout.torch_shapes[8] == (512, 2304)
+
+
+def test_xavier_init_bounds_and_zero_biases():
+  model = hypernet.HMLP(num_outputs=78000, max_tasks=2, embedding_size=24, hidden=(25,),
+                        weight_init='xavier')
+  params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
+  bound = np.sqrt(6 / (25 + 78000))  # about 0.0088
+  out = np.asarray(params['out']['kernel'])
+  assert np.abs(out).max() <= bound and np.abs(out).max() > 0.99 * bound
+  assert np.abs(params['dense_0']['kernel']).max() <= np.sqrt(6 / (24 + 25))
+  assert not np.any(params['out']['bias']) and not np.any(params['dense_0']['bias'])
+  torch_default = hypernet.HMLP(num_outputs=78000, max_tasks=2, embedding_size=24, hidden=(25,))
+  out = torch_default.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']['out']
+  assert 0.19 < np.abs(out['kernel']).max() <= 0.2 and np.abs(out['bias']).max() > 0.19  # 1/5
 
 
 @pytest.mark.parametrize('chunk_size,expected', [(0, hypernet.HMLP), (10, hypernet.ChunkedHMLP)])
 def test_build_picks_the_hypernetwork(chunk_size, expected):
   class Config:
     max_tasks, embedding_size, hnet_hidden, hnet_activation = 2, 3, (4,), 'relu'
-    chunk_embedding_size = 2
+    chunk_embedding_size, hnet_init = 2, 'torch'
   Config.chunk_size = chunk_size
   assert isinstance(hypernet.build(Config, 25), expected)

@@ -55,13 +55,12 @@ def small_target(hidden):
   return model, model.init(jax.random.key(0), jnp.zeros((1, 4)))['params']
 
 
-def test_layout_selects_by_path_and_leaves_head_bias_unmasked():
+def test_masks_cover_every_weight_and_the_forward_pass_leaves_the_head_bias_unmasked():
   # 11 hidden layers: 'dense_10' sorts before 'dense_2', which selection must not care about.
   _, params = small_target((2,) * 11)
-  layout = layout_lib.Layout.of(params, layout_lib.is_masked)
-  assert ('head', 'bias') not in layout.paths
-  assert ('head', 'kernel') in layout.paths and ('dense_10', 'kernel') in layout.paths
-  assert layout.size == sum(x.size for x in jax.tree.leaves(params)) - 3
+  layout = layout_lib.Layout.of(params, layout_lib.is_weight)  # HyperMask's
+  assert layout.size == sum(x.size for x in jax.tree.leaves(params))
+  assert layout.paths[-2:] == (('head', 'kernel'), ('head', 'bias'))
   flat = jnp.arange(layout.size, dtype=jnp.float32) / layout.size
   masks = mask_lib.masks_from_output(layout, params, flat, 0.0, sparse=False)
   pieces = layout.split(flat)
@@ -70,12 +69,26 @@ def test_layout_selects_by_path_and_leaves_head_bias_unmasked():
     for key in path:
       got = got[key]
     np.testing.assert_allclose(got, np.abs(np.tanh(piece)), rtol=1e-6)
-  # The last tensor of the flat output is the last path's, with its shape.
-  last = layout.paths[-1]
-  np.testing.assert_allclose(pieces[last].ravel(), flat[-np.prod(layout.shapes[-1]):])
-  assert masks['head']['bias'].shape == () and float(masks['head']['bias']) == 1.0
-  masked = mask_lib.apply_masks(params, masks)
+  # The head's bias is the last tensor of the flat output.
+  np.testing.assert_allclose(masks['head']['bias'], np.abs(np.tanh(flat[-3:])), rtol=1e-6)
+  masked = mask_lib.apply_masks(params, masks, layout_lib.is_masked)
   np.testing.assert_array_equal(masked['head']['bias'], params['head']['bias'])
+  np.testing.assert_allclose(masked['head']['kernel'],
+                             params['head']['kernel'] * masks['head']['kernel'])
+
+
+def test_sparsity_cuts_every_mask_but_the_output_biass():
+  """The output bias's mask only weights its L1 drift; the reference does not sparsify it."""
+  _, params = small_target((6,))
+  layout = layout_lib.Layout.of(params, layout_lib.is_weight)
+  flat = jax.random.normal(jax.random.key(3), (layout.size,))
+  masks = mask_lib.masks_from_output(layout, params, flat, 50.0, sparse=True)
+  pieces = layout.split(flat)
+  np.testing.assert_allclose(masks['head']['bias'], np.abs(np.tanh(pieces[('head', 'bias')])),
+                             rtol=1e-6)
+  for path in (('dense_0', 'kernel'), ('head', 'kernel'), ('dense_0', 'bias')):
+    got = masks[path[0]][path[1]]
+    assert 0.3 < np.mean(got == 0) <= 0.5, path  # the lower half is cut
 
 
 @pytest.mark.parametrize('path,masked', [

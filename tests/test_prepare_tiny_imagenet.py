@@ -1,6 +1,5 @@
 """The offline Tiny ImageNet importer on a small zip in the layout of tiny-imagenet-200.zip."""
 
-import io
 import zipfile
 
 import numpy as np

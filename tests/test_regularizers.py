@@ -60,3 +60,18 @@ def test_l1_drift_by_hand():
   assert float(regularizers.l1_drift(now, start)) == pytest.approx(6.5)
   # masked: 0.5 + 0.5 + 0 + 1.0 + 2 (head bias, mask 1).
   assert float(regularizers.l1_drift(now, start, masks)) == pytest.approx(4.0)
+
+
+def test_l1_drift_has_zero_gradient_where_the_weights_have_not_moved():
+  """PyTorch's abs has gradient 0 at 0: the first step of a task must not move any weight."""
+  start = {'dense_0': {'kernel': jnp.array([[1.0, -2.0]]), 'bias': jnp.array([0.5])},
+           'head': {'kernel': jnp.array([[3.0]]), 'bias': jnp.array([0.0])}}
+  masks = jax.tree.map(lambda w: jnp.full(w.shape, 0.7), start)
+  for drift_masks in (None, masks):
+    grads = jax.grad(regularizers.l1_drift, argnums=(0, 2) if drift_masks else 0)(
+        start, start, drift_masks)
+    for g in jax.tree.leaves(grads):
+      np.testing.assert_array_equal(g, 0.0)
+  moved = jax.tree.map(lambda w: w + jnp.where(w > 0.6, 0.25, -0.25), start)
+  grads = jax.grad(regularizers.l1_drift)(moved, start, masks)
+  np.testing.assert_allclose(grads['dense_0']['kernel'], [[0.7, -0.7]])  # sign(W - W0) * M

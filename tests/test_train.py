@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,9 +12,11 @@ from hypermask_jax import config_checks
 from hypermask_jax import outputs
 from hypermask_jax import train
 from hypermask_jax import trainer as trainer_lib
+from hypermask_jax.data import tasks
 from hypermask_jax.methods.hypermask import HyperMask
 from tests.conftest import fresh_program
 from tests.conftest import run_chunk
+from tests.conftest import synthetic_mnist
 
 
 def tiny_config(**overrides):
@@ -95,6 +98,32 @@ def test_eval_uses_each_tasks_own_embedding(synthetic_task_set):
   np.testing.assert_array_equal(w0['head']['bias'], params['target']['head']['bias'])
 
 
+def test_output_bias_mask_weights_its_drift_and_regulariser_not_the_forward_pass(
+    synthetic_task_set):
+  config = tiny_config()
+  data = synthetic_task_set
+  method = HyperMask(config, data.input_shape, data.num_classes)
+  params = method.init_params(jax.random.key(0))
+  assert method.layout.paths[-1] == ('head', 'bias')  # generated, last in the flat output
+  memory = method.begin_task(params)
+  x = data.inputs(data.train.images[:32], 1, None, train=False)
+  batch, hp = (x, data.train.labels[:32], 1), trainer_lib.run_hyperparams(config)
+  loss = lambda p: method.loss(p, {}, batch, jnp.int32(1), 0, memory, hp, jax.random.key(1))
+  head_mask = method.masks(params, method.hnet_outputs(params['hnet'], jnp.array([1]))[0],
+                           0.0)['head']['bias']
+  # Moving only the output bias: the logits move by exactly that (its mask is not applied) and
+  # the L1 drift is that move weighted by the bias's mask.
+  moved = {**params, 'target': {**params['target'], 'head': {
+      **params['target']['head'], 'bias': params['target']['head']['bias'] + 0.5}}}
+  logits = lambda p: method.predict(method.eval_weights(p, jnp.int32(1), hp), {}, x, 1)
+  np.testing.assert_allclose(logits(moved), logits(params) + 0.5, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(loss(moved)[1][0]['l1'], 0.5 * jnp.sum(head_mask), rtol=1e-5)
+  # The hypernetwork's outputs for the bias are regularised: shift them for task 0 by 0.1.
+  shifted = {**params, 'hnet': {**params['hnet'], 'out': {
+      **params['hnet']['out'], 'bias': params['hnet']['out']['bias'].at[-10:].add(0.1)}}}
+  np.testing.assert_allclose(loss(shifted)[1][0]['reg'], 10 * 0.1 ** 2, rtol=1e-4)
+
+
 @pytest.fixture
 def patched_data(monkeypatch, synthetic_task_set):
   monkeypatch.setattr(train.tasks, 'load_task_set', lambda config: synthetic_task_set)
@@ -125,6 +154,13 @@ def test_run_writes_results_and_does_not_overwrite_them(tmp_path, patched_data):
   assert max(r['accuracy'] for r in records) > 1.0  # percent, like val_accuracy, not a fraction
   assert all(r.get('steps_per_sec', 1.0) > 0 for r in records)  # absent until measured
   assert summary['environment']['backend'] == 'cpu' and summary['environment']['jax']
+  # Just after training (the diagonal) apart from final; FWT from the next task before its
+  # training against the initial params.
+  assert summary['just_after_training_accuracy'] == [acc[t][t] for t in range(3)]
+  assert summary['final_accuracy'] == acc[2]
+  ahead, at_init = summary['before_training_accuracy'], summary['random_init_accuracy']
+  assert ahead[0] is None and None not in ahead[1:] and None not in at_init
+  assert summary['fwt'] == pytest.approx(np.mean([ahead[j] - at_init[j] for j in (1, 2)]))
   before = (workdir / 'summary.json').read_text()
 
   # The same config again: nothing is retrained or rewritten.
@@ -134,6 +170,19 @@ def test_run_writes_results_and_does_not_overwrite_them(tmp_path, patched_data):
   with pytest.raises(outputs.WorkdirError, match=r'beta: saved 0.0005, requested 0.1'):
     train.train_and_evaluate(tiny_config(beta=0.1), str(workdir))
   assert (workdir / 'summary.json').read_text() == before
+
+
+def test_a_protocol_without_validation_split_logs_no_validation_accuracy(tmp_path, monkeypatch):
+  train_split, test_split = synthetic_mnist()
+  monkeypatch.setattr(train.tasks, 'load_task_set', lambda config: tasks.permuted_mnist(
+      train_split, test_split, config.num_tasks, config.seed, 'hypercl'))
+  config = tiny_config(data_protocol='hypercl', num_tasks=2)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert records and not any('val_accuracy' in r for r in records)
+  assert summary['final_val_accuracy'] is None and np.isnan(summary['mean_val_accuracy'])
+  assert 'evaluate_val' not in summary['traces']
+  assert None not in summary['final_accuracy']
 
 
 @pytest.mark.parametrize('method', ['hypermask', 'hnet', 'finetune', 'joint'])

@@ -6,7 +6,23 @@ serves every task. Permuted MNIST shares one image array across tasks and
 applies each task's pixel permutation on the device; augmentation (Split
 MNIST's crops, Split CIFAR-100's crops and flips) also runs on the device,
 from the step's rng.
+
+Two data protocols (PROTOCOLS) say how the MNIST benchmarks are formed:
+- 'hypermask' (the HyperMask reference): Permuted MNIST pads 28x28 to 32x32
+  (1024 inputs) and permutes every task, task 0 included, with permutations
+  drawn from the run's seed; its first 5000 training images validate. Split
+  MNIST augments (random crop 28 from a 4-pixel padding) and normalises with
+  MNIST's mean and std; the first 1000 images of each task validate.
+- 'hypercl' (hypercl, how HNET's published results were produced): Permuted
+  MNIST has 784 inputs, task 0 unpermuted and tasks 1.. permuted from the
+  fixed seed HYPERCL_PERMUTATION_SEED whatever the run's seed; Split MNIST has
+  no augmentation and inputs in [0, 1]; both train on the whole training set
+  and have no validation split (TaskSet.val is None).
+Split CIFAR-100 has only the 'hypermask' protocol.
 """
+
+import math
+from typing import Optional
 
 import flax
 import jax
@@ -18,6 +34,7 @@ from hypermask_jax.data import tfds_io
 
 BENCHMARKS = ('permuted_mnist', 'split_mnist', 'split_cifar100', 'split_cifar100_fecam',
               'tiny_imagenet')
+PROTOCOLS = ('hypermask', 'hypercl')
 # The TFDS dataset and the splits (train, test) each benchmark reads. Tiny ImageNet's labelled
 # validation set is its test set (its own test set has no labels), as in the reference.
 TFDS_NAMES = {'permuted_mnist': 'mnist', 'split_mnist': 'mnist', 'split_cifar100': 'cifar100',
@@ -27,17 +44,25 @@ MAX_TASKS = {'split_mnist': 5, 'split_cifar100': 10, 'tiny_imagenet': 40}  # Per
 SPLIT_MNIST_MEAN, SPLIT_MNIST_STD = 0.1307, 0.3081
 CIFAR_MEAN = (0.485, 0.456, 0.406)  # the reference's (ImageNet's) normalisation
 CIFAR_STD = (0.229, 0.224, 0.225)
+HYPERCL_PERMUTATION_SEED = 42  # hypercl's data_random_seed default
+VALIDATION_SIZES = {  # per protocol: (Permuted MNIST, Split MNIST per task); 0 = none
+    'hypermask': (5000, 1000), 'hypercl': (0, 0)}
 # Colour images: flipped and cropped in training, normalised per channel with CIFAR_MEAN/STD.
 IMAGE_BENCHMARKS = ('split_cifar100', 'split_cifar100_fecam', 'tiny_imagenet')
 NUM_CLASSES = {'permuted_mnist': 10, 'split_mnist': 2, 'split_cifar100': 10,
                'tiny_imagenet': 5}  # per task
 
 
-def input_shape(benchmark):
-  """The shape of one input: flat vectors for the MNIST MLPs, NHWC images for CIFAR, Tiny ImageNet."""
-  return {'permuted_mnist': (32 * 32,), 'split_mnist': (28 * 28,),
-          'split_cifar100': (32, 32, 3), 'split_cifar100_fecam': (32, 32, 3),
-          'tiny_imagenet': (64, 64, 3)}[benchmark]
+def input_shape(benchmark, protocol='hypermask'):
+  """The shape of one input: flat vectors for the MNIST MLPs, NHWC images for CIFAR, Tiny ImageNet.
+
+  Permuted MNIST has 1024 inputs (the padded image) under the 'hypermask'
+  protocol, 784 under 'hypercl'.
+  """
+  if benchmark == 'permuted_mnist':
+    return (32 * 32,) if protocol == 'hypermask' else (28 * 28,)
+  return {'split_mnist': (28 * 28,), 'split_cifar100': (32, 32, 3),
+          'split_cifar100_fecam': (32, 32, 3), 'tiny_imagenet': (64, 64, 3)}[benchmark]
 
 
 def num_classes(config):
@@ -68,12 +93,13 @@ class Split:
 class TaskSet:
   """Train, validation and test splits of one benchmark, plus how its inputs are formed."""
   train: Split
-  val: Split
+  val: Optional[Split]  # None: the protocol has no validation split
   test: Split
   perms: jax.Array  # int32 [T, D] (one run) or [R, T, D] (a program's runs): per-task input
   # permutation (permuted_mnist), else D = 0
   benchmark: str = flax.struct.field(pytree_node=False)
   num_classes: int = flax.struct.field(pytree_node=False)
+  protocol: str = flax.struct.field(pytree_node=False, default='hypermask')
 
   @property
   def num_tasks(self):
@@ -81,19 +107,23 @@ class TaskSet:
 
   @property
   def input_shape(self):
-    return input_shape(self.benchmark)
+    return input_shape(self.benchmark, self.protocol)
 
   def inputs(self, images, tasks, rng, train):
     """Turns uint8 images of `tasks` (one task, or one per image) into float inputs, on the device."""
     x = images.astype(jnp.float32) / 255.0
     if self.benchmark == 'permuted_mnist':
-      x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))).reshape(x.shape[0], -1)
+      if self.protocol == 'hypermask':
+        x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+      x = x.reshape(x.shape[0], -1)
       return jnp.take_along_axis(x, jnp.broadcast_to(self.perms[tasks], x.shape), axis=1)
     if self.benchmark in IMAGE_BENCHMARKS:
       if train:
         rng_flip, rng_crop = jax.random.split(rng)
         x = random_crop(rng_crop, random_flip(rng_flip, x), pad=4)
       return (x - jnp.asarray(CIFAR_MEAN)) / jnp.asarray(CIFAR_STD)
+    if self.protocol == 'hypercl':
+      return x.reshape(x.shape[0], -1)
     if train:
       x = random_crop(rng, x, pad=4)
     return ((x - SPLIT_MNIST_MEAN) / SPLIT_MNIST_STD).reshape(x.shape[0], -1)
@@ -114,13 +144,82 @@ def random_flip(rng, images):
   return jnp.where(flip, images[:, :, ::-1], images)
 
 
-def draw_batch(split, tasks, rng, batch_size):
-  """Samples a batch (uniformly, with replacement) from the part of the split of `tasks`.
+def _mix32(x):
+  """A bijective avalanche mix of uint32 (murmur3's finaliser): the swap-or-not round function.
 
-  `tasks` is one task index, or one per example (joint training).
+  jax.random's keyed hash of a traced integer is fold_in, a threefry block
+  (20 rounds) per element and round of the shuffle; these five operations
+  serve as well for choosing which elements swap.
   """
-  idx = split.offset[tasks] + jax.random.randint(rng, (batch_size,), 0, split.size[tasks])
-  return split.images[idx], split.labels[idx]
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def permutation_rounds(n):
+  """Swap-or-not rounds for a domain of n: 6 log2(n), the count its security bound asks for."""
+  return 6 * max(1, math.ceil(math.log2(max(n, 2))))
+
+
+def permuted_position(key, positions, n, rounds):
+  """Element `positions` (int [m], each in [0, n)) of a random permutation of range(n) keyed by key.
+
+  The swap-or-not shuffle (Hoang, Morris and Rogaway, 2012): each round draws
+  an offset K in [0, n) and a random bit function F; x goes to its partner
+  K - x (mod n) when F(max(x, partner)) is 1. Each round is an involution, so
+  the whole is a bijection of range(n) for any n; computing one element costs
+  `rounds` steps, so a batch needs no sort of the whole set (a sort-based
+  jax.random.permutation of 60k indices took 70 ms per call on CPU).
+  """
+  key_offsets, key_salts = jax.random.split(key)
+  offsets = jax.random.randint(key_offsets, (rounds,), 0, n).astype(jnp.uint32)
+  salts = jax.random.bits(key_salts, (rounds,), jnp.uint32)
+  n = jnp.asarray(n, jnp.uint32)
+
+  def swap_or_not(r, x):
+    partner = (offsets[r] + n - x) % n
+    swap = (_mix32(jnp.maximum(x, partner) ^ salts[r]) & 1) == 1
+    return jnp.where(swap, partner, x)
+
+  return jax.lax.fori_loop(0, rounds, swap_or_not, positions.astype(jnp.uint32)).astype(jnp.int32)
+
+
+def draw_batch(split, tasks, key, step, batch_size):
+  """Batch number `step` of the training stream of `tasks`: (images, labels, task of each example).
+
+  `tasks` is one task index (its examples), or an int array of tasks (joint
+  training: the union of their examples; the task of each example is
+  returned, else `tasks` itself). The stream visits the examples in a fresh
+  random order each epoch, without replacement: stream position
+  p = step * batch_size + i is element p mod n of the permutation of epoch
+  p // n, keyed by fold_in(key, epoch). A batch may end one epoch and start
+  the next, as the reference's batch generator (hypnettorch's
+  next_train_batch) does. Keyed by (key, epoch), the order needs no iterator
+  state to resume.
+  """
+  many = jnp.ndim(tasks) > 0
+  sizes = split.size[tasks] if many else split.size[tasks][None]
+  n = jnp.sum(sizes)
+  most = split.max_size * (jnp.size(tasks) if many else 1)
+  pos = step * batch_size + jnp.arange(batch_size)
+  first_epoch = (step * batch_size) // n
+  epoch_of = pos // n - first_epoch  # 0 or 1: batch_size <= n
+  rounds = permutation_rounds(most)
+  index = jnp.where(
+      epoch_of == 0,
+      permuted_position(jax.random.fold_in(key, first_epoch), pos % n, n, rounds),
+      permuted_position(jax.random.fold_in(key, first_epoch + 1), pos % n, n, rounds))
+  if many:
+    ends = jnp.cumsum(sizes)
+    which = jnp.searchsorted(ends, index, side='right')
+    example_tasks = jnp.asarray(tasks)[which]
+    idx = split.offset[example_tasks] + index - (ends[which] - sizes[which])
+  else:
+    example_tasks = tasks
+    idx = split.offset[tasks] + index
+  return split.images[idx], split.labels[idx], example_tasks
 
 
 def _split(images, labels, offsets, sizes):
@@ -129,48 +228,68 @@ def _split(images, labels, offsets, sizes):
                max_size=int(max(sizes)))
 
 
-def permutations(seed, num_tasks):
-  """Permuted MNIST's per-task pixel permutations [T, 1024] (task 0 permuted too)."""
-  rs = np.random.RandomState(seed)
-  return np.stack([rs.permutation(32 * 32) for _ in range(num_tasks)])
+def permutations(num_tasks, seed, protocol):
+  """Per-task pixel permutations [T, D] under `protocol`.
+
+  'hypermask': D = 1024 (the padded image), every task drawn from the run's
+  seed. 'hypercl': D = 784, task 0 the identity, tasks 1.. drawn from
+  HYPERCL_PERMUTATION_SEED, the same whatever the run's seed.
+  """
+  if protocol == 'hypermask':
+    rs = np.random.RandomState(seed)
+    return np.stack([rs.permutation(32 * 32) for _ in range(num_tasks)])
+  rs = np.random.RandomState(HYPERCL_PERMUTATION_SEED)
+  return np.stack([np.arange(28 * 28)] + [rs.permutation(28 * 28) for _ in range(num_tasks - 1)])
 
 
 def for_runs(task_set, seeds):
-  """The task set of a program: shared images, each run's permutations from its seed [R, T, D]."""
+  """The task set of a program: shared images, each run's permutations from its seed [R, T, D].
+
+  Under the 'hypercl' protocol every run has the same (fixed) permutations.
+  """
   if task_set.benchmark == 'permuted_mnist':
-    perms = np.stack([permutations(seed, task_set.num_tasks) for seed in seeds])
+    perms = np.stack([permutations(task_set.num_tasks, seed, task_set.protocol) for seed in seeds])
   else:
     perms = np.zeros((len(seeds), task_set.num_tasks, 0), np.int32)
   return task_set.replace(perms=jnp.asarray(perms, jnp.int32))
 
 
-def permuted_mnist(train, test, num_tasks, seed, val_size=5000):
-  """Permuted MNIST: one seeded permutation of the padded 1024 pixels per task (task 0 too)."""
+def permuted_mnist(train, test, num_tasks, seed, protocol='hypermask', val_size=None):
+  """Permuted MNIST under `protocol` (see the module docstring).
+
+  The first val_size training images (default: the protocol's) validate; none when 0.
+  """
   (x, y), (x_test, y_test) = train, test
-  perms = permutations(seed, num_tasks)
+  val_size = VALIDATION_SIZES[protocol][0] if val_size is None else val_size
   shared = lambda xs, ys: _split(xs, ys, [0] * num_tasks, [len(ys)] * num_tasks)
-  return TaskSet(train=shared(x[val_size:], y[val_size:]), val=shared(x[:val_size], y[:val_size]),
-                 test=shared(x_test, y_test), perms=jnp.asarray(perms, jnp.int32),
-                 benchmark='permuted_mnist', num_classes=10)
+  return TaskSet(train=shared(x[val_size:], y[val_size:]),
+                 val=shared(x[:val_size], y[:val_size]) if val_size else None,
+                 test=shared(x_test, y_test),
+                 perms=jnp.asarray(permutations(num_tasks, seed, protocol), jnp.int32),
+                 benchmark='permuted_mnist', num_classes=10, protocol=protocol)
 
 
-def class_split(train, test, num_tasks, classes_per_task, val_size, benchmark):
+def class_split(train, test, num_tasks, classes_per_task, val_size, benchmark,
+                protocol='hypermask'):
   """Task i holds classes [i*c, (i+1)*c) labelled 0..c-1 (c = classes_per_task).
 
   Its validation set is the first `val_size` of its training images (in
-  dataset order), the rest its training set.
+  dataset order), the rest its training set; val_size=0: no validation split.
   """
   task_classes = [range(t * classes_per_task, (t + 1) * classes_per_task)
                   for t in range(num_tasks)]
-  return classes_to_tasks(train, test, task_classes, [val_size] * num_tasks, benchmark)
+  return classes_to_tasks(train, test, task_classes, [val_size] * num_tasks, benchmark,
+                          protocol=protocol)
 
 
-def classes_to_tasks(train, test, task_classes, val_sizes, benchmark, per_class=False):
+def classes_to_tasks(train, test, task_classes, val_sizes, benchmark, per_class=False,
+                     protocol='hypermask'):
   """Task t holds the classes task_classes[t], labelled 0, 1, ... in that order.
 
   Its validation set is the first val_sizes[t] of its training images (in
   dataset order), or with `per_class` the first val_sizes[t] of each of its
-  classes; the rest is its training set.
+  classes; the rest is its training set. With every val_sizes[t] 0 there is no
+  validation split (val None).
   """
   parts = {'train': [], 'val': [], 'test': []}
   for task, classes in enumerate(task_classes):
@@ -197,14 +316,21 @@ def classes_to_tasks(train, test, task_classes, val_sizes, benchmark, per_class=
     return _split(np.concatenate([xs for xs, _ in chunks]), np.concatenate([ys for _, ys in chunks]),
                   np.cumsum([0] + sizes[:-1]), sizes)
 
-  return TaskSet(train=concat(parts['train']), val=concat(parts['val']), test=concat(parts['test']),
-                 perms=jnp.zeros((len(task_classes), 0), jnp.int32), benchmark=benchmark,
-                 num_classes=max(len(c) for c in task_classes))
+  return TaskSet(train=concat(parts['train']),
+                 val=concat(parts['val']) if any(val_sizes) else None,
+                 test=concat(parts['test']), perms=jnp.zeros((len(task_classes), 0), jnp.int32),
+                 benchmark=benchmark, num_classes=max(len(c) for c in task_classes),
+                 protocol=protocol)
 
 
-def split_mnist(train, test, num_tasks, val_size=1000):
-  """Split MNIST: task i holds digits {2i, 2i+1} labelled 0/1; validation = first 1000 of each."""
-  return class_split(train, test, num_tasks, 2, val_size, 'split_mnist')
+def split_mnist(train, test, num_tasks, protocol='hypermask', val_size=None):
+  """Split MNIST: task i holds digits {2i, 2i+1} labelled 0/1.
+
+  The first val_size images of each task (default: the protocol's, 1000 or
+  none) validate.
+  """
+  val_size = VALIDATION_SIZES[protocol][1] if val_size is None else val_size
+  return class_split(train, test, num_tasks, 2, val_size, 'split_mnist', protocol)
 
 
 def split_cifar100(train, test, num_tasks, val_size=500):
@@ -227,26 +353,30 @@ def tiny_imagenet(train, test, num_tasks, seed, val_per_class=50):
                           [val_per_class] * num_tasks, 'tiny_imagenet', per_class=True)
 
 
+def _build(config, train, test):
+  if config.dataset == 'permuted_mnist':
+    return permuted_mnist(train, test, config.num_tasks, config.seed, config.data_protocol)
+  if config.dataset == 'split_cifar100':
+    return split_cifar100(train, test, config.num_tasks)
+  if config.dataset == 'split_cifar100_fecam':
+    return split_cifar100_fecam(train, test, config.num_tasks, config.fecam_scenario)
+  if config.dataset == 'tiny_imagenet':
+    return tiny_imagenet(train, test, config.num_tasks, config.seed)
+  return split_mnist(train, test, config.num_tasks, config.data_protocol)
+
+
 def synthetic_task_set(config, train_size=12000, test_size=2000):
   """Random images with config's benchmark's shapes and sizes: for timing and memory, not learning."""
   rs = np.random.RandomState(0)
   if config.dataset in IMAGE_BENCHMARKS:  # the real sizes per class: CIFAR 500/100, Tiny 500/50
-    tiny = config.dataset == 'tiny_imagenet'
-    side, classes, test_per_class = (64, 200, 50) if tiny else (32, 100, 100)
+    side, classes, test_per_class = (64, 200, 50) if config.dataset == 'tiny_imagenet' else (
+        32, 100, 100)
     make = lambda n: (rs.randint(0, 256, (n, side, side, 3)).astype(np.uint8),
                       np.arange(n, dtype=np.int32) % classes)
-    train, test = make(500 * classes), make(test_per_class * classes)
-    if tiny:
-      return tiny_imagenet(train, test, config.num_tasks, config.seed)
-    if config.dataset == 'split_cifar100_fecam':
-      return split_cifar100_fecam(train, test, config.num_tasks, config.fecam_scenario)
-    return split_cifar100(train, test, config.num_tasks)
+    return _build(config, make(500 * classes), make(test_per_class * classes))
   make = lambda n: (rs.randint(0, 256, (n, 28, 28, 1)).astype(np.uint8),
                     rs.randint(0, 10, n).astype(np.int32))
-  train, test = make(train_size), make(test_size)
-  if config.dataset == 'permuted_mnist':
-    return permuted_mnist(train, test, config.num_tasks, config.seed)
-  return split_mnist(train, test, config.num_tasks, val_size=100)
+  return _build(config, make(train_size), make(test_size))
 
 
 def load_task_set(config):
@@ -256,12 +386,4 @@ def load_task_set(config):
   train_split, test_split = TFDS_SPLITS.get(config.dataset, ('train', 'test'))
   train = tfds_io.load_split(name, train_split, data_dir, download)
   test = tfds_io.load_split(name, test_split, data_dir, download)
-  if config.dataset == 'permuted_mnist':
-    return permuted_mnist(train, test, config.num_tasks, config.seed)
-  if config.dataset == 'split_cifar100':
-    return split_cifar100(train, test, config.num_tasks)
-  if config.dataset == 'split_cifar100_fecam':
-    return split_cifar100_fecam(train, test, config.num_tasks, config.fecam_scenario)
-  if config.dataset == 'tiny_imagenet':
-    return tiny_imagenet(train, test, config.num_tasks, config.seed)
-  return split_mnist(train, test, config.num_tasks)
+  return _build(config, train, test)

@@ -8,7 +8,7 @@ A method is a class built from (config, input_shape, num_classes) with:
       -> (grads, metrics, batch_stats)
   eval_weights(params, task, hp) -> weights    (the target params task `task` runs with)
   predict(weights, batch_stats, x, tasks, valid) -> logits   (evaluation mode)
-  batch_tasks(task, rng, batch_size) -> the task(s) a training batch is drawn from
+  batch_tasks(task) -> the task(s) a training batch is drawn from (an int array: their union)
   fresh_optimizer_per_task: bool
   param_counts(params) -> dict; task_embeddings(params) -> array or None
 The data, the training loop (train.py), evaluation and outputs are shared.

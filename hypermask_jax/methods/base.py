@@ -14,7 +14,12 @@ def count(tree):
 
 
 class Method:
-  """Defaults for the method interface described in methods/__init__.py."""
+  """Defaults for the method interface described in methods/__init__.py.
+
+  The target has one output head of num_classes shared by all tasks, or, with
+  config.output_heads='per_task' (and always for the baselines), max_tasks
+  heads in one output layer, task t reading its own slice.
+  """
   fresh_optimizer_per_task = True
   one_head_per_task = False
 
@@ -22,7 +27,8 @@ class Method:
     self.config = config
     self.input_shape = tuple(input_shape)
     self.num_classes = num_classes
-    num_heads = config.max_tasks if self.one_head_per_task else 1
+    per_task = self.one_head_per_task or config.output_heads == 'per_task'
+    num_heads = config.max_tasks if per_task else 1
     self.target = targets.build(config, num_classes, num_heads)
     self.target_shapes = jax.eval_shape(self.init_target, jax.random.key(0))
 
@@ -47,9 +53,8 @@ class Method:
     """Evaluation-mode logits."""
     return self.run_target(weights, batch_stats, x, tasks, train=False, valid=valid)[0]
 
-  def batch_tasks(self, task, rng, batch_size):
+  def batch_tasks(self, task):
     """Training batches come from the current task only."""
-    del rng, batch_size
     return task
 
   def gradients(self, params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng):

@@ -3,7 +3,7 @@
 Both train the target network directly, with one output head per task.
 """
 
-import jax
+import jax.numpy as jnp
 import optax
 
 from hypermask_jax.methods import base
@@ -37,13 +37,14 @@ class Finetune(base.Method):
 
 
 class Joint(Finetune):
-  """One model trained on all tasks at once: every batch mixes all tasks, one Adam throughout.
+  """One model trained on all tasks at once: batches drawn from all tasks' examples, one Adam.
 
   It runs the same number of steps as the sequential methods (num_tasks *
   steps_per_task); the accuracy matrix's rows show its progress.
   """
   fresh_optimizer_per_task = False
 
-  def batch_tasks(self, task, rng, batch_size):
+  def batch_tasks(self, task):
+    """Every batch is drawn from the union of all tasks' training examples."""
     del task
-    return jax.random.randint(rng, (batch_size,), 0, self.config.num_tasks)
+    return jnp.arange(self.config.num_tasks)

@@ -1,6 +1,11 @@
 """HyperMask: a hypernetwork maps each task embedding to a semi-binary mask over one shared target.
 
 Loss for task t: CE(f(x; W * M_t), y) + beta / max(1, t) * R_h + lambda * R_1 (SPEC 1.1).
+
+As in the reference, the hypernetwork also produces the output layer's bias:
+that mask is not applied in the forward pass (the bias is shared unmasked),
+but it weights the bias's L1 drift term and its raw outputs are part of the
+output regulariser.
 """
 
 import jax
@@ -17,7 +22,7 @@ class HyperMask(base.HypernetworkMethod):
   """The target's own weights, masked per task by the hypernetwork's output."""
 
   def __init__(self, config, input_shape, num_classes):
-    super().__init__(config, input_shape, num_classes, layout.is_masked)
+    super().__init__(config, input_shape, num_classes, layout.is_weight)
     self.sparse = config.sparsity > 0
 
   def init_params(self, rng):
@@ -32,8 +37,13 @@ class HyperMask(base.HypernetworkMethod):
     return {'hnet_outputs': outputs, 'target': params['target']}
 
   def masks(self, params, flat_output, sparsity):
+    """The mask of every generated tensor, the output bias's included."""
     return mask_lib.masks_from_output(self.layout, params['target'], flat_output, sparsity,
                                       self.sparse)
+
+  def masked_weights(self, params, masks):
+    """W * M for the forward pass: every weight but the output bias, which runs unmasked."""
+    return mask_lib.apply_masks(params['target'], masks, layout.is_masked)
 
   def loss(self, params, batch_stats, batch, task, step, memory, hp, rng):
     """Returns (loss, (metrics, batch_stats)) for one batch of task `task` at step `step`."""
@@ -45,8 +55,8 @@ class HyperMask(base.HypernetworkMethod):
         rng_reg, self.config.max_tasks)
     sparsity = mask_lib.sparsity_at(hp['sparsity'], task, step, self.config.steps_per_task)
     masks = self.masks(params, output, sparsity)
-    logits, batch_stats = self.run_target(mask_lib.apply_masks(params['target'], masks),
-                                          batch_stats, x, task, True, rng_target)
+    logits, batch_stats = self.run_target(self.masked_weights(params, masks), batch_stats, x,
+                                          task, True, rng_target)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     l1_weights = jax.tree.map(lambda m: jnp.where(hp['l1_masked'], m, 1.0), masks)  # traced
     l1 = regularizers.l1_drift(params['target'], memory['target'], l1_weights)
@@ -58,8 +68,8 @@ class HyperMask(base.HypernetworkMethod):
   def eval_weights(self, params, task, hp):
     """The target weights task `task` runs with at evaluation (full sparsity)."""
     output = self.hnet_outputs(params['hnet'], task[None])[0]
-    return mask_lib.apply_masks(params['target'], self.masks(params, output, hp['sparsity']))
+    return self.masked_weights(params, self.masks(params, output, hp['sparsity']))
 
   def param_counts(self, params):
     return {'hnet': base.count(params['hnet']), 'target': base.count(params['target']),
-            'masked': self.layout.size}
+            'generated': self.layout.size}
