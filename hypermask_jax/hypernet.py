@@ -2,7 +2,9 @@
 
 HMLP maps the embedding straight to all outputs; ChunkedHMLP produces them in
 chunks, from [chunk embedding ; task embedding], all chunks in one batch.
-Task embeddings (N(0, 1), [max_tasks, E]) are part of the params.
+Task embeddings (N(0, 1), [max_tasks, E]) are part of the params. HMLP's
+output layer is a `wide_dense.WideDense` (kernel [outputs, hidden], as
+PyTorch's nn.Linear stores it; see that module for why).
 """
 
 import math
@@ -12,14 +14,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from hypermask_jax.layers import torch_dense
+from hypermask_jax.wide_dense import WideDense
 
 ACTIVATIONS = {'elu': nn.elu, 'relu': nn.relu}
 
 
-def _mlp(x, hidden, activation, num_outputs):
+def _hidden(x, hidden, activation):
   for i, features in enumerate(hidden):
     x = ACTIVATIONS[activation](torch_dense(features, x.shape[-1], name=f'dense_{i}')(x))
-  return torch_dense(num_outputs, x.shape[-1], name='out')(x)
+  return x
 
 
 class HMLP(nn.Module):
@@ -35,8 +38,8 @@ class HMLP(nn.Module):
     """tasks: int [k] -> raw outputs [k, num_outputs], one batched matmul for all k rows."""
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
-    return _mlp(jnp.take(embeddings, tasks, axis=0), self.hidden, self.activation,
-                self.num_outputs)
+    x = _hidden(jnp.take(embeddings, tasks, axis=0), self.hidden, self.activation)
+    return WideDense(self.num_outputs, name='out')(x)
 
 
 class ChunkedHMLP(nn.Module):
@@ -69,7 +72,8 @@ class ChunkedHMLP(nn.Module):
     k, n = task_emb.shape[0], self.num_chunks
     x = jnp.concatenate([jnp.broadcast_to(chunks, (k, n, chunks.shape[1])),
                          jnp.broadcast_to(task_emb[:, None], (k, n, task_emb.shape[1]))], -1)
-    out = _mlp(x, self.hidden, self.activation, self.chunk_size)
+    out = _hidden(x, self.hidden, self.activation)
+    out = torch_dense(self.chunk_size, out.shape[-1], name='out')(out)
     return out.reshape(k, n * self.chunk_size)[:, :self.num_outputs]
 
 

@@ -59,7 +59,7 @@ def test_generated_and_masked_counts_follow_the_spec_arithmetic():
     hypermask, params = shapes(module.get_config(), HyperMask)
     assert hypermask.layout.size == weights - 10  # all but the head's bias
     out = params['hnet']['out']
-    assert out['kernel'].shape == (100, weights - 10)
+    assert out['kernel'].shape == (weights - 10, 100)  # [outputs, hidden], as nn.Linear
   # ResNet-20's hypernetwork output layer: ~108M parameters (SPEC section 3).
   hypermask, params = shapes(cifar100_resnet20.get_config(), HyperMask)
   assert sum(x.size for x in jax.tree.leaves(params['hnet']['out'])) == 101 * 1_067_520

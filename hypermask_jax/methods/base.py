@@ -71,7 +71,8 @@ class HypernetworkMethod(Method):
     super().__init__(config, input_shape, num_classes)
     self.layout = layout.Layout.of(self.target_shapes['params'], select)
     self.hnet = hypernet.build(config, self.layout.size)
-    self.row_sizes = regularizers.row_sizes(config.max_tasks, config.reg_subset)
+    self.row_sizes = regularizers.row_sizes(config.max_tasks, config.reg_subset,
+                                            bucketed=config.chunk_size > 0)
 
   def hnet_outputs(self, hnet_params, tasks):
     """Raw hypernetwork outputs [k, P] for int task indices [k]."""
