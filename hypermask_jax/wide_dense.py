@@ -30,6 +30,7 @@ rounding (tests/test_wide_dense.py).
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hypermask_jax import layers
@@ -65,13 +66,17 @@ def _forward(x, kernel, bias):
 def _backward(residuals, ct):
   x, kernel = residuals
   rows = x.shape[0]
+  d_x = _blocked_times_kernel(ct, kernel)
+  # Adam overwrites the kernel in place; making its gradient wait for d_x (the last read of
+  # the kernel) lets XLA do that without first copying the whole kernel.
+  x = x + 0.0 * jnp.sum(d_x)
   if rows <= FUSED_ROWS:
     d_kernel = sum(ct[i][:, None] * x[i][None, :] for i in range(rows))
     d_bias = sum(ct[i] for i in range(rows))
   else:
     d_kernel = jax.lax.dot_general(ct, x, (((0,), (0,)), ((), ())))
     d_bias = ct.sum(0)
-  return _blocked_times_kernel(ct, kernel), d_kernel, d_bias
+  return d_x, d_kernel, d_bias
 
 
 wide_dense.defvjp(_forward, _backward)
