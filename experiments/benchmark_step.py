@@ -148,7 +148,8 @@ def main(argv):
     floor = (optimizer_bytes + forward_bytes) / bandwidth
     line += (f' | moves >= {(optimizer_bytes + forward_bytes) / 1e9:.3f} GB (optimizer '
              f'{optimizer_bytes / 1e9:.3f}, hypernetwork forward {forward_bytes / 1e9:.3f}) at '
-             f'{bandwidth / 1e9:.1f} GB/s: floor {1e3 * floor:.2f} ms, share {100 * floor / step:.0f}%')
+             f'{bandwidth / 1e9:.1f} GB/s: floor {1e3 * floor:.2f} ms, '
+             f'share {100 * floor / step:.0f}%')
     if _COMPARE_TORCH.value:
       torch_step = torch_reference.time_steps(config, data.input_shape, data.num_classes, task,
                                               _STEPS.value, _REPEATS.value)

@@ -111,7 +111,9 @@ class TorchReference:
   def train_step(self, x, y, step):
     """One Adam step on a batch (x: float [B, D] flattened HWC inputs, y: int64 [B])."""
     config, task = self.config, self.task
-    sparsity = config.sparsity * (step + 1) / config.steps_per_task if task == 0 else config.sparsity
+    sparsity = config.sparsity
+    if task == 0:  # ramped over task 0 (SPEC 1.1)
+      sparsity *= (step + 1) / config.steps_per_task
     weights, masks = self._weights(task, sparsity)
     loss = F.cross_entropy(self.mnet.forward(x, weights=weights), y)
     if task > 0:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hypermask_jax import backend
 from hypermask_jax import schedules
 from hypermask_jax import targets
 from hypermask_jax.data import tasks
@@ -70,10 +71,11 @@ class Trainer:
     self.method = method
     self.traces = collections.Counter()
     self.whole_split_eval = targets.uses_batch_statistics_at_eval(method.target)
-    self.begin_task = jax.jit(self._begin_task, donate_argnums=0)
-    self.train_steps = jax.jit(self._train_steps, donate_argnums=0)
-    self.end_chunk = jax.jit(self._end_chunk, donate_argnums=0)
-    self.evaluate = jax.jit(self._evaluate)
+    options = backend.compiler_options()
+    self.begin_task = jax.jit(self._begin_task, donate_argnums=0, compiler_options=options)
+    self.train_steps = jax.jit(self._train_steps, donate_argnums=0, compiler_options=options)
+    self.end_chunk = jax.jit(self._end_chunk, donate_argnums=0, compiler_options=options)
+    self.evaluate = jax.jit(self._evaluate, compiler_options=options)
 
   @property
   def chunk(self):

@@ -40,7 +40,7 @@ BLOCK_BYTES = 256 * 1024  # kernel rows per block of the input gradient's contra
 
 
 class WideDense(nn.Module):
-  """Dense layer with PyTorch's init and its [features, fan_in] kernel, for few rows and many outputs."""
+  """Dense layer, PyTorch's init and [features, fan_in] kernel, for few rows and many outputs."""
   features: int
 
   @nn.compact
@@ -93,7 +93,7 @@ def _blocked_times_kernel(ct, kernel):
 
 
 def block_count(m, n):
-  """The divisor of m that cuts an [m, n] float32 kernel into blocks nearest BLOCK_BYTES (1: none)."""
+  """The divisor of m cutting an [m, n] float32 kernel into blocks nearest BLOCK_BYTES (or 1)."""
   target = max(1, BLOCK_BYTES // (4 * n))  # kernel rows per block
   divisors = [d for d in range(1, int(np.sqrt(m)) + 1) if m % d == 0]
   sizes = sorted(set(divisors + [m // d for d in divisors]))
