@@ -13,9 +13,10 @@ def kth_smallest(a, k):
 
   Radix selection over the float bit patterns (monotone for a >= 0): three
   histogram passes, each over the next digit of the elements that share the
-  digits chosen so far, find the exact value without sorting. On CPU a sort
-  of a 313k-element mask costs ~30 ms; 32 bisection passes over the bits
-  (this function's previous form) 6 ms; these three passes ~1.5 ms.
+  digits chosen so far, find the exact value without sorting. For the largest
+  Split MNIST mask (313,600 elements) on the 2-core CPU: jnp.percentile's sort
+  70 ms of CPU time, 32 bisection passes over the bits (this function's
+  previous form) 5.5 ms, these three passes 1.3 ms.
   """
   bits = jax.lax.bitcast_convert_type(a.ravel().astype(jnp.float32), jnp.int32)
   prefix, shift = jnp.int32(0), 31
