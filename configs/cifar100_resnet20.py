@@ -1,17 +1,22 @@
 """HyperMask on Split CIFAR-100 (10 tasks of 10 classes) with ResNet-20, published hyperparameters.
 
-Variants: `configs/cifar100_resnet20.py` (published: 200 epochs per task,
-hypernet output layer ~108M parameters) and `configs/cifar100_resnet20.py:small`
-(width factor 1, hypernet (10,), 3 tasks of 3 epochs: a CPU smoke run).
+Variants (configs/variants.py): published (200 epochs per task, hypernet output layer ~108M
+parameters), `:small` (width factor 1, hypernet (10,), 3 tasks of 3 epochs: a CPU smoke
+run), `:seeds`.
 """
 
 from configs import permuted_mnist
+from configs import variants
 
-VARIANTS = ('published', 'small')
+VARIANTS = variants.VARIANTS
 
 
 def get_config(variant='published'):
-  config = permuted_mnist.get_config()
+  return variants.apply(published(), variant, small)
+
+
+def published():
+  config = permuted_mnist.published()
   config.dataset = 'split_cifar100'
   config.num_tasks = 10
   config.target = 'resnet20'
@@ -30,12 +35,12 @@ def get_config(variant='published'):
   config.lr_schedule = 'plateau'
   config.selection = 'best_val'
   config.checkpoint_every_steps = 5000
-  if variant == 'small':
-    config.num_tasks = 3
-    config.width_factor = 1
-    config.hnet_hidden = (10,)  # a wider hidden layer gives smaller initial masks: slower start
-    config.epochs_per_task = 3
-    config.checkpoint_every_steps = 500
-  elif variant != 'published':
-    raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
   return config
+
+
+def small(config):
+  config.num_tasks = 3
+  config.width_factor = 1
+  config.hnet_hidden = (10,)  # a wider hidden layer gives smaller initial masks: slower start
+  config.epochs_per_task = 3
+  config.checkpoint_every_steps = 500

@@ -1,19 +1,27 @@
 """HyperMask on Split CIFAR-100 with ZenkeNet: the ResNet-20 config with the target and lambda changed.
 
-Variants: `configs/cifar100_zenkenet.py` (published, 200 epochs per task) and
-`configs/cifar100_zenkenet.py:small` (3 tasks of 8 epochs: a CPU smoke run; without
-BatchNorm the masked ZenkeNet needs more steps than ResNet-20 to learn a task).
+Variants (configs/variants.py): published (200 epochs per task), `:small` (3 tasks of 8
+epochs: a CPU smoke run; without BatchNorm the masked ZenkeNet needs more steps than
+ResNet-20 to learn a task), `:seeds`.
 """
 
 from configs import cifar100_resnet20
+from configs import variants
 
-VARIANTS = ('published', 'small')
+VARIANTS = variants.VARIANTS
 
 
 def get_config(variant='published'):
-  config = cifar100_resnet20.get_config(variant)
+  return variants.apply(published(), variant, small)
+
+
+def published():
+  config = cifar100_resnet20.published()
   config.target = 'zenkenet'
   config.lam = 0.01
-  if variant == 'small':
-    config.epochs_per_task = 8
   return config
+
+
+def small(config):
+  cifar100_resnet20.small(config)
+  config.epochs_per_task = 8

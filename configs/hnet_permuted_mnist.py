@@ -1,16 +1,20 @@
-"""HNET on Permuted MNIST-10 with the published (hypercl) settings (SPEC 1.2).
+"""HNET on Permuted MNIST-10 with the published (hypercl) settings (docs/methods.md).
 
-Variants: `configs/hnet_permuted_mnist.py` (published) and
-`configs/hnet_permuted_mnist.py:small` (about a minute on a 2-core CPU).
+Variants (configs/variants.py): published, `:small` (about a minute on a 2-core CPU), `:seeds`.
 """
 
 from configs import permuted_mnist
+from configs import variants
 
-VARIANTS = ('published', 'small')
+VARIANTS = variants.VARIANTS
 
 
 def get_config(variant='published'):
-  config = permuted_mnist.get_config()
+  return variants.apply(published(), variant, small)
+
+
+def published():
+  config = permuted_mnist.published()
   config.method = 'hnet'
   config.target_hidden = (1000, 1000)
   config.embedding_size = 24
@@ -21,14 +25,14 @@ def get_config(variant='published'):
   config.beta = 0.1
   config.learning_rate = 1e-4
   config.train_embeddings = 'current'
-  if variant == 'small':
-    config.num_tasks = 3
-    config.target_hidden = (100, 100)
-    config.chunk_size = 4000
-    config.learning_rate = 1e-3
-    config.steps_per_task = 3000
-    config.log_every_steps = 500
-    config.checkpoint_every_steps = 1000
-  elif variant != 'published':
-    raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
   return config
+
+
+def small(config):
+  config.num_tasks = 3
+  config.target_hidden = (100, 100)
+  config.chunk_size = 4000
+  config.learning_rate = 1e-3
+  config.steps_per_task = 3000
+  config.log_every_steps = 500
+  config.checkpoint_every_steps = 1000

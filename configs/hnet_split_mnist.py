@@ -1,16 +1,20 @@
-"""HNET on Split MNIST with the published (hypercl) settings (SPEC 1.2).
+"""HNET on Split MNIST with the published (hypercl) settings (docs/methods.md).
 
-Variants: `configs/hnet_split_mnist.py` (published) and
-`configs/hnet_split_mnist.py:small` (about a minute on a 2-core CPU).
+Variants (configs/variants.py): published, `:small` (about a minute on a 2-core CPU), `:seeds`.
 """
 
 from configs import split_mnist
+from configs import variants
 
-VARIANTS = ('published', 'small')
+VARIANTS = variants.VARIANTS
 
 
 def get_config(variant='published'):
-  config = split_mnist.get_config()
+  return variants.apply(published(), variant, small)
+
+
+def published():
+  config = split_mnist.published()
   config.method = 'hnet'
   config.target_hidden = (400, 400)
   config.embedding_size = 96
@@ -23,15 +27,15 @@ def get_config(variant='published'):
   config.steps_per_task = 2000
   config.sparsity = 0.0
   config.train_embeddings = 'current'
-  if variant == 'small':
-    # A smaller target; the published (10, 10) hypernetwork is then too small to learn it.
-    config.target_hidden = (100, 100)
-    config.hnet_hidden = (25, 25)
-    config.beta = 0.1
-    config.chunk_size = 4000
-    config.steps_per_task = 1000
-    config.log_every_steps = 250
-    config.checkpoint_every_steps = 500
-  elif variant != 'published':
-    raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
   return config
+
+
+def small(config):
+  # A smaller target; the published (10, 10) hypernetwork is then too small to learn it.
+  config.target_hidden = (100, 100)
+  config.hnet_hidden = (25, 25)
+  config.beta = 0.1
+  config.chunk_size = 4000
+  config.steps_per_task = 1000
+  config.log_every_steps = 250
+  config.checkpoint_every_steps = 500

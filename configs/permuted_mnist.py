@@ -1,16 +1,22 @@
-"""HyperMask on Permuted MNIST-10 with the published best hyperparameters (SPEC section 3).
+"""HyperMask on Permuted MNIST-10 with the published best hyperparameters (docs/methods.md).
 
-Variants: `configs/permuted_mnist.py` (published) and
-`configs/permuted_mnist.py:small` (a few minutes on a 2-core CPU).
+Variants (configs/variants.py): published, `:small` (a few minutes on a 2-core CPU), `:seeds`.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-VARIANTS = ('published', 'small')
+from configs import variants
+
+VARIANTS = variants.VARIANTS
 
 
 def get_config(variant='published'):
+  return variants.apply(published(), variant, small)
+
+
+def published():
+  """Every field of every config, with HyperMask's published Permuted MNIST-10 settings."""
   config = ml_collections.ConfigDict()
   config.method = 'hypermask'
   config.dataset = 'permuted_mnist'
@@ -51,13 +57,16 @@ def get_config(variant='published'):
   config.checkpoints_to_keep = 3
   config.final_checkpoints_to_keep = 1  # once the run has finished; 0: remove them all
   config.max_call_seconds = 10.0  # wall-time bound of one compiled call: how long a stop waits
-  if variant == 'small':
-    config.num_tasks = 3
-    config.target_hidden = (100, 100)
-    config.hnet_hidden = (25, 25)
-    config.steps_per_task = 1500
-    config.log_every_steps = 250
-    config.checkpoint_every_steps = 500
-  elif variant != 'published':
-    raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
+  config.compilation_cache = '~/.cache/hypermask_jax/compiled'  # '' : compile in every process
+  config.runs_per_program = 0  # a sweep's runs that share one compiled program; 0: all that fit
+  config.sweep = ml_collections.ConfigDict()  # field -> values; the runs are their product
   return config
+
+
+def small(config):
+  config.num_tasks = 3
+  config.target_hidden = (100, 100)
+  config.hnet_hidden = (25, 25)
+  config.steps_per_task = 1500
+  config.log_every_steps = 250
+  config.checkpoint_every_steps = 500

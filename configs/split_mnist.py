@@ -1,16 +1,20 @@
 """HyperMask on Split MNIST (5 tasks of 2 digits) with the published best hyperparameters.
 
-Variants: `configs/split_mnist.py` (published) and
-`configs/split_mnist.py:small` (a few minutes on a 2-core CPU).
+Variants (configs/variants.py): published, `:small` (a few minutes on a 2-core CPU), `:seeds`.
 """
 
 from configs import permuted_mnist
+from configs import variants
 
-VARIANTS = ('published', 'small')
+VARIANTS = variants.VARIANTS
 
 
 def get_config(variant='published'):
-  config = permuted_mnist.get_config()
+  return variants.apply(published(), variant, small)
+
+
+def published():
+  config = permuted_mnist.published()
   config.dataset = 'split_mnist'
   config.num_tasks = 5
   config.target_hidden = (400, 400)
@@ -21,10 +25,10 @@ def get_config(variant='published'):
   config.lam = 1e-3
   config.l1_masked = True
   config.sparsity = 30.0
-  if variant == 'small':
-    config.target_hidden = (100, 100)
-    config.steps_per_task = 1000
-    config.log_every_steps = 250
-  elif variant != 'published':
-    raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
   return config
+
+
+def small(config):
+  config.target_hidden = (100, 100)
+  config.steps_per_task = 1000
+  config.log_every_steps = 250

@@ -45,6 +45,7 @@ import numpy as np
 
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
+from hypermask_jax import environment
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
@@ -92,16 +93,6 @@ def step_bytes(config, method, params, task):
   return optimizer, 4 * base.count(params['hnet']) + 4 * rows * method.layout.size
 
 
-def peak_memory():
-  """Peak bytes on the default device (GPU, TPU), else the process's peak resident set (CPU)."""
-  stats = jax.devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    return stats['peak_bytes_in_use'], 'device peak'
-  with open('/proc/self/status') as f:
-    kib = next(int(line.split()[1]) for line in f if line.startswith('VmHWM:'))
-  return kib * 1024, 'process peak resident set'
-
-
 def main(argv):
   del argv
   if not 1 <= _STEPS.value <= trainer_lib.MAX_STEPS_PER_CALL:
@@ -116,9 +107,9 @@ def main(argv):
   data = tasks.synthetic_task_set(config)
   method = METHODS[config.method](config, data.input_shape, data.num_classes)
   trainer = trainer_lib.Trainer(config, method)
-  hp = trainer_lib.hyperparams(config)
-  state = trainer.init_state(config.seed, hp)
-  counts = method.param_counts(state.params)
+  state, data, hp = trainer.fresh(data, [config])
+  params = jax.tree.map(lambda x: x[0], state.params)  # the one run's
+  counts = method.param_counts(params)
   target = tuple(config.target_hidden) if config.target == 'mlp' else config.target
   print(f'config: {config.dataset}, {config.method}, target {target}, '
         f'hnet {tuple(config.hnet_hidden)}, batch {config.batch_size}, max_tasks {config.max_tasks}')
@@ -144,7 +135,7 @@ def main(argv):
     step = seconds / _STEPS.value
     line = f'task {task + 1:3d} ({task:3d} previous tasks): jax {1e3 * step:9.2f} ms/step'
     bandwidth = stream_bandwidth()
-    optimizer_bytes, forward_bytes = step_bytes(config, method, state.params, task)
+    optimizer_bytes, forward_bytes = step_bytes(config, method, params, task)
     floor = (optimizer_bytes + forward_bytes) / bandwidth
     line += (f' | moves >= {(optimizer_bytes + forward_bytes) / 1e9:.3f} GB (optimizer '
              f'{optimizer_bytes / 1e9:.3f}, hypernetwork forward {forward_bytes / 1e9:.3f}) at '
@@ -156,7 +147,7 @@ def main(argv):
       line += f' | torch {1e3 * torch_step:9.2f} ms/step | jax is {torch_step / step:.2f}x faster'
     print(line)
   print(f'traces: {dict(trainer.traces)}')
-  peak, kind = peak_memory()
+  peak, kind = environment.peak_memory()
   if _COMPARE_TORCH.value and kind.startswith('process'):
     kind += ', PyTorch included: measure without --compare_torch'
   params_gib = sum(x.nbytes for x in jax.tree.leaves(state.params)) / 2**30

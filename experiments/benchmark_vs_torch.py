@@ -25,9 +25,9 @@ with the real datasets' sizes and shapes (timing does not depend on pixels).
 Columns: wall time of the whole run; training steps/s (hypermask_jax: the
 compiling call excluded); the wall time of the first and of the last task
 (training and evaluation; the first includes hypermask_jax's compilation);
-peak memory (the process's peak resident set on CPU, read in each framework's
-own process, so neither counts the other); ratio = PyTorch time / hypermask_jax
-time (> 1: hypermask_jax is faster).
+peak memory (the process's peak resident set; hypermask_jax on a GPU: the
+device's peak), read in each framework's own process, so neither counts the
+other; ratio = PyTorch time / hypermask_jax time (> 1: hypermask_jax is faster).
 """
 
 import json
@@ -92,7 +92,8 @@ def synthetic_arrays(dataset):
   return make(60000), make(10000)
 
 
-def peak_rss_bytes():
+def torch_peak_bytes():
+  """The PyTorch process's peak resident set (torch_reference runs on the CPU)."""
   with open('/proc/self/status') as f:
     return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) * 1024
 
@@ -213,8 +214,14 @@ def run_torch(config):
 
 def worker(framework, name):
   config = shortened_config(name, _TASKS.value, _STEPS.value)
-  result = run_jax(config) if framework == 'jax' else run_torch(config)
-  result.update(peak_bytes=peak_rss_bytes(), steps_per_task=config.steps_per_task,
+  if framework == 'jax':
+    from hypermask_jax import environment  # pylint: disable=g-import-not-at-top
+    result = run_jax(config)
+    result['peak_bytes'] = environment.peak_memory()[0]
+  else:
+    result = run_torch(config)
+    result['peak_bytes'] = torch_peak_bytes()
+  result.update(steps_per_task=config.steps_per_task,
                 num_tasks=config.num_tasks)
   print(RESULT + json.dumps(result), flush=True)
 

@@ -47,15 +47,14 @@ def run(config, steps):
   data = tasks.synthetic_task_set(config)
   trainer = trainer_lib.Trainer(config, METHODS[config.method](config, data.input_shape,
                                                            data.num_classes))
-  hp = trainer_lib.hyperparams(config)
-  state = trainer.init_state(config.seed, hp)
+  state, data, hp = trainer.fresh(data, [config])
   memory = []
   for task in range(config.num_tasks):
     state = trainer.begin_task(state, task, hp)
     state, _ = trainer.train_steps(state, data, hp, np.int32(steps))
     jax.block_until_ready(state)
     memory.append(memory_in_use())
-  float(trainer.evaluate(state.params, state.batch_stats, data, data.test, 0, hp))
+  float(trainer.evaluate(state.params, state.batch_stats, data, 'test', 0, hp)[0])
   return memory, dict(trainer.traces)
 
 

@@ -69,6 +69,7 @@ def validate(config):
                 'width_factor'):
     _number(config, field, low=1, integer=True)
   _number(config, 'final_checkpoints_to_keep', low=0, integer=True)
+  _number(config, 'runs_per_program', low=0, integer=True)
   _number(config, 'max_call_seconds', low=0, low_open=True)
   _number(config, 'epochs_per_task', low=0, integer=True)
   if config.epochs_per_task == 0:
@@ -84,9 +85,10 @@ def validate(config):
   for field, allowed in CHOICES.items():
     if config[field] not in allowed:
       raise ConfigError(f'config.{field}={config[field]!r}: must be one of {allowed}')
-  if not isinstance(config.data_dir, str):
-    raise ConfigError(f'config.data_dir={config.data_dir!r}: must be a path (a string; '
-                      "'' for TFDS's default)")
+  for field, empty in (('data_dir', "TFDS's default"), ('compilation_cache', 'no cache')):
+    if not isinstance(config[field], str):
+      raise ConfigError(f'config.{field}={config[field]!r}: must be a path (a string; '
+                        f"'' for {empty})")
   for field in ('lookahead', 'l1_masked', 'download'):
     if not isinstance(config[field], bool):
       raise ConfigError(f'config.{field}={config[field]!r}: must be True or False')

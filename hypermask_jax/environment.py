@@ -1,4 +1,5 @@
-"""Where a run ran: the project's version and commit, the library versions, backend and devices.
+"""Where a run ran: the project's version and commit, the library versions, backend and devices,
+and the memory it took.
 
 Recorded in every summary.json (provenance) and printed when a run starts.
 """
@@ -11,6 +12,7 @@ import subprocess
 import jax
 
 import hypermask_jax
+from hypermask_jax import paths
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets')
@@ -46,3 +48,24 @@ def one_line():
   return (f"hypermask_jax {env['hypermask_jax']}{commit} on {env['backend']}: {count} "
           f"device{'s' if count > 1 else ''} ({', '.join(env['devices'])}); jax {env['jax']}, "
           f"flax {env['flax']}, optax {env['optax']}")
+
+
+def peak_memory():
+  """(peak bytes, what they measure): the default device's peak where the backend reports it
+  (GPU, TPU), else the process's peak resident set (CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'], 'device peak'
+  with open('/proc/self/status') as f:
+    kib = next(int(line.split()[1]) for line in f if line.startswith('VmHWM:'))
+  return kib * 1024, 'process peak resident set'
+
+
+def use_compilation_cache(folder):
+  """Keeps compiled programs in `folder` (JAX's persistent compilation cache; '' turns it off),
+  so a resumed or repeated run of the same config skips compiling. Entries are keyed by the
+  program and the backend, so a changed config or machine compiles anew."""
+  if not folder:
+    return
+  jax.config.update('jax_compilation_cache_dir', paths.absolute(folder))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

@@ -13,9 +13,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up nois
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # and its oneDNN notice (TF only reads data)
 
 import difflib  # pylint: disable=g-import-not-at-top,wrong-import-position
-import importlib.util
 import logging as std_logging
-import pathlib
 import re
 import sys
 
@@ -24,6 +22,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from hypermask_jax import config_files
 from hypermask_jax import errors
 from hypermask_jax import preemption
 
@@ -31,10 +30,16 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for the results of this 
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume an unfinished run in --workdir even though its saved '
     'config differs in fields that change results (not in fields that change array shapes).')
+_REPORT = flags.DEFINE_bool(
+    'report', True, 'Write figures and report.md into WORKDIR/report when the run or sweep ends '
+    '(python -m hypermask_jax.report WORKDIR writes them at any time).')
+_SWEEP_SHARD = flags.DEFINE_string(
+    'sweep_shard', None, 'i/n: run only the i-th of n shares of a sweep\'s programs (0 <= i < n), '
+    'e.g. one per job of a SLURM array; any later run collects the finished ones.')
+# New attributes are accepted only under config.sweep (checked in check_config_flags).
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
-                                lock_config=True)
+                                lock_config=False, accept_new_attributes=True)
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 CHATTY_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
 HELP_FLAGS = ('-h', '-help', '--help', '--helpshort', '--helpfull', '-?')
 MOST_USED_FIELDS = (
@@ -50,6 +55,8 @@ MOST_USED_FIELDS = (
     ('log_every_steps', 'steps between progress lines (and validations)'),
     ('checkpoint_every_steps', 'steps between checkpoints (also after every task)'),
     ('max_call_seconds', 'wall-time bound of one compiled call: how long a stop waits'),
+    ('sweep.FIELD', 'values of FIELD to sweep, e.g. --config.sweep.seed=1,2,3,4,5'),
+    ('runs_per_program', 'most runs one compiled program trains at once (0: as many as fit)'),
 )
 
 
@@ -67,40 +74,26 @@ def fail(message):
   sys.exit(errors.EXIT_BAD_INPUT)
 
 
-def _load_module(path):
-  spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def available_configs():
-  """[(path relative to the repo, variants, first docstring line)] of configs/*.py."""
-  found = []
-  for path in sorted(CONFIGS.glob('*.py')):
-    if path.name.startswith('_'):
-      continue
-    module = _load_module(str(path))
-    if hasattr(module, 'get_config'):
-      found.append((f'configs/{path.name}', getattr(module, 'VARIANTS', ('published',)),
-                    (module.__doc__ or '').strip().splitlines()[0]))
-  return found
-
-
 def help_text():
   lines = ['usage: python -m hypermask_jax.main --config=configs/FILE.py[:VARIANT] --workdir=DIR '
-           '[--config.FIELD=VALUE ...] [--allow_config_change]', '',
-           'Trains one continual-learning run and evaluates every task after each task. Running '
-           'the same command again resumes an interrupted run from its newest checkpoint, or '
-           'prints the results of a finished one.', '',
+           '[--config.FIELD=VALUE ...] [--config.sweep.FIELD=V1,V2,...] [--allow_config_change] '
+           '[--sweep_shard=i/n]', '',
+           'Trains a continual-learning run, or the runs of a sweep (the product of the '
+           '--config.sweep.FIELD lists; runs that differ only in seed, learning_rate, beta, lam, '
+           'sparsity or l1_masked share one compiled program), and evaluates every task after '
+           'each task. Running the same command again resumes an interrupted run from its newest '
+           'checkpoint, or prints the results of a finished one.', '',
            'Configs (the first variant is the default; pick another with :VARIANT):']
-  for path, variants, doc in available_configs():
+  for path, variants, doc in config_files.available():
     lines.append(f"  {path:34s} {', '.join(variants):28s} {doc}")
   lines += ['', 'Most used fields (--config.FIELD=VALUE; every field: README.md, "Configs"):']
   lines += [f'  {field:28s} {meaning}' for field, meaning in MOST_USED_FIELDS]
   lines += ['', 'Flags:', '  --workdir=DIR                folder for the results (created; '
             'relative paths are resolved once at start)',
             '  --allow_config_change        resume although result fields of the config changed',
+            '  --sweep_shard=i/n            run only the i-th of n shares of a sweep (0 <= i < n)',
+            '  --noreport                   no figures and report.md at the end (see '
+            'python -m hypermask_jax.report)',
             '', 'Exit status:', '  0   finished (or already finished)',
             '  2   bad input: one line names the flag, field or path; nothing was written',
             f'  {preemption.EXIT_PREEMPTED}  stopped by SIGTERM or SIGINT after saving a '
@@ -141,34 +134,21 @@ def check_config_flags(argv):
     raise errors.BadInput(f'--config: missing; {example}')
   if not value:
     raise errors.BadInput(f'--config: empty; {example}')
-  path, _, variant = value.partition(':')
-  if not os.path.isfile(path):
-    known = ', '.join(p for p, _, _ in available_configs())
-    raise errors.BadInput(f'--config={value}: no such file {path!r}; the configs are {known}')
-  try:
-    module = _load_module(path)
-  except Exception as e:  # pylint: disable=broad-except  (a user's config may raise anything)
-    raise errors.BadInput(f'--config={value}: cannot load {path} ({type(e).__name__}: '
-                          f'{e})') from None
-  if not hasattr(module, 'get_config'):
-    raise errors.BadInput(f'--config={value}: {path} has no get_config()')
-  variants = getattr(module, 'VARIANTS', None)
-  if variant and variants is not None and variant not in variants:
-    raise errors.BadInput(f"--config={value}: unknown variant {variant!r}; {path} has "
-                          f"{', '.join(variants)}")
-  try:
-    config = module.get_config(variant) if variant else module.get_config()
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.BadInput(f'--config={value}: get_config({variant!r}) failed '
-                          f'({type(e).__name__}: {e})') from None
-  fields = _fields(config)
+  config = config_files.load(value)
+  fields = [f for f in _fields(config) if f.split('.')[0] != 'sweep']
   for arg in argv:
     match = re.match(r'^--?(?:no)?config\.([^=]+)', arg)
-    if match and match.group(1) not in fields:
-      field = match.group(1)
-      close = difflib.get_close_matches(field, fields, n=1, cutoff=0.6)
-      hint = f'did you mean --config.{close[0]}?' if close else '--help lists the main ones'
-      raise errors.BadInput(f'--config.{field}: no such config field ({hint})')
+    if not match:
+      continue
+    field = match.group(1)
+    swept = field.startswith('sweep.')
+    if (field[len('sweep.'):] if swept else field) not in fields:
+      close = difflib.get_close_matches(field[len('sweep.'):] if swept else field, fields, n=1,
+                                        cutoff=0.6)
+      hint = (f"did you mean --config.{'sweep.' if swept else ''}{close[0]}?" if close
+              else '--help lists the main ones')
+      what = 'no such config field to sweep' if swept else 'no such config field'
+      raise errors.BadInput(f'--config.{field}: {what} ({hint})')
 
 
 def parse_flags(argv):
@@ -193,9 +173,12 @@ def parse_flags(argv):
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from hypermask_jax import train  # pylint: disable=g-import-not-at-top  (after TF's env setup)
+  from hypermask_jax import devices  # pylint: disable=g-import-not-at-top  (after TF's env setup)
+  from hypermask_jax import train  # pylint: disable=g-import-not-at-top
   try:
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
+    devices.start_distributed()
+    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value,
+                             _SWEEP_SHARD.value, with_report=_REPORT.value)
   except preemption.Preempted as e:
     print(f'preempted: {e}; run the same command again to resume.', file=sys.stderr)
     sys.exit(preemption.EXIT_PREEMPTED)
@@ -203,9 +186,5 @@ def main(argv):
     fail(e)
 
 
-def run():
-  app.run(main, flags_parser=parse_flags)
-
-
 if __name__ == '__main__':
-  run()
+  app.run(main, flags_parser=parse_flags)

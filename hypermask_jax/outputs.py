@@ -1,12 +1,13 @@
-"""The results folder: resolved config, accuracy matrix, summary and metrics log.
+"""The results folders: a run's config, accuracy matrix, summary and metrics log; the folder a
+process trains in (checked, then locked); the record of a sweep.
 
 Paths go through etils.epath, so a workdir may be local or any filesystem it
 supports (e.g. gs://). Tasks are numbered from 1 in every file, as on the
 console; JSON arrays are positional (row i is the state after task i + 1).
 
-Nothing is written until every check of a start has passed (`check_start`
-reads only); then `lock_and_create` takes the workdir's lock and `save_config`
-records the config.
+Nothing is written until every check of a start has passed (the checks only
+read); then `Workdir.lock_and_create` takes the lock and `RunOutputs.save_config`
+records each run's config.
 """
 
 import json
@@ -16,6 +17,7 @@ import tempfile
 from etils import epath
 
 from hypermask_jax import errors
+from hypermask_jax import fields
 from hypermask_jax import metrics
 from hypermask_jax import paths
 from hypermask_jax import workdir_lock
@@ -27,6 +29,7 @@ ACCURACY_CSV = 'accuracy_matrix.csv'
 ACCURACY_JSON = 'accuracy_matrix.json'
 EMBEDDINGS = 'task_embeddings.json'
 SIMILARITY_CSV = 'embedding_similarity.csv'
+WEIGHTS = 'checkpoint.json'  # where the run's weights are: its program's checkpoints, run index
 
 
 class WorkdirError(errors.BadInput):
@@ -54,15 +57,10 @@ def flat_config(config):
   return out
 
 
-# Fields that change where results go, how often they are saved or how long a compiled call
-# may take, not what the results are: they may differ between a run and its resume.
-NOT_RESULT_FIELDS = ('data_dir', 'download', 'checkpoint_every_steps', 'checkpoints_to_keep',
-                     'final_checkpoints_to_keep', 'max_call_seconds')
-
-
 def result_diff(saved, requested):
-  """The differing fields that change results."""
-  return {k: v for k, v in config_diff(saved, requested).items() if k not in NOT_RESULT_FIELDS}
+  """The differing fields that change results (fields.RUN_SETTINGS may differ)."""
+  return {k: v for k, v in config_diff(saved, requested).items()
+          if k not in fields.RUN_SETTINGS}
 
 
 def describe_diff(diff):
@@ -70,19 +68,62 @@ def describe_diff(diff):
 
 
 class Workdir:
-  """Writes one run's outputs; refuses to mix configs, to overwrite a finished run, or to share."""
+  """A folder one process trains in: checked before anything is written, then locked."""
 
   def __init__(self, path):
     self.path = epath.Path(paths.absolute(path))
     self.lock = workdir_lock.WorkdirLock(self.path)
 
+  def check_usable(self):
+    """Raises WorkdirError if the folder is a file, in use or cannot be written; writes nothing."""
+    if self.path.exists() and not self.path.is_dir():
+      raise WorkdirError(f'{self.path}: is a file; the workdir must be a folder (or not exist)')
+    self.lock.probe()
+    if paths.is_remote(self.path):
+      return
+    missing, existing = [], str(self.path)
+    while not os.path.exists(existing):
+      missing.append(existing)
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+      raise WorkdirError(f'{self.path}: {existing} is a file, not a folder')
+    try:  # create what is missing and a file in it, then remove both
+      os.makedirs(self.path, exist_ok=True)
+      fd, probe = tempfile.mkstemp(dir=self.path, prefix='.write_test')
+      os.close(fd)
+      os.unlink(probe)
+    except OSError as e:
+      raise WorkdirError(f'{self.path}: cannot write there ({e.strerror}); choose a folder you '
+                         'can write to') from None
+    finally:
+      for folder in missing:  # deepest first: only the folders this check created
+        try:
+          os.rmdir(folder)
+        except OSError:
+          pass
+
+  def lock_and_create(self):
+    """After every check: creates the folder and takes its lock (WorkdirBusy if taken)."""
+    self.path.mkdir(parents=True, exist_ok=True)
+    self.lock.acquire()
+
+  def release(self):
+    self.lock.release()
+
+
+class RunOutputs:
+  """One run's results folder; refuses to mix configs or to overwrite a finished run."""
+
+  def __init__(self, path):
+    self.path = epath.Path(paths.absolute(path))
+
   def saved_config(self):
-    """The flat config saved by an earlier start in this workdir, or None."""
+    """The flat config saved by an earlier start of this run, or None."""
     saved = self.path / CONFIG
     return json.loads(saved.read_text()) if saved.exists() else None
 
   def finished_summary(self, config):
-    """The summary if this workdir holds a finished run of `config`; None if not finished.
+    """The summary if this folder holds a finished run of `config`; None if not finished.
 
     Raises WorkdirError if it holds a finished run of another config (fields
     that do not change results may differ).
@@ -92,63 +133,38 @@ class Workdir:
       return None
     diff = result_diff(self.saved_config() or {}, flat_config(config))
     if diff:
-      raise WorkdirError(f'--workdir={self.path} holds a finished run with a different config '
+      raise WorkdirError(f'{self.path} holds a finished run with a different config '
                          f'({describe_diff(diff)}); use another --workdir')
     return json.loads(summary.read_text())
 
-  def check_start(self, config, allow_config_change=False):
-    """Checks, writing nothing, that this run may start or resume here.
+  def changes(self, config, allow_config_change=False):
+    """The result fields in which config differs from an unfinished run's saved one ({} if new).
 
-    Returns the result fields that differ from an unfinished run's saved config
-    ({} for a new run); they differ only with allow_config_change.
+    Raises WorkdirError if there are any, unless allow_config_change.
     """
-    if self.path.exists() and not self.path.is_dir():
-      raise WorkdirError(f'--workdir={self.path}: is a file; it must be a folder (or not exist)')
-    self.lock.probe()
     saved = self.saved_config()
     diff = result_diff(saved, flat_config(config)) if saved is not None else {}
     if diff and not allow_config_change:
-      raise WorkdirError(f'--workdir={self.path} holds an unfinished run with a different config '
+      raise WorkdirError(f'{self.path} holds an unfinished run with a different config '
                          f'({describe_diff(diff)}); use another --workdir, or '
                          '--allow_config_change to resume it with the new config')
-    self._check_writable()
     return diff
 
-  def _check_writable(self):
-    """Creates what is missing of the workdir and a file in it, then removes both."""
-    if paths.is_remote(self.path):
-      return
-    missing, existing = [], str(self.path)
-    while not os.path.exists(existing):
-      missing.append(existing)
-      existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-      raise WorkdirError(f'--workdir={self.path}: {existing} is a file, not a folder')
-    try:
-      os.makedirs(self.path, exist_ok=True)
-      fd, probe = tempfile.mkstemp(dir=self.path, prefix='.write_test')
-      os.close(fd)
-      os.unlink(probe)
-    except OSError as e:
-      raise WorkdirError(f'--workdir={self.path}: cannot write there ({e.strerror}); choose a '
-                         'folder you can write to') from None
-    finally:
-      for folder in missing:  # deepest first: only the folders this check created
-        try:
-          os.rmdir(folder)
-        except OSError:
-          pass
-
-  def lock_and_create(self):
-    """After every check: creates the workdir and takes its lock (WorkdirBusy if taken)."""
+  def save_config(self, config, program_folder, index):
+    """The run's config, and where its weights are: run `index` of the checkpoints in
+    program_folder (its own folder for a single run)."""
     self.path.mkdir(parents=True, exist_ok=True)
-    self.lock.acquire()
-
-  def save_config(self, config):
     (self.path / CONFIG).write_text(json.dumps(flat_config(config), indent=2, sort_keys=True))
+    (self.path / WEIGHTS).write_text(json.dumps(
+        {'folder': os.path.relpath(program_folder, self.path), 'index': index}))
 
-  def release(self):
-    self.lock.release()
+  def checkpoint_location(self):
+    """(the folder whose checkpoints hold this run's weights, the run's index in them)."""
+    location = self.path / WEIGHTS
+    if not location.exists():
+      return self.path, 0
+    saved = json.loads(location.read_text())
+    return epath.Path(os.path.normpath(self.path / saved['folder'])), saved['index']
 
   def rewrite_metrics(self, records):
     """The metrics log as of the checkpoint being resumed (records after it are dropped)."""

@@ -1,10 +1,16 @@
 """The compiled part of training: the train state and the jitted functions over it.
 
-One jitted function per kind of work, each compiled once per config: start a
+One jitted function per kind of work, each compiled once per program: start a
 task, run a number of steps, end a chunk (validation, the plateau schedule,
 the best-validation snapshot), evaluate a task. The task index, the step and
 the number of steps a call runs are traced integers, and per-task state lives
 in arrays of size max_tasks, so no task, epoch or call length recompiles.
+
+A program trains R runs at once: every array of the state, the
+hyperparameters and the tasks' permutations has a leading runs axis, and the
+per-run functions are vmapped over it. The task index and the step are shared
+and unbatched, so `lax.switch` and `lax.cond` on them stay real branches (a
+batched predicate would turn them into selects that compute every branch).
 
 The host loop (train.py) decides how many steps each call runs: calls end at
 the chunk, checkpoint and task boundaries and are kept short enough in wall
@@ -17,6 +23,9 @@ import math
 import flax
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+import numpy as np
 import optax
 
 from hypermask_jax import backend
@@ -42,10 +51,26 @@ class TrainState:
   best: dict  # params and batch_stats of the best validation epoch ({} unless selection=best_val)
 
 
-def hyperparams(config):
-  """The traced hyperparameters: they may later be vmapped over a grid without recompiling."""
-  return {k: jnp.asarray(config[k], jnp.float32)
-          for k in ('learning_rate', 'beta', 'lam', 'sparsity')}
+def run_hyperparams(config):
+  """One run's traced fields (fields.TRACED), as the per-run functions take them."""
+  return {'seed': np.int32(config.seed), 'learning_rate': np.float32(config.learning_rate),
+          'beta': np.float32(config.beta), 'lam': np.float32(config.lam),
+          'sparsity': np.float32(config.sparsity), 'l1_masked': np.bool_(config.l1_masked)}
+
+
+def hyperparams(configs):
+  """The traced fields of each run of a program, stacked: {name: [R]}."""
+  return jax.tree.map(lambda *values: np.stack(values), *map(run_hyperparams, configs))
+
+
+# How each part of the state is laid out over the runs axis: the task and the step are shared.
+STATE_AXES = TrainState(params=0, opt_state=0, memory=0, task=None, step=None, rng=0,
+                        batch_stats=0, schedule=0, best=0)
+
+
+def data_axes(data):
+  """The task set's layout over the runs axis: the images are shared, the permutations per run."""
+  return data.replace(train=None, val=None, test=None, perms=0)
 
 
 def optimizer(learning_rate):
@@ -60,10 +85,11 @@ def new_schedule(hp):
 
 
 class Trainer:
-  """Compiled train/eval functions for one config; `traces` counts how often each was traced.
+  """Compiled train/eval functions for one program; `traces` counts how often each was traced.
 
   `chunk` is the number of steps between validations (with epochs_per_task,
   one epoch); a call of `train_steps` runs at most `max_steps_per_call` of them.
+  Every function takes and returns the state of all R runs of the program.
   """
 
   def __init__(self, config, method):
@@ -71,11 +97,13 @@ class Trainer:
     self.method = method
     self.traces = collections.Counter()
     self.whole_split_eval = targets.uses_batch_statistics_at_eval(method.target)
-    options = backend.compiler_options()
-    self.begin_task = jax.jit(self._begin_task, donate_argnums=0, compiler_options=options)
-    self.train_steps = jax.jit(self._train_steps, donate_argnums=0, compiler_options=options)
-    self.end_chunk = jax.jit(self._end_chunk, donate_argnums=0, compiler_options=options)
-    self.evaluate = jax.jit(self._evaluate, compiler_options=options)
+    self.options = backend.compiler_options()
+    jit = lambda fn, **kwargs: jax.jit(fn, compiler_options=self.options, **kwargs)
+    self.init_state = jit(self._init_state)
+    self.begin_task = jit(self._begin_task, donate_argnums=0)
+    self.train_steps = jit(self._train_steps, donate_argnums=0)
+    self.end_chunk = jit(self._end_chunk, donate_argnums=0)
+    self.evaluate = jit(self._evaluate, static_argnames='split')
 
   @property
   def chunk(self):
@@ -89,8 +117,13 @@ class Trainer:
   def max_steps_per_call(self):
     return min(self.chunk, MAX_STEPS_PER_CALL)
 
-  def init_state(self, seed, hp):
-    rng = jax.random.PRNGKey(seed)  # raw uint32 key data: plain arrays in checkpoints
+  def _runs(self, fn, *axes, out_axes=STATE_AXES):
+    """fn of one run, vmapped over the runs axis of the arguments laid out as `axes`."""
+    return jax.vmap(fn, in_axes=axes, out_axes=out_axes)
+
+  def init_run(self, hp):
+    """One run's fresh state (hp: that run's traced fields)."""
+    rng = jax.random.PRNGKey(hp['seed'])  # raw uint32 key data: plain arrays in checkpoints
     params = self.method.init_params(jax.random.fold_in(rng, 0))
     memory = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                           jax.eval_shape(self.method.begin_task, params))
@@ -103,15 +136,41 @@ class Trainer:
                       rng=jax.random.fold_in(rng, 1), batch_stats=batch_stats,
                       schedule=new_schedule(hp), best=best)
 
+  def fresh(self, task_set, configs, mesh=None):
+    """(fresh state, task set, hyperparameters) of a program whose runs have these configs.
+
+    With a mesh (devices.runs_mesh) the runs axis is split over its devices and
+    the images replicated; without one, everything is on the default device.
+    """
+    hp = hyperparams(configs)
+    data = tasks.for_runs(task_set, [c.seed for c in configs])
+    if mesh is None:
+      return self.init_state(hp), data, hp
+    runs, shared = NamedSharding(mesh, PartitionSpec('runs')), NamedSharding(mesh, PartitionSpec())
+    layout = lambda axes: jax.tree.map(lambda axis: runs if axis == 0 else shared, axes,
+                                       is_leaf=lambda x: x is None)
+    hp, data = jax.device_put(hp, runs), jax.device_put(data, layout(data_axes(data)))
+    init = jax.jit(self._init_state, out_shardings=layout(STATE_AXES),
+                   compiler_options=self.options)
+    return init(hp), data, hp
+
+  def _init_state(self, hp):
+    self.traces['init_state'] += 1
+    return self._runs(self.init_run, 0)(hp)
+
   def _begin_task(self, state, task, hp):
     self.traces['begin_task'] += 1
-    opt_state = (optimizer(hp['learning_rate']).init(state.params)
-                 if self.method.fresh_optimizer_per_task else state.opt_state)
-    return state.replace(memory=self.method.begin_task(state.params), opt_state=opt_state,
-                         task=jnp.asarray(task, jnp.int32), step=jnp.int32(0),
-                         schedule=new_schedule(hp))
+
+    def begin(state, hp):
+      opt_state = (optimizer(hp['learning_rate']).init(state.params)
+                   if self.method.fresh_optimizer_per_task else state.opt_state)
+      return state.replace(memory=self.method.begin_task(state.params), opt_state=opt_state,
+                           task=jnp.asarray(task, jnp.int32), step=jnp.int32(0),
+                           schedule=new_schedule(hp))
+    return self._runs(begin, STATE_AXES, 0)(state, hp)
 
   def _train_step(self, state, data, hp):
+    """One step of one run."""
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.task), state.step)
     rng_batch, rng_inputs = jax.random.split(rng)
     batch_tasks = self.method.batch_tasks(state.task, jax.random.fold_in(rng, 1),
@@ -129,18 +188,19 @@ class Trainer:
   def _train_steps(self, state, data, hp, num_steps):
     """Runs `num_steps` steps (a traced int in [1, max_steps_per_call]): (state, per-step metrics).
 
-    The metrics are arrays [max_steps_per_call], filled for the first num_steps
-    entries and zero after them; the host sums them, so how steps are grouped
-    into calls never changes a logged number.
+    The metrics are arrays [max_steps_per_call, R], filled for the first
+    num_steps entries and zero after them; the host sums them, so how steps are
+    grouped into calls never changes a logged number.
     """
     self.traces['train_steps'] += 1
-    shapes = jax.eval_shape(lambda s: self._train_step(s, data, hp)[1], state)
+    step = self._runs(self._train_step, STATE_AXES, data_axes(data), 0, out_axes=(STATE_AXES, 0))
+    shapes = jax.eval_shape(lambda s: step(s, data, hp)[1], state)
     metrics = jax.tree.map(lambda s: jnp.zeros((self.max_steps_per_call, *s.shape), s.dtype),
                            shapes)
 
     def body(i, carry):
       state, metrics = carry
-      state, aux = self._train_step(state, data, hp)
+      state, aux = step(state, data, hp)
       return state, jax.tree.map(lambda m, a: m.at[i].set(a), metrics, aux)
 
     return jax.lax.fori_loop(0, num_steps, body, (state, metrics))
@@ -149,28 +209,48 @@ class Trainer:
     """Validation accuracy; the plateau step; the best snapshot, swapped in when the task ends."""
     self.traces['end_chunk'] += 1
     config = self.config
-    val = self._accuracy(state.params, state.batch_stats, data, data.val, state.task, hp)
-    schedule = {**state.schedule, 'val_accuracy': val}
-    if config.lr_schedule == 'plateau':
-      schedule['plateau'] = schedules.plateau_update(
-          schedule['plateau'], val, config.plateau_factor, config.plateau_patience,
-          config.plateau_min_lr)
-    if config.selection != 'best_val':
-      return state.replace(schedule=schedule)
-    best, schedule['best_val_accuracy'] = schedules.keep_best(
-        state.best, schedule['best_val_accuracy'],
-        {'params': state.params, 'batch_stats': state.batch_stats}, val)
-    done = state.step >= config.steps_per_task
-    chosen = jax.tree.map(lambda b, c: jnp.where(done, b, c), best,
-                          {'params': state.params, 'batch_stats': state.batch_stats})
-    return state.replace(schedule=schedule, best=best, **chosen)
+
+    def end(state, data, hp):
+      val = self._accuracy(state.params, state.batch_stats, data, data.val, state.task, hp)
+      schedule = {**state.schedule, 'val_accuracy': val}
+      if config.lr_schedule == 'plateau':
+        schedule['plateau'] = schedules.plateau_update(
+            schedule['plateau'], val, config.plateau_factor, config.plateau_patience,
+            config.plateau_min_lr)
+      if config.selection != 'best_val':
+        return state.replace(schedule=schedule)
+      best, schedule['best_val_accuracy'] = schedules.keep_best(
+          state.best, schedule['best_val_accuracy'],
+          {'params': state.params, 'batch_stats': state.batch_stats}, val)
+      done = state.step >= config.steps_per_task
+      chosen = jax.tree.map(lambda b, c: jnp.where(done, b, c), best,
+                            {'params': state.params, 'batch_stats': state.batch_stats})
+      return state.replace(schedule=schedule, best=best, **chosen)
+    return self._runs(end, STATE_AXES, data_axes(data), 0)(state, data, hp)
 
   def _evaluate(self, params, batch_stats, data, split, task, hp):
-    self.traces['evaluate'] += 1
-    return self._accuracy(params, batch_stats, data, split, task, hp)
+    """How many examples of task `task` of split `split` ('test' or 'val') each run classifies
+    correctly: int32 [R].
+
+    The split is named, not passed, so each split compiles once (their sizes
+    differ) and the trace count says which. Counts, not percentages: the host
+    divides in float64, so runs that predict the same examples report the same
+    accuracy however they were compiled.
+    """
+    self.traces[f'evaluate_{split}'] += 1
+    split = getattr(data, split)
+    hits = lambda params, batch_stats, data, hp: self._hits(params, batch_stats, data, split,
+                                                              task, hp)
+    return self._runs(hits, 0, 0, data_axes(data), 0, out_axes=0)(params, batch_stats, data, hp)
 
   def _accuracy(self, params, batch_stats, data, split, task, hp):
-    """Accuracy (%) of task `task` on `split`, in fixed-size batches with padding masked out.
+    """One run's accuracy (%) on task `task` of `split` (float32, for decisions on the device)."""
+    hits = self._hits(params, batch_stats, data, split, task, hp)
+    return (100.0 * hits / split.size[task]).astype(jnp.float32)  # not weakly typed: state
+
+  def _hits(self, params, batch_stats, data, split, task, hp):
+    """One run's correct predictions on task `task` of `split`, in fixed-size batches with
+    padding masked out.
 
     A target that normalises with batch statistics sees the task's whole split
     as one batch (the reference's evaluation), its padding excluded from them.
@@ -188,5 +268,4 @@ class Trainer:
       return jnp.sum((jnp.argmax(logits, -1) == split.labels[idx]) & valid)
 
     batches = jnp.arange(math.ceil(split.max_size / bs))
-    hits = jnp.sum(jax.lax.map(correct, batches))
-    return (100.0 * hits / size).astype(jnp.float32)  # not weakly typed: it is state
+    return jnp.sum(jax.lax.map(correct, batches)).astype(jnp.int32)

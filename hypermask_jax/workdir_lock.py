@@ -44,7 +44,7 @@ class WorkdirLock:
     except ValueError:
       holder = {}
     return WorkdirBusy(
-        f"--workdir={self.workdir}: in use by another run (host {holder.get('host', '?')}, "
+        f"{self.workdir}: in use by another run (host {holder.get('host', '?')}, "
         f"pid {holder.get('pid', '?')}, since {holder.get('since', '?')}); wait for it to end "
         'or stop it, then run the same command again')
 

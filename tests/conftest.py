@@ -86,6 +86,11 @@ def synthetic_task_set():
   return tasks.permuted_mnist(train, test, num_tasks=3, seed=1, val_size=100)
 
 
+def fresh_program(trainer, task_set):
+  """(state, data, hyperparameters) of a program of one run with the trainer's config."""
+  return trainer.fresh(task_set, [trainer.config])
+
+
 def run_chunk(trainer, state, data, hp):
   """One chunk as the host loop runs it: the steps up to the next chunk end, then validation."""
   step, end = int(state.step), trainer.config.steps_per_task

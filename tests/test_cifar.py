@@ -21,6 +21,7 @@ from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import HNET
 from hypermask_jax.methods import HyperMask
+from tests.conftest import fresh_program
 from tests.conftest import run_chunk
 
 CONV = 9  # 3x3 kernels
@@ -85,7 +86,8 @@ def test_masked_resnet_keeps_batch_norm_params_and_head_bias_unmasked():
   config = config_checks.resolve(cifar100_resnet20.get_config('small'))
   method = HyperMask(config, (32, 32, 3), 10)
   params = method.init_params(jax.random.key(0))
-  weights = jax.jit(method.eval_weights)(params, jnp.int32(1), trainer_lib.hyperparams(config))
+  weights = jax.jit(method.eval_weights)(params, jnp.int32(1),
+                                        trainer_lib.run_hyperparams(config))
   np.testing.assert_array_equal(weights['head']['bias'], params['target']['head']['bias'])
   np.testing.assert_array_equal(weights['stage0_block0']['bn0']['scale'],
                                 params['target']['stage0_block0']['bn0']['scale'])
@@ -176,23 +178,23 @@ def test_the_task_ends_with_the_parameters_of_its_best_validation_epoch(syntheti
   config = config_checks.fit_to_data(config_checks.resolve(small_config(
       cifar100_resnet20, epochs_per_task=3, num_tasks=1)), data)
   trainer = trainer_lib.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
-  hp = trainer_lib.hyperparams(config)
-  state = trainer.begin_task(trainer.init_state(0, hp), 0, hp)
+  state, data, hp = fresh_program(trainer, data)
+  state = trainer.begin_task(state, 0, hp)
   snapshots, vals = [], []
   for epoch in range(3):
     if epoch == 2:  # a ruinous last epoch: its parameters must not be kept
       state = state.replace(schedule={**state.schedule, 'plateau': {
-          **state.schedule['plateau'], 'learning_rate': jnp.float32(10.0)}})
+          **state.schedule['plateau'], 'learning_rate': jnp.full(1, 10.0, jnp.float32)}})
     state = run_chunk(trainer, state, data, hp)
-    vals.append(float(state.schedule['val_accuracy']))
+    vals.append(float(state.schedule['val_accuracy'][0]))
     snapshots.append(jax.device_get(state.params))
   assert int(state.step) == config.steps_per_task
   best = int(np.argmax(vals))
   assert best < 2 and vals[2] < max(vals), vals
-  assert float(state.schedule['best_val_accuracy']) == max(vals)
+  assert float(state.schedule['best_val_accuracy'][0]) == max(vals)
   for got, want in zip(jax.tree.leaves(snapshots[2]), jax.tree.leaves(snapshots[best])):
     np.testing.assert_array_equal(got, want)
-  assert trainer.traces == {'begin_task': 1, 'train_steps': 1, 'end_chunk': 1}
+  assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1}
 
 
 @pytest.fixture(scope='module')
@@ -228,7 +230,8 @@ def test_small_configs_learn_three_synthetic_image_tasks(module, small_run):
   if module is cifar100_resnet20:  # and, with lambda = 1, remembered
     assert acc[-1].min() >= 90.0, acc
   # One compile for all tasks and epochs.
-  assert summary['traces'] == {'begin_task': 1, 'train_steps': 1, 'end_chunk': 1, 'evaluate': 1}
+  assert summary['traces'] == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
+                               'evaluate_test': 1, 'evaluate_val': 1}
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   epochs = module.get_config('small').epochs_per_task
   assert [r['epoch'] for r in records] == list(range(1, epochs + 1)) * 3
@@ -300,18 +303,18 @@ def test_hnet_with_per_task_running_statistics(synthetic_cifar_task_set):
       max_tasks=3, epochs_per_task=1)), data)
   trainer = trainer_lib.Trainer(config, HNET(config, data.input_shape, data.num_classes))
   assert not trainer.whole_split_eval
-  hp = trainer_lib.hyperparams(config)
-  state = trainer.init_state(0, hp)
-  scale = np.asarray(state.params['target']['bn_stem']['scale'])
+  state, data, hp = fresh_program(trainer, data)
+  scale = np.asarray(state.params['target']['bn_stem']['scale'][0])
   for task in range(2):
     state = trainer.begin_task(state, task, hp)
     state = run_chunk(trainer, state, data, hp)
-    trainer.evaluate(state.params, state.batch_stats, data, data.test, task, hp)
-  means = np.asarray(state.batch_stats['bn_stem']['mean'])
+    trainer.evaluate(state.params, state.batch_stats, data, 'test', task, hp)
+  means = np.asarray(state.batch_stats['bn_stem']['mean'][0])
   assert np.all(means[:2] != 0) and np.all(means[2] == 0)  # tasks 0 and 1; task 2 untouched
   assert not np.allclose(means[0], means[1])
-  assert not np.allclose(state.params['target']['bn_stem']['scale'], scale)
-  assert trainer.traces == {'begin_task': 1, 'train_steps': 1, 'end_chunk': 1, 'evaluate': 1}
+  assert not np.allclose(state.params['target']['bn_stem']['scale'][0], scale)
+  assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
+                            'evaluate_test': 1}
 
 
 def test_the_cpu_convolution_equals_xla_convolution():

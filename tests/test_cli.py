@@ -21,7 +21,8 @@ from hypermask_jax import preemption
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ['--config.num_tasks=2', '--config.steps_per_task=20', '--config.log_every_steps=10',
         '--config.checkpoint_every_steps=10', '--config.target_hidden=(16,)',
-        '--config.hnet_hidden=(8,)', '--config.embedding_size=4', '--config.batch_size=32']
+        '--config.hnet_hidden=(8,)', '--config.embedding_size=4', '--config.batch_size=32',
+        '--noreport']
 
 
 def env():
@@ -93,7 +94,8 @@ BAD_INPUT = [
      'error: config.sparsity=120.0: must be a number in [0, 100)'),
     ('more-tasks-than-max', lambda d: ['--config.num_tasks=12', '--config.max_tasks=10'],
      'error: config.num_tasks=12 exceeds config.max_tasks=10'),
-    ('workdir-is-a-file', lambda d: [f'--workdir={d["file"]}'], 'is a file; it must be a folder'),
+    ('workdir-is-a-file', lambda d: [f'--workdir={d["file"]}'],
+     'is a file; the workdir must be a folder'),
     ('workdir-not-writable', lambda d: [f'--workdir={d["unwritable"]}'], 'cannot write there'),
     ('dataset-missing', lambda d: [f'--config.data_dir={d["empty"]}', '--config.download=False'],
      "error: TFDS dataset 'mnist' (split 'train') is not prepared in data_dir="),
@@ -249,7 +251,7 @@ def test_one_writer_per_workdir_and_a_killed_holder_never_blocks(folders, tmp_pa
     second = tiny_run(workdir, folders['data'], *LONG, '--config.checkpoint_every_steps=50')
     assert second.returncode == 2, second.stderr[-2000:]
     assert error_lines(second.stderr) == [
-        f'error: --workdir={workdir}: in use by another run (host {os.uname().nodename}, pid '
+        f'error: {workdir}: in use by another run (host {os.uname().nodename}, pid '
         f'{first.pid}, since ' + error_lines(second.stderr)[0].split(', since ')[1]]
   finally:
     first.kill()  # SIGKILL: no clean-up, the lock file stays behind

@@ -2,6 +2,9 @@
 
 import gzip
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,8 @@ from hypermask_jax.data import tasks
 from hypermask_jax.data import tfds_io
 from tests.conftest import synthetic_mnist
 from tests.conftest import write_mnist_idx
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_permuted_mnist_layout():
@@ -113,3 +118,60 @@ def test_importer_rejects_a_bad_file(tmp_path):
       f.write(b'not an idx file')
   with pytest.raises(prepare.SourceError, match='IDX'):
     prepare.read_mnist(str(tmp_path))
+
+
+def prepare_cli(*args):
+  return subprocess.run([sys.executable, '-m', 'hypermask_jax.data.prepare', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_prepare_command_reports_verifies_and_rebuilds(tmp_path):
+  raw = write_mnist_idx(tmp_path / 'raw', *synthetic_mnist(n_train=30, n_test=10))
+  data_dir = tmp_path / 'tfds'
+  args = ['mnist', f'--source_dir={raw}', f'--data_dir={data_dir}']
+  first = prepare_cli(*args)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert first.stdout.splitlines() == [
+      f'mnist: read the raw files in {raw}', f'mnist: wrote {data_dir}/mnist/3.0.1',
+      'mnist: read back intact: train 30, test 10 examples']
+  assert 'download' not in (first.stdout + first.stderr).lower()
+  assert '%|' not in first.stderr  # no progress bars
+  again = prepare_cli(*args)
+  assert again.returncode == 0 and again.stdout.splitlines() == [
+      f'mnist: already prepared in {data_dir}/mnist/3.0.1; read back intact: train 30, test 10 '
+      'examples (--force rebuilds it)']
+  record = next(data_dir.rglob('mnist-train.tfrecord*'))
+  record.write_bytes(record.read_bytes()[:-100])
+  damaged = prepare_cli(*args)
+  assert damaged.returncode == 2 and 'Traceback' not in damaged.stderr
+  assert damaged.stderr.strip().splitlines() == [
+      f"error: TFDS dataset 'mnist' in {data_dir}/mnist/3.0.1 is damaged (DataLossError: "
+      + damaged.stderr.split('(DataLossError: ')[1].split(')')[0] + ')' + '; rebuild it with: '
+      f'python -m hypermask_jax.data.prepare mnist --source_dir {raw} --data_dir {data_dir} '
+      '--force']
+  rebuilt = prepare_cli(*args, '--force')
+  assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+  assert rebuilt.stdout.splitlines()[-1] == 'mnist: read back intact: train 30, test 10 examples'
+
+
+def test_force_reads_the_source_before_removing_the_old_dataset(tmp_path):
+  raw = write_mnist_idx(tmp_path / 'raw', *synthetic_mnist(n_train=30, n_test=10))
+  data_dir = str(tmp_path / 'tfds')
+  prepare.prepare('mnist', str(raw), data_dir)
+  (raw / prepare.MNIST_FILES['test'][0]).unlink()
+  with pytest.raises(prepare.SourceError, match='not found'):
+    prepare.prepare('mnist', str(raw), data_dir, force=True)
+  assert prepare.verify('mnist', data_dir) == {'train': 30, 'test': 10}  # still there, intact
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'not-gzip'])
+def test_a_damaged_gz_file_is_named(tmp_path, damage):
+  raw = write_mnist_idx(tmp_path, *synthetic_mnist(n_train=30, n_test=10))
+  path = raw / prepare.MNIST_FILES['train'][0]
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2] if damage == 'truncated' else b'plain bytes, no gzip')
+  with pytest.raises(prepare.SourceError) as e:
+    prepare.read_mnist(str(raw))
+  assert str(e.value).startswith(f'{path}: not a complete gzip file (')
+  assert '\n' not in str(e.value)

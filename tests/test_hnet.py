@@ -11,6 +11,7 @@ from hypermask_jax import config_checks
 from hypermask_jax import regularizers
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.methods.hnet import HNET
+from tests.conftest import fresh_program
 from tests.conftest import run_chunk
 
 
@@ -78,7 +79,7 @@ def test_snapshot_targets_equal_stored_targets(synthetic_task_set):
     params = method.init_params(jax.random.key(0))
     memory = method.begin_task(params)
     moved = jax.tree.map(lambda p: p + 0.01, params)
-    hp = trainer_lib.hyperparams(config)
+    hp = trainer_lib.run_hyperparams(config)
     metrics, _ = method.loss(moved, {}, batch, jnp.int32(3), 0, memory, hp,
                              jax.random.key(0))[1]
     losses.append(metrics['reg'])
@@ -91,18 +92,18 @@ def test_current_embedding_only_leaves_previous_ones_bit_identical(synthetic_tas
   for train_embeddings, previous_move in (('current', False), ('all', True)):
     config = tiny_config(train_embeddings=train_embeddings, num_tasks=3)
     trainer = trainer_lib.Trainer(config, HNET(config, data.input_shape, data.num_classes))
-    hp = trainer_lib.hyperparams(config)
-    state = trainer.init_state(0, hp)
+    state, program_data, hp = fresh_program(trainer, data)
     for task in range(2):
       state = trainer.begin_task(state, task, hp)
-      state = run_chunk(trainer, state, data, hp)
-    before = np.asarray(state.params['hnet']['embeddings'])
+      state = run_chunk(trainer, state, program_data, hp)
+    before = np.asarray(state.params['hnet']['embeddings'][0])
     state = trainer.begin_task(state, 2, hp)
-    state = run_chunk(trainer, state, data, hp)
-    after = np.asarray(state.params['hnet']['embeddings'])
+    state = run_chunk(trainer, state, program_data, hp)
+    after = np.asarray(state.params['hnet']['embeddings'][0])
     assert not np.array_equal(after[2], before[2])
     assert np.array_equal(after[:2], before[:2]) != previous_move
-    assert trainer.traces == {'begin_task': 1, 'train_steps': 1, 'end_chunk': 1}
+    assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1,
+                              'end_chunk': 1}
 
 
 @pytest.mark.slow
@@ -111,7 +112,7 @@ def test_hundred_tasks_compile_once_with_constant_memory():
   from experiments import long_sequence  # pylint: disable=g-import-not-at-top
   memory, traces = long_sequence.run(hnet_permuted_mnist_100.get_config('small'), steps=2)
   assert len(memory) == 100
-  assert traces == {'begin_task': 1, 'train_steps': 1, 'end_chunk': 1, 'evaluate': 1}
+  assert traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'evaluate_test': 1}
   # Allocator pools settle over the first tasks; after that the floor does not grow (readings
   # taken while transient evaluation buffers are alive sit up to ~40 MB above it).
   assert min(memory[90:]) - min(memory[50:60]) < 16 * 2**20, [m // 2**20 for m in memory[::5]]

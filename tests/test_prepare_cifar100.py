@@ -115,3 +115,13 @@ def test_cifar100_refuses_foreign_pickle_globals(tmp_path):
     tar.addfile(info, io.BytesIO(blob))
   with pytest.raises(prepare.SourceError, match=r'refusing global \w+\.print'):
     prepare.read_cifar100(str(tmp_path))
+
+
+def test_cifar100_names_a_truncated_tarball(tmp_path):
+  splits = {'train': make_split(40, seed=6), 'test': make_split(10, seed=7)}
+  path = tmp_path / prepare.CIFAR100_TARBALL
+  write_tarball(path, splits)
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  with pytest.raises(prepare.SourceError) as e:
+    prepare.read_cifar100(str(tmp_path))
+  assert str(e.value).startswith(f'{path}: not a complete gzipped tarball (')

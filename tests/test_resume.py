@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow  # real training in subprocesses, killed and resum
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ['--config=configs/permuted_mnist.py:small', '--config.steps_per_task=300',
-        '--config.log_every_steps=50', '--config.checkpoint_every_steps=100']
+        '--config.log_every_steps=50', '--config.checkpoint_every_steps=100', '--noreport']
 
 
 def command(workdir, data_dir, *extra):

@@ -12,6 +12,7 @@ from hypermask_jax import outputs
 from hypermask_jax import train
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.methods.hypermask import HyperMask
+from tests.conftest import fresh_program
 from tests.conftest import run_chunk
 
 
@@ -33,16 +34,16 @@ def test_train_step_traces_once_across_tasks(synthetic_task_set):
   config = tiny_config()
   data = synthetic_task_set
   trainer = trainer_lib.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
-  hp = trainer_lib.hyperparams(config)
-  state = trainer.init_state(0, hp)
+  state, data, hp = fresh_program(trainer, data)
   for task in range(3):
     state = trainer.begin_task(state, task, hp)
     for _ in range(3):  # 3 + 3 + 1 steps
       state = run_chunk(trainer, state, data, hp)
     assert int(state.step) == 7
     for j in range(task + 1):
-      trainer.evaluate(state.params, state.batch_stats, data, data.test, j, hp)
-  assert trainer.traces == {'begin_task': 1, 'train_steps': 1, 'end_chunk': 1, 'evaluate': 1}
+      trainer.evaluate(state.params, state.batch_stats, data, 'test', j, hp)
+  assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
+                            'evaluate_test': 1}
 
 
 def test_how_steps_are_grouped_into_calls_changes_nothing(synthetic_task_set):
@@ -50,10 +51,10 @@ def test_how_steps_are_grouped_into_calls_changes_nothing(synthetic_task_set):
   config = tiny_config()
   data = synthetic_task_set
   trainer = trainer_lib.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
-  hp = trainer_lib.hyperparams(config)
   runs = []
   for calls in ((3, 3, 1), (1, 2, 1, 2, 1)):
-    state = trainer.begin_task(trainer.begin_task(trainer.init_state(0, hp), 0, hp), 1, hp)
+    state, data, hp = fresh_program(trainer, synthetic_task_set)
+    state = trainer.begin_task(trainer.begin_task(state, 0, hp), 1, hp)
     losses = []
     for n in calls:
       state, metrics = trainer.train_steps(state, data, hp, np.int32(n))
@@ -72,12 +73,11 @@ def test_previous_embeddings_move_only_through_the_regulariser(synthetic_task_se
   for beta, moves in ((0.0, False), (1.0, True)):
     config = tiny_config(beta=beta)
     trainer = trainer_lib.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
-    hp = trainer_lib.hyperparams(config)
-    state = trainer.init_state(0, hp)
-    before = np.asarray(state.params['hnet']['embeddings'])
+    state, program_data, hp = fresh_program(trainer, data)
+    before = np.asarray(state.params['hnet']['embeddings'][0])
     state = trainer.begin_task(state, 1, hp)
-    state = run_chunk(trainer, state, data, hp)
-    after = np.asarray(state.params['hnet']['embeddings'])
+    state = run_chunk(trainer, state, program_data, hp)
+    after = np.asarray(state.params['hnet']['embeddings'][0])
     assert not np.array_equal(after[1], before[1])  # the current task's embedding learns
     assert np.array_equal(after[2:], before[2:])  # future tasks' embeddings do not move
     assert np.array_equal(after[0], before[0]) != moves
@@ -88,7 +88,7 @@ def test_eval_uses_each_tasks_own_embedding(synthetic_task_set):
   data = synthetic_task_set
   method = HyperMask(config, data.input_shape, data.num_classes)
   params = method.init_params(jax.random.key(0))
-  hp = trainer_lib.hyperparams(config)
+  hp = trainer_lib.run_hyperparams(config)
   w0 = method.eval_weights(params, np.int32(0), hp)
   w1 = method.eval_weights(params, np.int32(1), hp)
   assert not np.allclose(w0['dense_0']['kernel'], w1['dense_0']['kernel'])

@@ -46,7 +46,8 @@ class TaskSet:
   train: Split
   val: Split
   test: Split
-  perms: jax.Array  # int32 [T, D]: per-task input permutation (permuted_mnist), else [T, 0]
+  perms: jax.Array  # int32 [T, D] (one run) or [R, T, D] (a program's runs): per-task input
+  # permutation (permuted_mnist), else D = 0
   benchmark: str = flax.struct.field(pytree_node=False)
   num_classes: int = flax.struct.field(pytree_node=False)
 
@@ -104,11 +105,25 @@ def _split(images, labels, offsets, sizes):
                max_size=int(max(sizes)))
 
 
+def permutations(seed, num_tasks):
+  """Permuted MNIST's per-task pixel permutations [T, 1024] (task 0 permuted too)."""
+  rs = np.random.RandomState(seed)
+  return np.stack([rs.permutation(32 * 32) for _ in range(num_tasks)])
+
+
+def for_runs(task_set, seeds):
+  """The task set of a program: shared images, each run's permutations from its seed [R, T, D]."""
+  if task_set.benchmark == 'permuted_mnist':
+    perms = np.stack([permutations(seed, task_set.num_tasks) for seed in seeds])
+  else:
+    perms = np.zeros((len(seeds), task_set.num_tasks, 0), np.int32)
+  return task_set.replace(perms=jnp.asarray(perms, jnp.int32))
+
+
 def permuted_mnist(train, test, num_tasks, seed, val_size=5000):
   """Permuted MNIST: one seeded permutation of the padded 1024 pixels per task (task 0 too)."""
   (x, y), (x_test, y_test) = train, test
-  rs = np.random.RandomState(seed)
-  perms = np.stack([rs.permutation(32 * 32) for _ in range(num_tasks)])
+  perms = permutations(seed, num_tasks)
   shared = lambda xs, ys: _split(xs, ys, [0] * num_tasks, [len(ys)] * num_tasks)
   return TaskSet(train=shared(x[val_size:], y[val_size:]), val=shared(x[:val_size], y[:val_size]),
                  test=shared(x_test, y_test), perms=jnp.asarray(perms, jnp.int32),

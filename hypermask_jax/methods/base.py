@@ -25,9 +25,6 @@ class Method:
     num_heads = config.max_tasks if self.one_head_per_task else 1
     self.target = targets.build(config, num_classes, num_heads)
     self.target_shapes = jax.eval_shape(self.init_target, jax.random.key(0))
-    # One compiled program for all initialisers (eagerly, each parameter shape compiles its own
-    # random-number kernel), which the persistent compilation cache can keep across runs.
-    self.init_params = jax.jit(self.init_params)
 
   def init_target(self, rng):
     """The target's variables: 'params' and, with per-task running statistics, 'batch_stats'."""

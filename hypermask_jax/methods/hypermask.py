@@ -48,8 +48,8 @@ class HyperMask(base.HypernetworkMethod):
     logits, batch_stats = self.run_target(mask_lib.apply_masks(params['target'], masks),
                                           batch_stats, x, task, True, rng_target)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    l1 = regularizers.l1_drift(params['target'], memory['target'],
-                               masks if self.config.l1_masked else None)
+    l1_weights = jax.tree.map(lambda m: jnp.where(hp['l1_masked'], m, 1.0), masks)  # traced
+    l1 = regularizers.l1_drift(params['target'], memory['target'], l1_weights)
     l1 = jnp.where(task > 0, l1, 0.0)
     loss = ce + hp['beta'] / jnp.maximum(task, 1) * reg + hp['lam'] * l1
     return loss, ({'loss': loss, 'ce': ce, 'reg': reg, 'l1': l1,
