@@ -15,8 +15,8 @@ seen so far on its test split, as both reference codes do. Data is synthetic
 with the real datasets' sizes and shapes (timing does not depend on pixels).
 
 - hypermask_jax: `train.train_and_evaluate(config, workdir)` in a temporary
-  workdir (its end-of-task checkpoints included), the data loader pointed at
-  the synthetic arrays.
+  workdir (its end-of-task checkpoints included, no TensorBoard events), the
+  data loader pointed at the synthetic arrays.
 - PyTorch: experiments/torch_reference.py (hypnettorch's HMLP / ChunkedHMLP,
   its MLP, ResNet and ZenkeNet targets and its regulariser helpers) in a
   training loop with the same schedule; batches preprocessed with batched
@@ -100,8 +100,13 @@ def torch_peak_bytes():
 
 def run_jax(config):
   """Runs train_and_evaluate on the synthetic arrays; returns the timings."""
+  from hypermask_jax import devices  # pylint: disable=g-import-not-at-top
+  from hypermask_jax import tensorboard  # pylint: disable=g-import-not-at-top
   from hypermask_jax import train  # pylint: disable=g-import-not-at-top
   from hypermask_jax.data import tasks  # pylint: disable=g-import-not-at-top
+  # No TensorBoard events: the PyTorch loop writes none, and tensorboardX imports torch,
+  # whose memory would count in this process's peak.
+  tensorboard.Board = lambda workdir: devices.Discard()
   train_arrays, test_arrays = synthetic_arrays(config.dataset)
   builders = {'permuted_mnist': lambda c: tasks.permuted_mnist(train_arrays, test_arrays,
                                                                c.num_tasks, c.seed),
