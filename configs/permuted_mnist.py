@@ -42,7 +42,8 @@ def published():
   config.plateau_factor = 0.1 ** 0.5
   config.plateau_patience = 5  # epochs
   config.plateau_min_lr = 5e-7
-  config.selection = 'last'  # or 'best_val': per task, the params of the best validation epoch
+  config.selection = 'last'  # or 'best_val' / 'best_val_loss': per task, the params of the epoch
+  # of best validation accuracy / lowest validation loss
   config.beta = 5e-4
   config.lam = 1e-3
   config.l1_masked = True
@@ -51,6 +52,8 @@ def published():
   config.reg_targets = 'stored'  # or 'snapshot': recompute targets from a hypernet snapshot (HNET)
   config.lookahead = False  # HNET: regularise at theta + the task-loss update
   config.train_embeddings = 'all'  # HNET: or 'current', only the current task's embedding
+  config.task_inference = 'none'  # or 'entropy', 'fecam': also test with the task inferred
+  config.fecam_scenario = 5  # split_cifar100_fecam: 5 (5 x 20 classes), 6, 11 or 21 tasks
   config.log_every_steps = 500
   config.eval_batch_size = 1000
   config.checkpoint_every_steps = 2000  # and at the end of every task

@@ -9,12 +9,12 @@ VARIANTS = ('published', 'small', 'seeds')
 SEEDS = (1, 2, 3, 4, 5)  # as in the papers: "five different seed values"
 
 
-def apply(config, variant, small):
+def apply(config, variant, small, seeds=SEEDS):
   """config (the published settings) turned into `variant`; small(config) makes the small one."""
   if variant == 'small':
     small(config)
   elif variant == 'seeds':
-    config.sweep.seed = SEEDS
+    config.sweep.seed = seeds
   elif variant != 'published':
     raise ValueError(f'unknown variant {variant!r}: use one of {VARIANTS}')
   return config

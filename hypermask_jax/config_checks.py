@@ -8,13 +8,16 @@ from hypermask_jax import hypernet
 from hypermask_jax import methods
 from hypermask_jax import paths
 from hypermask_jax import targets
+from hypermask_jax import task_inference
+from hypermask_jax.data import class_orders
 from hypermask_jax.data import tasks
 
 METHODS = tuple(methods.METHODS)
 CHOICES = {'hnet_activation': tuple(hypernet.ACTIVATIONS), 'reg_targets': ('stored', 'snapshot'),
            'train_embeddings': ('all', 'current'), 'target': targets.TARGETS,
            'batch_norm': targets.BATCH_NORM_MODES, 'lr_schedule': ('constant', 'plateau'),
-           'selection': ('last', 'best_val')}
+           'selection': ('last', 'best_val', 'best_val_loss'),
+           'task_inference': task_inference.MODES}
 IMAGE_TARGETS = ('resnet20', 'zenkenet')  # they need image inputs, not the MNIST vectors
 
 
@@ -103,9 +106,14 @@ def validate(config):
     if config[field] != default and not config.epochs_per_task:
       raise ConfigError(f'config.{field}={config[field]!r} works per epoch: it needs '
                         f'config.epochs_per_task > 0 (or {field}={default!r})')
-  if config.target in IMAGE_TARGETS and config.dataset != 'split_cifar100':
+  if config.target in IMAGE_TARGETS and config.dataset not in tasks.IMAGE_BENCHMARKS:
     raise ConfigError(f'config.target={config.target!r} needs image inputs: use it with '
-                      f"dataset='split_cifar100', or target='mlp' for {config.dataset}")
+                      f'dataset in {tasks.IMAGE_BENCHMARKS}, or target=\'mlp\' for '
+                      f'{config.dataset}')
+  if config.fecam_scenario not in class_orders.FECAM_SCENARIOS:
+    raise ConfigError(f'config.fecam_scenario={config.fecam_scenario!r}: must be one of '
+                      f'{tuple(class_orders.FECAM_SCENARIOS)} (the number of tasks of a FeCAM '
+                      'scenario)')
   if config.batch_norm == 'running' and config.method == 'joint':
     raise ConfigError("config.batch_norm='running' keeps statistics per task, but "
                       "method='joint' mixes tasks in a batch: use batch_norm='batch'")
@@ -114,10 +122,12 @@ def validate(config):
   if config.num_tasks > config.max_tasks:
     raise ConfigError(f'config.num_tasks={config.num_tasks} exceeds config.max_tasks='
                       f'{config.max_tasks}: raise max_tasks to at least num_tasks')
-  most = tasks.MAX_TASKS.get(config.dataset)
+  most = tasks.max_tasks(config)
   if most is not None and config.num_tasks > most:
-    raise ConfigError(f'config.num_tasks={config.num_tasks}: {config.dataset} has at most '
-                      f'{most} tasks')
+    scenario = (f' (fecam_scenario={config.fecam_scenario})'
+                if config.dataset == 'split_cifar100_fecam' else '')
+    raise ConfigError(f'config.num_tasks={config.num_tasks}: {config.dataset}{scenario} has at '
+                      f'most {most} tasks')
 
 
 def fit_to_data(config, task_set):

@@ -27,6 +27,11 @@ RUN_SETTINGS = ('data_dir', 'download', 'checkpoint_every_steps', 'checkpoints_t
 # Not a run's setting but the description of many runs (see sweep.py).
 SWEEP = 'sweep'
 
+# Benchmarks whose tasks themselves follow the seed (Tiny ImageNet's class order), not only their
+# inputs (Permuted MNIST's permutations travel with each run): runs of different seeds hold
+# different data, so there the seed is static.
+SEEDED_TASKS = ('tiny_imagenet',)
+
 
 def is_static(field):
   """Whether runs that differ in `field` (a dotted name) need separate programs."""
@@ -35,4 +40,5 @@ def is_static(field):
 
 def static_part(flat_config):
   """The static fields of a flat config: runs with equal static parts share a program."""
-  return {k: v for k, v in flat_config.items() if is_static(k)}
+  seeded = flat_config.get('dataset') in SEEDED_TASKS
+  return {k: v for k, v in flat_config.items() if is_static(k) or (seeded and k == 'seed')}

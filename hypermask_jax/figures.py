@@ -151,9 +151,9 @@ def just_after_vs_final(acc, title):
 
 # Record fields that are not training-loss terms; names of the methods' loss terms.
 NOT_LOSS = ('task', 'step', 'global_step', 'epoch', 'accuracy', 'val_accuracy',
-            'best_val_accuracy', 'learning_rate', 'steps_per_sec')
+            'best_val_accuracy', 'best_val_loss', 'learning_rate', 'steps_per_sec')
 TERM_NAMES = {'loss': 'total loss', 'ce': 'cross-entropy', 'reg': 'output regulariser',
-              'l1': 'L1 drift', 'learning_rate': 'learning rate'}
+              'l1': 'L1 drift', 'learning_rate': 'learning rate', 'val_loss': 'validation loss'}
 
 
 def training_curves(records, title):
@@ -315,4 +315,37 @@ def final_accuracy_per_task(series, title):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))
   ax.set_title(title)
+  return fig
+
+
+def pooled_rows(acc, sizes):
+  """Each row of a [T, T] accuracy matrix averaged over the samples of its tasks (NaN: not
+  evaluated), weighted by their test sizes."""
+  return np.array([np.average(row[:i + 1], weights=sizes[:i + 1]) for i, row in enumerate(acc)])
+
+
+def task_inference(acc, inferred, sizes, title):
+  """With the task given vs inferred: each task's accuracy after the last task, and the accuracy
+  over all samples of the tasks seen after each task. inferred: {metric: [T, T] matrix}."""
+  n = acc.shape[0]
+  fig = Figure(figsize=(13, 4.8), dpi=DPI, layout='constrained')
+  final_ax, pooled_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+  x = np.arange(1, n + 1)
+  marker = 'o' if n <= 30 else None
+  series = {'task given': acc, **inferred}
+  for k, (name, matrix) in enumerate(series.items()):
+    style = {'color': 'black', 'lw': 2.2} if k == 0 else {'lw': 1.3}
+    final_ax.plot(x, matrix[-1], marker=marker, markersize=4, label=name, **style)
+    pooled_ax.plot(x, pooled_rows(matrix, sizes), marker=marker, markersize=4, label=name,
+                   **style)
+  for ax, what, xlabel in ((final_ax, 'accuracy on each task after the last task', 'task'),
+                           (pooled_ax, 'accuracy over all samples of the tasks seen',
+                            'tasks trained')):
+    _task_axis(ax, n)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('test accuracy (%)')
+    ax.set_title(what, fontsize=10)
+    ax.grid(alpha=0.3)
+  pooled_ax.legend(fontsize=8, loc='best')
+  fig.suptitle(title)
   return fig

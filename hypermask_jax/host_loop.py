@@ -19,6 +19,7 @@ import numpy as np
 from hypermask_jax import checkpoints
 from hypermask_jax import devices
 from hypermask_jax import environment
+from hypermask_jax import inference_results
 from hypermask_jax import metrics
 from hypermask_jax import outputs
 from hypermask_jax import preemption
@@ -133,6 +134,8 @@ class ProgramLoop:
     self.progress = new_progress(program.runs, self.config.num_tasks)
     self.boards = [tensorboard.Board(out.path) if devices.is_primary() else devices.Discard()
                    for out in outs]
+    self.inference = (inference_results.Recorder(trainer, data, hp, self.num_runs)
+                      if self.config.task_inference != 'none' else None)
 
   def close(self):
     for board in self.boards:
@@ -231,6 +234,9 @@ class ProgramLoop:
         record['learning_rate'] = float(schedule['plateau']['learning_rate'][r])
       if config.selection == 'best_val':
         record['best_val_accuracy'] = float(schedule['best_val_accuracy'][r])
+      if config.selection == 'best_val_loss':
+        record['val_loss'] = float(schedule['val_loss'][r])
+        record['best_val_loss'] = float(schedule['best_val_loss'][r])
       if chunk['timed_steps']:
         record['steps_per_sec'] = chunk['timed_steps'] / chunk['timed_seconds']
       progress['records'][r].append(record)
@@ -267,6 +273,10 @@ class ProgramLoop:
       best = devices.fetch(state.schedule['best_val_accuracy'])[:self.num_runs]
       logging.info('task %d: kept the parameters of the best validation epoch (%s)', task + 1,
                    _spread(best, '%'))
+    if self.config.selection == 'best_val_loss':
+      best = devices.fetch(state.schedule['best_val_loss'])[:self.num_runs]
+      logging.info('task %d: kept the parameters of the epoch of lowest validation loss (%s)',
+                   task + 1, _spread(best))
     columns = self.evaluate_all(state, 'test', task + 1)
     for r, out in enumerate(self.outs):
       accuracy = self.progress['accuracy'][r]
@@ -281,6 +291,8 @@ class ProgramLoop:
       logging.info('after task %d/%d: mean test accuracy of tasks 1-%d over %d runs: %s',
                    task + 1, self.config.num_tasks, task + 1, self.num_runs,
                    _spread([np.mean(c) for c in columns], '%'))
+    if self.inference is not None:
+      self.inference.evaluate(state, task, self.progress, self.outs)
     self.save(state)
     self.stop_if_requested(state, saved=True)
     return state
@@ -330,6 +342,9 @@ class ProgramLoop:
                                          / max(progress['train_time'], 1e-9)),
                  'params': self.method.param_counts(run_params),
                  'traces': dict(self.trainer.traces), 'environment': environment.describe()}
+      if self.inference is not None:
+        flat, summary['task_inference'] = self.inference.summary(progress, r)
+        summary.update(flat)
       if self.num_runs > 1 or run.values:
         summary['run'] = {'name': run.name, 'values': run.values,
                           'runs_in_program': self.num_runs}

@@ -16,7 +16,6 @@ masks, and for 0/1 masks the shared fraction of the weights either keeps.
 import dataclasses
 
 from etils import epath
-from flax import linen as nn
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ import orbax.checkpoint as ocp
 
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
+from hypermask_jax import features as features_lib
 from hypermask_jax import outputs
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
@@ -153,18 +153,9 @@ def penultimate_features(model, num_tasks, per_task):
 
   @jax.jit
   def features(params, batch_stats, data, hp, task, idx):
-    seen = []
-
-    def grab(next_fun, args, kwargs, context):
-      if context.module.name == 'head' and context.method_name == '__call__':
-        seen.append(args[0])
-      return next_fun(*args, **kwargs)
-
     x = data.inputs(data.test.images[idx], task, None, train=False)
     weights = method.eval_weights(params, task, hp)
-    with nn.intercept_methods(grab):
-      method.predict(weights, batch_stats, x, task)
-    return seen[0]
+    return features_lib.logits_and_features(method, weights, batch_stats, x, task)[1]
 
   sizes = np.asarray(model.data.test.size)[:num_tasks]
   offsets = np.asarray(model.data.test.offset)[:num_tasks]

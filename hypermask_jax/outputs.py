@@ -29,6 +29,7 @@ ACCURACY_CSV = 'accuracy_matrix.csv'
 ACCURACY_JSON = 'accuracy_matrix.json'
 EMBEDDINGS = 'task_embeddings.json'
 SIMILARITY_CSV = 'embedding_similarity.csv'
+TASK_INFERENCE = 'task_inference.json'  # accuracies with the task inferred (task_inference.py)
 WEIGHTS = 'checkpoint.json'  # where the run's weights are: its program's checkpoints, run index
 
 
@@ -183,6 +184,10 @@ class RunOutputs:
     lines += [f'{i + 1},' + ','.join('' if v is None else f'{v:.4f}' for v in row)
               for i, row in enumerate(rows)]
     (self.path / ACCURACY_CSV).write_text('\n'.join(lines) + '\n')
+
+  def write_task_inference(self, results):
+    """The accuracies with the task inferred so far (inference_results.py)."""
+    (self.path / TASK_INFERENCE).write_text(json.dumps(results))
 
   def write_embeddings(self, embeddings):
     """The learned task embeddings and their pairwise cosine similarity (compare tasks by it)."""

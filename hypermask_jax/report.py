@@ -73,6 +73,34 @@ def _per_task_table(acc):
   return _table(('task', 'just after training', 'after the last task', 'change'), rows)
 
 
+def _task_inference_section(run, title):
+  """The Section comparing the accuracy with the task given and inferred (task_inference.py)."""
+  saved, done = run.task_inference, run.tasks_done
+  sizes = np.asarray(saved['test_sizes'], float)
+  inferred = {}
+  for name, matrix in saved['metrics'].items():
+    rows = np.full((done, done), np.nan)
+    for i, row in enumerate(matrix[:done]):
+      rows[i, :i + 1] = [np.nan if v is None else v for v in row[:i + 1]]
+    inferred[name] = rows
+  series = {'task given': run.accuracy, **inferred}
+  header = ('task', *series)
+  rows = [(j + 1, *(f'{m[-1, j]:.2f}' for m in series.values())) for j in range(done)]
+  if done > TABLE_MAX:
+    rows = []
+  rows += [('mean', *(f'{np.mean(m[-1]):.2f}' for m in series.values())),
+           ('all samples', *(f'{figures.pooled_rows(m, sizes)[-1]:.2f}' for m in series.values())),
+           ('average incremental',
+            *(f'{np.mean(figures.pooled_rows(m, sizes)):.2f}' for m in series.values()))]
+  text = (f"Test accuracy (%) with the task inferred ({saved['mode']}), beside the task given, "
+          f'after task {done}: per task, their mean, over all samples of the tasks (weighted by '
+          'their test sizes), and that pooled accuracy averaged over the tasks trained '
+          '("average incremental"). A prediction counts only with the right task and the right '
+          'class.', '', *_table(header, rows))
+  return Section('Task inference', figures.task_inference(
+      run.accuracy, inferred, sizes, title(f"task inference ({saved['mode']})")), text)
+
+
 def run_sections(run, model=None):
   """{file name: Section} of one run; model (model_stats.Model) adds masks and features."""
   out = {}
@@ -90,6 +118,8 @@ def run_sections(run, model=None):
         'Just after training vs after all tasks',
         figures.just_after_vs_final(acc, title('just after training vs after all tasks')),
         tuple(_per_task_table(acc)))
+  if run.task_inference and run.tasks_done:
+    out['task_inference.png'] = _task_inference_section(run, title)
   if run.records:
     out['training_curves.png'] = Section(
         'Training curves', figures.training_curves(run.records, run_label),

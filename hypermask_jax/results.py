@@ -28,6 +28,7 @@ class Run:
   accuracy: np.ndarray
   summary: dict  # None while the run is unfinished
   embeddings: np.ndarray  # [num_tasks, E], None for methods without task embeddings
+  task_inference: dict = None  # task_inference.json: {'mode', 'test_sizes', 'metrics'}, or None
 
   @property
   def name(self):
@@ -70,7 +71,8 @@ def load_run(path):
             for k, v in json.loads((path / outputs.CONFIG).read_text()).items()}
   return Run(path=path, config=config, records=records,
              accuracy=accuracy, summary=_json(path / outputs.SUMMARY),
-             embeddings=None if embeddings is None else np.asarray(embeddings))
+             embeddings=None if embeddings is None else np.asarray(embeddings),
+             task_inference=_json(path / outputs.TASK_INFERENCE))
 
 
 NOT_RUNS = ('checkpoints', 'checkpoints_unreadable', 'tensorboard', 'report')  # never hold runs

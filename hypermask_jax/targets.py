@@ -131,22 +131,32 @@ class ResNet20(nn.Module):
 
 
 class ZenkeNet(nn.Module):
-  """The conv net of Zenke et al. (2017): two conv-conv-pool-dropout stages, Dense 512, head."""
+  """The conv net of Zenke et al. (2017): two conv-conv-pool-dropout stages, Dense 512, head.
+
+  The reference's 64x64 variant (Tiny ImageNet) has 64 channels in both stages
+  and no hidden Dense layer: the head reads the 14 x 14 x 64 = 12,544 features.
+  """
   num_classes: int
   num_heads: int = 1
+  channels: Sequence[int] = (32, 64)  # of the two conv stages
+  dense: int = 512  # the hidden Dense layer's width; 0: none
 
   @nn.compact
   def __call__(self, x, tasks=0, train=False, valid=None):
     del valid
-    for stage, features in enumerate((32, 64)):
+    for stage, features in enumerate(self.channels):
       x = nn.relu(Conv3x3(features, name=f'conv{stage}_0')(x))
       x = nn.relu(Conv3x3(features, padding=0, name=f'conv{stage}_1')(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
       x = nn.Dropout(0.25, deterministic=not train)(x)
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(torch_dense(512, x.shape[-1], name='dense')(x))
-    x = nn.Dropout(0.5, deterministic=not train)(x)
+    if self.dense:
+      x = nn.relu(torch_dense(self.dense, x.shape[-1], name='dense')(x))
+      x = nn.Dropout(0.5, deterministic=not train)(x)
     return _head(x, self.num_classes, self.num_heads, tasks)
+
+
+ZENKENET_64 = {'channels': (64, 64), 'dense': 0}  # the reference's ZenkeNet for 64x64 inputs
 
 
 def build(config, num_classes, num_heads=1):
@@ -156,6 +166,8 @@ def build(config, num_classes, num_heads=1):
   if config.target == 'resnet20':
     return ResNet20(num_classes=num_classes, num_heads=num_heads, width=config.width_factor,
                     running_stats=config.batch_norm == 'running', max_tasks=config.max_tasks)
+  if config.dataset == 'tiny_imagenet':
+    return ZenkeNet(num_classes=num_classes, num_heads=num_heads, **ZENKENET_64)
   return ZenkeNet(num_classes=num_classes, num_heads=num_heads)
 
 

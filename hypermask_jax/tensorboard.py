@@ -35,7 +35,7 @@ DIR = 'tensorboard'
 # Record fields that are not a plot of their own, and the tags of those not under train/.
 NOT_PLOTTED = ('step', 'global_step')
 TAGS = {'val_accuracy': 'val/accuracy', 'best_val_accuracy': 'val/best_accuracy',
-        'steps_per_sec': 'speed/steps_per_sec', 'task': 'progress/task',
+        'val_loss': 'val/loss', 'best_val_loss': 'val/best_loss', 'steps_per_sec': 'speed/steps_per_sec', 'task': 'progress/task',
         'epoch': 'progress/epoch'}
 SUMMARY_FIELDS = ('mean_accuracy', 'bwt', 'forgetting')
 # What the HParams dashboard shows beside each run's config.

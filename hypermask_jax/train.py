@@ -14,6 +14,7 @@ from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
 from hypermask_jax import devices
 from hypermask_jax import environment
+from hypermask_jax import fields
 from hypermask_jax import host_loop
 from hypermask_jax import outputs
 from hypermask_jax import paths
@@ -34,7 +35,7 @@ def build(config, input_shape, num_classes):
 
 def build_for(config):
   """(method, trainer) from the config alone (shapes known without loading the data)."""
-  return build(config, tasks.input_shape(config.dataset), tasks.NUM_CLASSES[config.dataset])
+  return build(config, tasks.input_shape(config.dataset), tasks.num_classes(config))
 
 
 def state_shapes(config):
@@ -118,7 +119,9 @@ def runs_per_program(config, mesh):
 
 
 def _data_key(config):
-  return (config.dataset, config.data_dir, config.download, config.num_tasks)
+  seed = config.seed if config.dataset in fields.SEEDED_TASKS else None
+  return (config.dataset, config.data_dir, config.download, config.num_tasks,
+          config.fecam_scenario, seed)
 
 
 def write_report(workdir, is_sweep, task_sets):

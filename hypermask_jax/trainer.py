@@ -78,10 +78,13 @@ def optimizer(learning_rate):
   return optax.adam(learning_rate)
 
 
-def new_schedule(hp):
+def new_schedule(hp, selection):
   """A task's schedule state: its plateau scheduler and no validation result yet."""
-  return {'plateau': schedules.plateau_init(hp['learning_rate']),
-          'val_accuracy': jnp.float32(0), 'best_val_accuracy': jnp.float32(-jnp.inf)}
+  schedule = {'plateau': schedules.plateau_init(hp['learning_rate']),
+              'val_accuracy': jnp.float32(0), 'best_val_accuracy': jnp.float32(-jnp.inf)}
+  if selection == 'best_val_loss':
+    schedule.update(val_loss=jnp.float32(jnp.inf), best_val_loss=jnp.float32(jnp.inf))
+  return schedule
 
 
 class Trainer:
@@ -129,12 +132,12 @@ class Trainer:
                           jax.eval_shape(self.method.begin_task, params))
     batch_stats = self.method.init_batch_stats()
     best = ({'params': params, 'batch_stats': batch_stats}
-            if self.config.selection == 'best_val' else {})
+            if self.config.selection != 'last' else {})
     best = jax.tree.map(jnp.copy, best)  # its own buffers: the state is donated
     return TrainState(params=params, opt_state=optimizer(hp['learning_rate']).init(params),
                       memory=memory, task=jnp.int32(0), step=jnp.int32(0),
                       rng=jax.random.fold_in(rng, 1), batch_stats=batch_stats,
-                      schedule=new_schedule(hp), best=best)
+                      schedule=new_schedule(hp, self.config.selection), best=best)
 
   def fresh(self, task_set, configs, mesh=None):
     """(fresh state, task set, hyperparameters) of a program whose runs have these configs.
@@ -166,7 +169,7 @@ class Trainer:
                    if self.method.fresh_optimizer_per_task else state.opt_state)
       return state.replace(memory=self.method.begin_task(state.params), opt_state=opt_state,
                            task=jnp.asarray(task, jnp.int32), step=jnp.int32(0),
-                           schedule=new_schedule(hp))
+                           schedule=new_schedule(hp, self.config.selection))
     return self._runs(begin, STATE_AXES, 0)(state, hp)
 
   def _train_step(self, state, data, hp):
@@ -206,22 +209,29 @@ class Trainer:
     return jax.lax.fori_loop(0, num_steps, body, (state, metrics))
 
   def _end_chunk(self, state, data, hp):
-    """Validation accuracy; the plateau step; the best snapshot, swapped in when the task ends."""
+    """Validation accuracy (and loss); the plateau step (on the accuracy); the best snapshot (by
+    accuracy, or by loss), swapped in when the task ends."""
     self.traces['end_chunk'] += 1
     config = self.config
 
     def end(state, data, hp):
-      val = self._accuracy(state.params, state.batch_stats, data, data.val, state.task, hp)
+      val, loss = self._val_metrics(state.params, state.batch_stats, data, data.val, state.task,
+                                    hp)
       schedule = {**state.schedule, 'val_accuracy': val}
       if config.lr_schedule == 'plateau':
         schedule['plateau'] = schedules.plateau_update(
             schedule['plateau'], val, config.plateau_factor, config.plateau_patience,
             config.plateau_min_lr)
-      if config.selection != 'best_val':
+      if config.selection == 'last':
         return state.replace(schedule=schedule)
-      best, schedule['best_val_accuracy'] = schedules.keep_best(
-          state.best, schedule['best_val_accuracy'],
-          {'params': state.params, 'batch_stats': state.batch_stats}, val)
+      current = {'params': state.params, 'batch_stats': state.batch_stats}
+      if config.selection == 'best_val':
+        best, schedule['best_val_accuracy'] = schedules.keep_best(
+            state.best, schedule['best_val_accuracy'], current, val)
+      else:  # the lowest loss: the highest negated loss
+        best, neg_loss = schedules.keep_best(state.best, -schedule['best_val_loss'], current,
+                                             -loss)
+        schedule.update(val_loss=loss, best_val_loss=-neg_loss)
       done = state.step >= config.steps_per_task
       chosen = jax.tree.map(lambda b, c: jnp.where(done, b, c), best,
                             {'params': state.params, 'batch_stats': state.batch_stats})
@@ -239,18 +249,21 @@ class Trainer:
     """
     self.traces[f'evaluate_{split}'] += 1
     split = getattr(data, split)
-    hits = lambda params, batch_stats, data, hp: self._hits(params, batch_stats, data, split,
-                                                              task, hp)
+    hits = lambda params, batch_stats, data, hp: self._hits_and_loss(
+        params, batch_stats, data, split, task, hp)[0]
     return self._runs(hits, 0, 0, data_axes(data), 0, out_axes=0)(params, batch_stats, data, hp)
 
-  def _accuracy(self, params, batch_stats, data, split, task, hp):
-    """One run's accuracy (%) on task `task` of `split` (float32, for decisions on the device)."""
-    hits = self._hits(params, batch_stats, data, split, task, hp)
-    return (100.0 * hits / split.size[task]).astype(jnp.float32)  # not weakly typed: state
+  def _val_metrics(self, params, batch_stats, data, split, task, hp):
+    """One run's (accuracy (%), mean cross-entropy) on task `task` of `split` (float32, for
+    decisions on the device: plateau, best snapshot)."""
+    hits, loss = self._hits_and_loss(params, batch_stats, data, split, task, hp)
+    size = split.size[task]
+    # Not weakly typed: they are state.
+    return (100.0 * hits / size).astype(jnp.float32), (loss / size).astype(jnp.float32)
 
-  def _hits(self, params, batch_stats, data, split, task, hp):
-    """One run's correct predictions on task `task` of `split`, in fixed-size batches with
-    padding masked out.
+  def _hits_and_loss(self, params, batch_stats, data, split, task, hp):
+    """One run's correct predictions (int32) and summed cross-entropy on task `task` of `split`,
+    in fixed-size batches with padding masked out.
 
     A target that normalises with batch statistics sees the task's whole split
     as one batch (the reference's evaluation), its padding excluded from them.
@@ -265,7 +278,11 @@ class Trainer:
       idx = split.offset[task] + jnp.minimum(pos, size - 1)
       x = data.inputs(split.images[idx], task, None, train=False)
       logits = self.method.predict(weights, batch_stats, x, task, valid)
-      return jnp.sum((jnp.argmax(logits, -1) == split.labels[idx]) & valid)
+      labels = split.labels[idx]
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return (jnp.sum((jnp.argmax(logits, -1) == labels) & valid),
+              jnp.sum(jnp.where(valid, ce, 0.0)))
 
     batches = jnp.arange(math.ceil(split.max_size / bs))
-    return jnp.sum(jax.lax.map(correct, batches)).astype(jnp.int32)
+    hits, ce = jax.tree.map(jnp.sum, jax.lax.map(correct, batches))
+    return hits.astype(jnp.int32), ce

@@ -169,7 +169,7 @@ def test_relative_workdir_and_data_dir_from_another_folder(folders, tmp_path):
   restored = manager.restore(40, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                          progress=ocp.args.JsonRestore()))
   manager.close()
-  assert restored.progress['accuracy'] == summary['accuracy_matrix']
+  assert restored.progress['accuracy'] == [summary['accuracy_matrix']]  # [run][task][task]
   assert int(restored.state['task']) == 1 and int(restored.state['step']) == 20
   assert not (workdir / '.lock').exists()
 

@@ -25,7 +25,8 @@ from hypermask_jax.data import tasks
     ('target', 'resnet20', "config.target='resnet20' needs image inputs"),
     ('lr_schedule', 'plateau', "config.lr_schedule='plateau' works per epoch: it needs "
      'config.epochs_per_task > 0'),
-    ('selection', 'best', "config.selection='best': must be one of ('last', 'best_val')"),
+    ('selection', 'best', "config.selection='best': must be one of ('last', 'best_val', "
+     "'best_val_loss')"),
     ('epochs_per_task', 3, 'config.steps_per_task=5000: must be None when '
      'config.epochs_per_task=3'),
     ('plateau_factor', 1.0, 'config.plateau_factor=1.0: must be a number in (0, 1)'),

@@ -240,3 +240,25 @@ def test_pca_projects_on_the_directions_of_largest_variance():
   np.testing.assert_allclose(np.abs(projected), np.abs(u[:, :2] * s[:2]), atol=1e-9)
   np.testing.assert_allclose(explained, s[:2] ** 2 / np.sum(s ** 2))
   assert explained[0] > 0.8  # the axis with std 5 of a total variance of about 30
+
+
+def test_task_inference_is_plotted_beside_the_task_given(tmp_path):
+  """Its figure and table show the saved matrices, pooled with the tasks' test sizes."""
+  path = fake_runs.write_fake_run(tmp_path / 'run', fake_runs.fake_accuracy(3, seed=2))
+  inferred = fake_runs.fake_accuracy(3, seed=3, drop=4.0)
+  sizes = [100, 300, 100]
+  matrix = [[None if np.isnan(v) else float(v) for v in row] for row in inferred]
+  (path / 'task_inference.json').write_text(json.dumps(
+      {'mode': 'entropy', 'test_sizes': sizes, 'metrics': {'entropy_accuracy': matrix}}))
+  section = report.run_sections(results.load_run(path))['task_inference.png']
+  final_ax, pooled_ax = section.figure.axes[:2]
+  given, entropy = final_ax.get_lines()
+  np.testing.assert_array_equal(given.get_ydata(), summary_matrix(path)[-1])
+  np.testing.assert_array_equal(entropy.get_ydata(), inferred[-1])
+  pooled = pooled_ax.get_lines()[1].get_ydata()
+  np.testing.assert_allclose(pooled[1], np.average(inferred[1, :2], weights=sizes[:2]))
+  np.testing.assert_allclose(pooled[2], np.average(inferred[2], weights=sizes))
+  table = '\n'.join(section.text)
+  assert '| task | task given | entropy_accuracy |' in table
+  assert f'| all samples | {np.average(summary_matrix(path)[-1], weights=sizes):.2f} | ' \
+         f'{pooled[2]:.2f} |' in table

@@ -128,9 +128,12 @@ def test_a_finished_sweep_is_not_rerun_and_another_sweep_is_refused(tmp_path, pa
 
 
 def cli(workdir, data_dir, *extra, env_extra=None):
+  # A tuple field given twice concatenates (ml_collections), so extra replaces TINY's flags.
+  names = {arg.split('=')[0] for arg in extra}
+  tiny = [arg for arg in TINY if arg.split('=')[0] not in names]
   return subprocess.run(
       [sys.executable, '-m', 'hypermask_jax.main', '--config=configs/permuted_mnist.py:small',
-       *TINY, f'--config.data_dir={data_dir}', f'--workdir={workdir}', *extra],
+       *tiny, f'--config.data_dir={data_dir}', f'--workdir={workdir}', *extra],
       cwd=ROOT, env={**os.environ, 'PYTHONPATH': str(ROOT), **(env_extra or {})},
       capture_output=True, text=True, timeout=900)
 

@@ -2,6 +2,7 @@
 
   python -m hypermask_jax.data.prepare mnist --source_dir DIR --data_dir DIR [--force]
   python -m hypermask_jax.data.prepare cifar100 --source_dir DIR --data_dir DIR [--force]
+  python -m hypermask_jax.data.prepare tiny_imagenet --source_dir DIR --data_dir DIR [--force]
 
 A dataset that is already prepared is not rebuilt: it is read back in full
 and reported intact or damaged; --force rebuilds it (the raw files are read
@@ -11,10 +12,13 @@ the dataset is there and intact, 2 with one line naming the file otherwise.
 Raw files expected in --source_dir:
   mnist:    the four gzipped IDX files (train-images-idx3-ubyte.gz, ...).
   cifar100: cifar-100-python.tar.gz, the CIFAR-100 "python version" tarball.
+  tiny_imagenet: tiny-imagenet-200.zip, the standard Tiny ImageNet archive.
 
 The result has the name, version, features, splits and example keys of the
 TFDS catalogue dataset, so `tfds.load('mnist', data_dir=DIR)` (or 'cifar100')
-reads it unchanged.
+reads it unchanged. Tiny ImageNet is not in the catalogue: `tfds.load(
+'tiny_imagenet', data_dir=DIR)` reads the dataset written here (splits
+'train' and 'validation', features 'id', 'image' and 'label').
 """
 
 import os
@@ -30,6 +34,7 @@ import pickle
 import sys
 import tarfile
 import tempfile
+import zipfile
 import zlib
 
 from absl import app
@@ -240,12 +245,114 @@ def cifar100_examples(source_dir):
   return features, examples
 
 
+TINY_IMAGENET_ZIP = 'tiny-imagenet-200.zip'
+TINY_IMAGENET_ROOT = 'tiny-imagenet-200'
+TINY_IMAGENET_SHAPE = (64, 64, 3)
+# Not in the TFDS catalogue: the version and texts the written dataset carries.
+TINY_IMAGENET_TEXTS = {
+    'version': '1.0.0',
+    'description': ('Tiny ImageNet: 200 ImageNet classes of 64x64 colour images, 500 training '
+                    'and 50 labelled validation images per class (grey images made RGB). '
+                    'Imported by hypermask_jax.data.prepare from ' + TINY_IMAGENET_ZIP + '.'),
+    'homepage': 'http://cs231n.stanford.edu/',
+    'citation': ''}
+
+
+def _decode_image(data, archive, member):
+  """An image file's RGB pixels [64, 64, 3] (a grey image's one channel repeated)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TFDS imports it anyway)
+  try:
+    image = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+  except tf.errors.OpError as e:
+    raise SourceError(f'{archive}: {member} is not a readable image ({e.message.splitlines()[0]})'
+                      ) from None
+  if image.shape != TINY_IMAGENET_SHAPE:
+    raise SourceError(f'{archive}: {member} is {image.shape[1]}x{image.shape[0]}, expected 64x64')
+  return image
+
+
+def _zip_text(archive, names, path, member):
+  if member not in names:
+    raise SourceError(f'{path}: has no {member}; is it the standard {TINY_IMAGENET_ZIP}?')
+  return archive.read(member).decode('utf-8', errors='replace')
+
+
+def read_tiny_imagenet(source_dir):
+  """Returns (wnids, {split: [(file name, image [64, 64, 3], label)]}) from tiny-imagenet-200.zip.
+
+  The label is the class's line in wnids.txt. 'train' comes from
+  train/<wnid>/images/*.JPEG, 'validation' from val/images with the classes of
+  val/val_annotations.txt (in its order); the unlabelled test images are left out.
+  """
+  path = os.path.join(source_dir, TINY_IMAGENET_ZIP)
+  if not os.path.isfile(path):
+    raise SourceError(f'{path}: not found; put {TINY_IMAGENET_ZIP} (the standard Tiny ImageNet '
+                      'archive) in --source_dir')
+  try:
+    with zipfile.ZipFile(path) as archive:
+      return _read_tiny_imagenet_members(archive, path)
+  except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:  # not a zip, or cut short
+    raise SourceError(f'{path}: not a complete zip archive ({type(e).__name__}: {e}); download '
+                      'it again') from None
+
+
+def _read_tiny_imagenet_members(archive, path):
+  root = TINY_IMAGENET_ROOT
+  names = set(archive.namelist())
+  wnids = _zip_text(archive, names, path, f'{root}/wnids.txt').split()
+  if not wnids or len(set(wnids)) != len(wnids):
+    raise SourceError(f'{path}: {root}/wnids.txt must list distinct class ids, one per line')
+  label = {wnid: i for i, wnid in enumerate(wnids)}
+  splits = {'train': [], 'validation': []}
+  for wnid in wnids:
+    prefix = f'{root}/train/{wnid}/images/'
+    members = sorted(n for n in names if n.startswith(prefix) and n.lower().endswith('.jpeg'))
+    if not members:
+      raise SourceError(f'{path}: class {wnid} has no images in {prefix}')
+    splits['train'] += [(m.rsplit('/', 1)[1], _decode_image(archive.read(m), path, m),
+                         label[wnid]) for m in members]
+  annotations = _zip_text(archive, names, path, f'{root}/val/val_annotations.txt')
+  for number, line in enumerate(annotations.splitlines(), 1):
+    if not line.strip():
+      continue
+    fields = line.split('	')
+    if len(fields) < 2 or fields[1] not in label:
+      raise SourceError(f'{path}: {root}/val/val_annotations.txt line {number}: expected '
+                        f'"FILE<tab>WNID..." with a class of wnids.txt, got {line[:80]!r}')
+    member = f'{root}/val/images/{fields[0]}'
+    if member not in names:
+      raise SourceError(f'{path}: has no {member} (named in val_annotations.txt line {number})')
+    splits['validation'].append((fields[0], _decode_image(archive.read(member), path, member),
+                                 label[fields[1]]))
+  if not splits['validation']:
+    raise SourceError(f'{path}: {root}/val/val_annotations.txt lists no images')
+  return wnids, splits
+
+
+def tiny_imagenet_examples(source_dir):
+  """Returns (features, {split: [(key, example)]}), keyed by the position in the split."""
+  wnids, splits = read_tiny_imagenet(source_dir)
+  features = tfds.features.FeaturesDict({
+      'id': tfds.features.Text(),
+      'image': tfds.features.Image(shape=TINY_IMAGENET_SHAPE),
+      'label': tfds.features.ClassLabel(names=wnids),
+  })
+  return features, {split: [(i, {'id': name, 'image': image, 'label': y})
+                            for i, (name, image, y) in enumerate(examples)]
+                    for split, examples in splits.items()}
+
+
 # name -> reader(source_dir) returning (features, {split: [(key, example)]}).
-READERS = {'mnist': mnist_examples, 'cifar100': cifar100_examples}
+READERS = {'mnist': mnist_examples, 'cifar100': cifar100_examples,
+           'tiny_imagenet': tiny_imagenet_examples}
+# Datasets the TFDS catalogue lacks: the texts they are written with.
+NOT_IN_CATALOGUE = {'tiny_imagenet': TINY_IMAGENET_TEXTS}
 
 
 def _catalogue_texts(name):
   """The catalogue dataset's version and texts, read on an empty data_dir (whatever DIR holds)."""
+  if name in NOT_IN_CATALOGUE:
+    return dict(NOT_IN_CATALOGUE[name])
   with tempfile.TemporaryDirectory() as empty:
     info = tfds.builder(name, data_dir=empty).info
     return {'version': str(info.version), 'description': info.description,
@@ -313,7 +420,8 @@ def prepare(name, source_dir, data_dir, force=False):
 
 USAGE = (f'usage: python -m hypermask_jax.data.prepare {{{",".join(READERS)}}} --source_dir DIR '
          f'--data_dir DIR [--force] (mnist: DIR holds the four IDX .gz files, '
-         f'{MNIST_FILES["train"][0]} and the others; cifar100: DIR holds {CIFAR100_TARBALL})')
+         f'{MNIST_FILES["train"][0]} and the others; cifar100: DIR holds {CIFAR100_TARBALL}; '
+         f'tiny_imagenet: DIR holds {TINY_IMAGENET_ZIP})')
 
 
 def main(argv):

@@ -65,6 +65,9 @@ def load_split(name, split, data_dir=None, download=True):
   data_dir = data_dir or None
   try:
     builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:  # not prepared, and not in the catalogue
+    raise _unavailable(name, split, data_dir, 'is not in the TFDS catalogue (it cannot be '
+                       'downloaded)') from None
   except Exception as e:  # an unreadable dataset_info.json of a prepared dataset
     raise damaged_error(name, os.path.join(data_dir or tfds.core.constants.DATA_DIR, name),
                    data_dir, e) from e
