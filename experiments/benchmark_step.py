@@ -17,6 +17,16 @@ training time the blocking part costs at the config's checkpoint_every_steps.
 Data is synthetic with the benchmark's shapes (timing does not depend on the
 pixels), so it runs anywhere. Steps run as the training loop runs them: one
 compiled call of `--steps` steps (at most trainer.MAX_STEPS_PER_CALL).
+
+The floor: the bytes a step must move (optimizer: every trained parameter,
+its gradient and both Adam moments each read once and written once; the
+hypernetwork's forward: its weights read once, its output rows written) over
+the memory bandwidth measured in this process just before (a jitted in-place
+stream, x * a + b over a 256 MiB float32 array, counting the bytes read and
+written); the share is that floor over the measured step time. It ignores
+compute, so it is a true lower bound only where the step is bandwidth-bound
+(the MNIST hypernetworks); for the CIFAR targets, whose convolutions are
+compute-bound on CPU, a low share says so.
 """
 
 import pathlib
@@ -29,6 +39,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
@@ -45,7 +56,7 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per measurement (one com
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Measurements per task; the best is reported.')
 _COMPARE_TORCH = flags.DEFINE_bool(
     'compare_torch', False, 'Also time the PyTorch step of experiments/torch_reference.py '
-    '(needs `pip install torch==2.13.0`) and print the ratio.')
+    '(needs `pip install -r requirements-torch.txt`) and print the ratio.')
 
 
 def time_chunk(trainer, state, data, hp, repeats):
@@ -57,6 +68,29 @@ def time_chunk(trainer, state, data, hp, repeats):
     jax.block_until_ready(state)
     best = min(best, time.perf_counter() - tic)
   return state, best
+
+
+def stream_bandwidth(megabytes=256, repeats=5, passes=8):
+  """Bytes per second of an in-place x * a + b over a float32 array (read and written)."""
+  x = jnp.ones(megabytes * 2**20 // 4, jnp.float32)
+  stream = jax.jit(lambda x: jax.lax.fori_loop(0, passes, lambda _, x: x * 0.999 + 1e-3, x),
+                   donate_argnums=0)
+  x = jax.block_until_ready(stream(x))
+  best = float('inf')
+  for _ in range(repeats):
+    tic = time.perf_counter()
+    x = jax.block_until_ready(stream(x))
+    best = min(best, time.perf_counter() - tic)
+  return 2 * x.nbytes * passes / best
+
+
+def step_bytes(config, method, params, task):
+  """(optimizer bytes, hypernetwork-forward bytes) a train step at `task` must move at least."""
+  optimizer = 8 * 4 * base.count(params)  # param, gradient, 2 moments: read once, written once
+  if 'hnet' not in params:  # no hypernetwork: the target's weights are read once
+    return optimizer, 4 * base.count(params)
+  rows = 1 + min(task, config.reg_subset or task)  # the current task and those regularised
+  return optimizer, 4 * base.count(params['hnet']) + 4 * rows * method.layout.size
 
 
 def main(argv):
@@ -72,12 +106,10 @@ def main(argv):
   config = config_checks.resolve(config)
   data = tasks.synthetic_task_set(config)
   method = METHODS[config.method](config, data.input_shape, data.num_classes)
-  if _COMPARE_TORCH.value and config.method != 'hypermask':
-    raise app.UsageError('--compare_torch times the HyperMask reference step; '
-                         f'config.method={config.method!r}')
   trainer = trainer_lib.Trainer(config, method)
   state, data, hp = trainer.fresh(data, [config])
-  counts = method.param_counts(jax.tree.map(lambda x: x[0], state.params))
+  params = jax.tree.map(lambda x: x[0], state.params)  # the one run's
+  counts = method.param_counts(params)
   target = tuple(config.target_hidden) if config.target == 'mlp' else config.target
   print(f'config: {config.dataset}, {config.method}, target {target}, '
         f'hnet {tuple(config.hnet_hidden)}, batch {config.batch_size}, max_tasks {config.max_tasks}')
@@ -89,7 +121,8 @@ def main(argv):
     try:
       from experiments import torch_reference  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      raise app.UsageError(f'--compare_torch needs PyTorch ({e}); pip install torch==2.13.0')
+      raise app.UsageError(f'--compare_torch needs PyTorch and hypnettorch ({e}): '
+                           'pip install -r requirements-torch.txt')
   state = trainer.begin_task(state, 0, hp)
   tic = time.perf_counter()
   trainer.train_steps.lower(state, data, hp, np.int32(_STEPS.value)).compile()
@@ -101,6 +134,13 @@ def main(argv):
     state, seconds = time_chunk(trainer, state, data, hp, _REPEATS.value)
     step = seconds / _STEPS.value
     line = f'task {task + 1:3d} ({task:3d} previous tasks): jax {1e3 * step:9.2f} ms/step'
+    bandwidth = stream_bandwidth()
+    optimizer_bytes, forward_bytes = step_bytes(config, method, params, task)
+    floor = (optimizer_bytes + forward_bytes) / bandwidth
+    line += (f' | moves >= {(optimizer_bytes + forward_bytes) / 1e9:.3f} GB (optimizer '
+             f'{optimizer_bytes / 1e9:.3f}, hypernetwork forward {forward_bytes / 1e9:.3f}) at '
+             f'{bandwidth / 1e9:.1f} GB/s: floor {1e3 * floor:.2f} ms, '
+             f'share {100 * floor / step:.0f}%')
     if _COMPARE_TORCH.value:
       torch_step = torch_reference.time_steps(config, data.input_shape, data.num_classes, task,
                                               _STEPS.value, _REPEATS.value)

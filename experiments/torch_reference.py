@@ -1,144 +1,161 @@
-"""A PyTorch HyperMask train step shaped like the reference implementation, for timing only.
+"""The reference implementations' training step in PyTorch, assembled from hypnettorch's public API.
 
-Written from ../shared/SPEC.md sections 1.1 and 2, not from the reference's
-code: an HMLP hypernetwork, masks |tanh(h)| over the target's conv and dense
-weights (the output bias and BatchNorm unmasked), the target (MLP, ResNet-20
-or ZenkeNet) run functionally with the masked weights, and, as in the
-reference, the output regulariser as a Python loop that runs the hypernetwork
-once per previous task. Used by experiments/benchmark_step.py --compare_torch.
+For timing and memory comparisons only (`pip install -r requirements-torch.txt`).
+Built as the published PyTorch code builds it, from ../shared/SPEC.md (not
+from that code):
+
+- HyperMask: hypnettorch's HMLP (ELU, one embedding per task) outputs a raw
+  tensor for every weight of the target (its output bias included); the
+  target is hypnettorch's MLP, ResNet (n=3, k=width_factor, batch statistics,
+  no running ones) or ZenkeNet, holding its own weights, run with W * M_t
+  where M_t = |tanh(h)| cut below the per-tensor `sparsity` percentile
+  (torch.quantile), the output bias unmasked; loss CE + beta / max(1, t) *
+  R_h + lambda * L1 drift; a fresh Adam per task over the hypernetwork (all
+  embeddings) and the target.
+- HNET: hypnettorch's ChunkedHMLP (or HMLP without chunks) generates every
+  weight of a weightless MLP; loss CE + beta * R_h; a fresh Adam per task over
+  the hypernetwork's unconditional weights and the current embedding
+  (train_embeddings='current') or all embeddings.
+- R_h: hypnettorch.utils.hnet_regularizer: get_current_targets when a task
+  starts, calc_fix_target_reg at every step (its Python loop over previous
+  tasks, or over a random subset of reg_subset of them).
+
+Inputs are flattened HWC images, as hypnettorch's networks take them.
 """
 
-import math
 import time
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from hypnettorch import hnets
+from hypnettorch import mnets
+from hypnettorch.utils import hnet_regularizer
 
 
-def mlp(config, input_shape, num_classes):
-  """(masked tensors, head bias, shared params, forward(masked weights, x)) of the MLP."""
-  sizes = [int(np.prod(input_shape)), *config.target_hidden, num_classes]
-  layers = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-  masked = [p for layer in layers for p in (layer.weight, layer.bias)][:-1]
-
-  def forward(w, x):
-    h = x.flatten(1)
-    for i in range(len(layers) - 1):
-      h = F.relu(F.linear(h, w[2 * i], w[2 * i + 1]))
-    return F.linear(h, w[-1], layers[-1].bias)
-  return masked, layers[-1].bias, [], forward
-
-
-def resnet20(config, num_classes):
-  """ResNet-20 as SPEC section 2: conv (bias) -> BN (batch statistics) -> + option-A shortcut."""
-  convs, cin = [(3, 16, 1)], 16
-  for stage, base in enumerate((16, 32, 64)):
-    for block in range(3):
-      cout = base * config.width_factor
-      convs += [(cin, cout, 2 if stage and not block else 1), (cout, cout, 1)]
-      cin = cout
-  modules = [nn.Conv2d(a, b, 3, s, 1) for a, b, s in convs]
-  norms = [nn.BatchNorm2d(b, track_running_stats=False) for _, b, _ in convs]
-  head = nn.Linear(cin, num_classes)
-  masked = [p for m in modules for p in (m.weight, m.bias)] + [head.weight]
-
-  def forward(w, x):
-    conv = lambda i, h: norms[i](F.conv2d(h, w[2 * i], w[2 * i + 1], convs[i][2], 1))
-    h = F.relu(conv(0, x))
-    for i in range(1, len(convs), 2):
-      y = conv(i + 1, F.relu(conv(i, h)))
-      stride, extra = convs[i][2], convs[i][1] - convs[i][0]
-      shortcut = F.pad(h[:, :, ::stride, ::stride], (0, 0, 0, 0, extra // 2, extra - extra // 2))
-      h = F.relu(y + shortcut)
-    return F.linear(h.mean((2, 3)), w[-1], head.bias)
-  return masked, head.bias, [p for n in norms for p in n.parameters()], forward
+def _target(config, input_shape, num_classes, own_weights):
+  if config.target == 'mlp':
+    return mnets.MLP(n_in=int(np.prod(input_shape)), n_out=num_classes,
+                     hidden_layers=tuple(config.target_hidden), no_weights=not own_weights,
+                     verbose=False)
+  if not own_weights:
+    raise NotImplementedError('the PyTorch reference runs HNET on MLP targets (its published '
+                              f'configs); config.target={config.target!r}')
+  if config.target == 'resnet20':
+    return mnets.ResNet(in_shape=tuple(input_shape), num_classes=num_classes, n=3,
+                        k=config.width_factor, use_batch_norm=True, bn_track_stats=False,
+                        verbose=False)
+  return mnets.ZenkeNet(in_shape=tuple(input_shape), num_classes=num_classes, arch='cifar',
+                        verbose=False)
 
 
-def zenkenet(num_classes):
-  """ZenkeNet as SPEC section 2."""
-  modules = [nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3),
-             nn.Conv2d(32, 64, 3, padding=1), nn.Conv2d(64, 64, 3), nn.Linear(2304, 512)]
-  head = nn.Linear(512, num_classes)
-  masked = [p for m in modules for p in (m.weight, m.bias)] + [head.weight]
-
-  def forward(w, x):
-    h = x
-    for stage in range(2):
-      h = F.relu(F.conv2d(h, w[4 * stage], w[4 * stage + 1], padding=1))
-      h = F.relu(F.conv2d(h, w[4 * stage + 2], w[4 * stage + 3]))
-      h = F.dropout(F.max_pool2d(h, 2), 0.25, training=True)
-    h = F.dropout(F.relu(F.linear(h.flatten(1), w[8], w[9])), 0.5, training=True)
-    return F.linear(h, w[10], head.bias)
-  return masked, head.bias, [], forward
+def _is_weight(mnet):
+  """Per entry of mnet.param_shapes: a kernel or bias (True) or a BatchNorm parameter (False)."""
+  try:
+    return [meta['name'] in ('weight', 'bias') for meta in mnet.param_shapes_meta]
+  except NotImplementedError:  # ZenkeNet keeps no meta: all its parameters are weights
+    return [True] * len(mnet.param_shapes)
 
 
-class TorchHyperMask:
-  """HyperMask's parameters and one Adam step, in PyTorch."""
+class TorchReference:
+  """One config's networks, optimiser and step. Call begin_task(t), then train_step repeatedly."""
 
   def __init__(self, config, input_shape, num_classes):
-    if config.target == 'mlp':
-      target = mlp(config, input_shape, num_classes)
-    elif config.target == 'resnet20':
-      target = resnet20(config, num_classes)
-    else:
-      target = zenkenet(num_classes)
-    self.masked, head_bias, shared, self.forward = target
-    self.target = [*self.masked, head_bias]  # what the L1 drift covers
-    self.num_outputs = sum(p.numel() for p in self.masked)
-    self.embeddings = nn.Parameter(torch.randn(config.max_tasks, config.embedding_size))
-    hidden = [config.embedding_size, *config.hnet_hidden]
-    self.hnet = nn.Sequential(*[m for a, b in zip(hidden[:-1], hidden[1:])
-                                for m in (nn.Linear(a, b), nn.ELU())],
-                              nn.Linear(hidden[-1], self.num_outputs))
-    self.params = [self.embeddings, *self.hnet.parameters(), *self.target, *shared]
-    self.optimizer = torch.optim.Adam(self.params, lr=config.learning_rate)
+    if config.method not in ('hypermask', 'hnet'):
+      raise NotImplementedError(f'no PyTorch reference for method={config.method!r}')
+    if config.lookahead or config.reg_targets != 'stored':
+      raise NotImplementedError('the PyTorch reference has no lookahead or snapshot targets')
     self.config = config
-    self.begin_task()
+    self.hypermask = config.method == 'hypermask'
+    self.mnet = _target(config, input_shape, num_classes, own_weights=self.hypermask)
+    self.is_weight = _is_weight(self.mnet)
+    shapes = [s for s, w in zip(self.mnet.param_shapes, self.is_weight) if w]
+    common = dict(cond_in_size=config.embedding_size, layers=tuple(config.hnet_hidden),
+                  activation_fn=torch.nn.ELU() if config.hnet_activation == 'elu'
+                  else torch.nn.ReLU(), num_cond_embs=config.max_tasks, verbose=False)
+    if config.chunk_size:
+      self.hnet = hnets.ChunkedHMLP(shapes, chunk_size=config.chunk_size,
+                                    chunk_emb_size=config.chunk_embedding_size, **common)
+    else:
+      self.hnet = hnets.HMLP(shapes, **common)
+    self.task = None
 
-  def begin_task(self):
-    with torch.no_grad():
-      self.hnet_targets = [self.hnet(e) for e in self.embeddings]
-      self.start = [p.detach().clone() for p in self.target]
+  def begin_task(self, task):
+    """Regularisation targets and start-of-task weights; a fresh Adam (SPEC 1.1)."""
+    self.task = task
+    self.targets = hnet_regularizer.get_current_targets(task, self.hnet) if task else []
+    if self.hypermask:
+      self.start = [p.detach().clone() for p in self.mnet.internal_params]
+      params = self.parameters()
+    elif self.config.train_embeddings == 'current':
+      params = [*self.hnet.unconditional_params, self.hnet.conditional_params[task]]
+    else:
+      params = list(self.hnet.parameters())
+    self.optimizer = torch.optim.Adam(params, lr=self.config.learning_rate)
 
-  def masks(self, task):
-    flat = torch.abs(torch.tanh(self.hnet(self.embeddings[task])))
-    pieces = [m.view_as(p) for m, p in zip(torch.split(flat, [p.numel() for p in self.masked]),
-                                           self.masked)]
-    if self.config.sparsity > 0:
-      pieces = [torch.where(m >= torch.quantile(m.detach(), self.config.sparsity / 100), m, 0.0)
-                for m in pieces]
-    return pieces
+  def _weights(self, task, sparsity):
+    """The target's weights for `task` (HyperMask: masked; HNET: generated) and the masks."""
+    generated = self.hnet.forward(cond_id=task)
+    if not self.hypermask:
+      return generated, None
+    masks = [torch.abs(torch.tanh(h)) for h in generated]
+    if sparsity > 0:
+      masks = [torch.where(m >= torch.quantile(m.detach().flatten(), sparsity / 100), m, 0.0)
+               for m in masks]
+    # The output bias's mask weights its L1 drift but is not applied (SPEC 2).
+    applied = iter([*masks[:-1], torch.ones(())])
+    out = [p * next(applied) if is_weight else p
+           for p, is_weight in zip(self.mnet.internal_params, self.is_weight)]
+    return out, masks
 
-  def step(self, x, y, task):
-    masks = self.masks(task)
-    loss = F.cross_entropy(self.forward([p * m for p, m in zip(self.masked, masks)], x), y)
+  def train_step(self, x, y, step):
+    """One Adam step on a batch (x: float [B, D] flattened HWC inputs, y: int64 [B])."""
+    config, task = self.config, self.task
+    sparsity = config.sparsity
+    if task == 0:  # ramped over task 0 (SPEC 1.1)
+      sparsity *= (step + 1) / config.steps_per_task
+    weights, masks = self._weights(task, sparsity)
+    loss = F.cross_entropy(self.mnet.forward(x, weights=weights), y)
     if task > 0:
-      reg = sum(torch.sum((self.hnet(self.embeddings[j]) - self.hnet_targets[j]) ** 2)
-                for j in range(task)) / task
-      drift_masks = masks + [torch.ones(())] if self.config.l1_masked else [1.0] * len(self.target)
-      l1 = sum(torch.sum(torch.abs((p - s) * m))
-               for p, s, m in zip(self.target, self.start, drift_masks))
-      loss = loss + self.config.beta / max(1, task) * reg + self.config.lam * l1
+      reg = hnet_regularizer.calc_fix_target_reg(self.hnet, task, targets=self.targets,
+                                                 batch_size=config.reg_subset or None)
+      if self.hypermask:
+        own = [p for p, w in zip(self.mnet.internal_params, self.is_weight) if w]
+        start = [s for s, w in zip(self.start, self.is_weight) if w]
+        drift_masks = masks if config.l1_masked else [1.0] * len(own)
+        l1 = sum(torch.sum(torch.abs((p - s) * m)) for p, s, m in zip(own, start, drift_masks))
+        loss = loss + config.beta / task * reg + config.lam * l1
+      else:
+        loss = loss + config.beta * reg
     self.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     self.optimizer.step()
     return loss
 
+  def parameters(self):
+    return [*self.hnet.parameters(), *self.mnet.parameters()]
+
+  @torch.no_grad()
+  def accuracy(self, x, y, task, batch_size):
+    """Accuracy (%) of task `task` on (x, y), evaluated in batches (full sparsity)."""
+    weights, _ = self._weights(task, self.config.sparsity)
+    hits = sum(int((self.mnet.forward(x[i:i + batch_size], weights=weights).argmax(-1)
+                    == y[i:i + batch_size]).sum()) for i in range(0, len(y), batch_size))
+    return 100.0 * hits / len(y)
+
 
 def time_steps(config, input_shape, num_classes, task, steps, repeats):
   """Seconds per step at `task`: the mean over `steps` steps, best of `repeats`, after a warm-up."""
   torch.manual_seed(0)
-  model = TorchHyperMask(config, input_shape, num_classes)
-  shape = (input_shape[-1], *input_shape[:-1]) if len(input_shape) == 3 else input_shape  # NCHW
-  x = torch.rand(config.batch_size, *shape)
+  model = TorchReference(config, input_shape, num_classes)
+  model.begin_task(task)
+  x = torch.rand(config.batch_size, int(np.prod(input_shape)))
   y = torch.randint(0, num_classes, (config.batch_size,))
-  model.step(x, y, task)
-  best = math.inf
+  model.train_step(x, y, 0)
+  best = float('inf')
   for _ in range(repeats):
     tic = time.perf_counter()
-    for _ in range(steps):
-      model.step(x, y, task)
+    for step in range(steps):
+      model.train_step(x, y, step)
     best = min(best, (time.perf_counter() - tic) / steps)
   return best

@@ -3,7 +3,9 @@
 HMLP maps the embedding straight to all outputs; ChunkedHMLP produces them in
 chunks, from [chunk embedding ; task embedding], all chunks in one batch.
 Task embeddings (N(0, 1), [max_tasks, E]) are part of the params, as are the
-chunk embeddings (N(0, 1)).
+chunk embeddings (N(0, 1)). HMLP's output layer is a `wide_dense.WideDense`
+(kernel [outputs, hidden], as PyTorch's nn.Linear stores it; see that module
+for why).
 
 Dense layers are initialised as `weight_init` says (INITS): 'torch', PyTorch's
 default Linear init (HyperMask, through hypnettorch's default), or 'xavier',
@@ -18,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from hypermask_jax.layers import torch_dense
+from hypermask_jax.wide_dense import WideDense
 
 ACTIVATIONS = {'elu': nn.elu, 'relu': nn.relu}
 INITS = ('torch', 'xavier')
@@ -30,10 +33,10 @@ def _dense(features, fan_in, init, name):
   return torch_dense(features, fan_in, name=name)
 
 
-def _mlp(x, hidden, activation, num_outputs, init):
+def _hidden(x, hidden, activation, init):
   for i, features in enumerate(hidden):
     x = ACTIVATIONS[activation](_dense(features, x.shape[-1], init, f'dense_{i}')(x))
-  return _dense(num_outputs, x.shape[-1], init, 'out')(x)
+  return x
 
 
 class HMLP(nn.Module):
@@ -50,8 +53,9 @@ class HMLP(nn.Module):
     """tasks: int [k] -> raw outputs [k, num_outputs], one batched matmul for all k rows."""
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
-    return _mlp(jnp.take(embeddings, tasks, axis=0), self.hidden, self.activation,
-                self.num_outputs, self.weight_init)
+    x = _hidden(jnp.take(embeddings, tasks, axis=0), self.hidden, self.activation,
+                self.weight_init)
+    return WideDense(self.num_outputs, init=self.weight_init, name='out')(x)
 
 
 class ChunkedHMLP(nn.Module):
@@ -85,7 +89,8 @@ class ChunkedHMLP(nn.Module):
     k, n = task_emb.shape[0], self.num_chunks
     x = jnp.concatenate([jnp.broadcast_to(chunks, (k, n, chunks.shape[1])),
                          jnp.broadcast_to(task_emb[:, None], (k, n, task_emb.shape[1]))], -1)
-    out = _mlp(x, self.hidden, self.activation, self.chunk_size, self.weight_init)
+    out = _hidden(x, self.hidden, self.activation, self.weight_init)
+    out = _dense(self.chunk_size, out.shape[-1], self.weight_init, 'out')(out)
     return out.reshape(k, n * self.chunk_size)[:, :self.num_outputs]
 
 

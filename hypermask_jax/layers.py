@@ -4,6 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hypermask_jax import backend
+
 # kaiming-uniform(a=sqrt(5)) = uniform(+-1/sqrt(fan_in)): PyTorch's default weight init.
 TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 
@@ -24,11 +26,10 @@ def torch_dense(features, fan_in, name=None):
 class Conv3x3(nn.Module):
   """A 3x3 conv with bias, PyTorch's nn.Conv2d init and its symmetric zero padding, on NHWC.
 
-  On CPU it runs as im2col + matmul: XLA:CPU runs the gradient convolutions
-  15-40x slower inside a loop (jax-ml/jax#12868), and the training steps run
-  inside lax.scan; im2col's gradients are slices and matmuls, fast anywhere.
-  Elsewhere it is XLA's convolution (cuDNN on GPU). The two agree up to float
-  rounding (tests/test_cifar.py).
+  backend.conv() picks how: im2col + matmul (the CPU default: XLA:CPU runs the
+  gradient convolutions 15-40x slower inside a loop, jax-ml/jax#12868, and the
+  training steps run inside one) or XLA's convolution (cuDNN on GPU). The two
+  agree up to float rounding (tests/test_cifar.py runs both on CPU).
   """
   features: int
   stride: int = 1
@@ -39,7 +40,7 @@ class Conv3x3(nn.Module):
     channels = x.shape[-1]
     kernel = self.param('kernel', TORCH_KERNEL_INIT, (3, 3, channels, self.features))
     bias = self.param('bias', torch_bias_init(9 * channels), (self.features,))
-    if jax.default_backend() == 'cpu':
+    if backend.conv() == 'im2col':
       return im2col_conv3x3(x, kernel, self.stride, self.padding) + bias
     pad = ((self.padding, self.padding),) * 2
     return jax.lax.conv_general_dilated(x, kernel, (self.stride,) * 2, pad,

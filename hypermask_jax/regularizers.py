@@ -1,12 +1,17 @@
 """Regularisers against forgetting: the hypernetwork output regulariser and the L1 weight drift.
 
-The output regulariser is batched over previous tasks. To make its cost follow
-the number of tasks seen (not max_tasks) without a recompile per task, the
-compiled step holds one branch per row count k in {0, 1, 2, 4, ..., max_tasks-1};
-`lax.switch` runs only the smallest that covers the tasks seen, so at most
-twice the rows needed are computed and task 0 computes none. With a random
-subset of K previous tasks per step the row counts are {0, K}: constant memory
-however long the task sequence.
+The output regulariser is batched over previous tasks. For a chunked
+hypernetwork every row costs a full pass of its MLP, so its cost follows the
+number of tasks seen (not max_tasks) without a recompile per task: the
+compiled step holds one branch per row count k in {0, 1, 2, 4, ..., max_tasks-1},
+and `lax.switch` runs only the smallest that covers the tasks seen, so at most
+twice the rows needed are computed and task 0 computes none. A full
+hypernetwork (HMLP) costs its weights, read and updated once per step however
+many rows it computes, so it always computes every previous task's row (masked
+until seen): without a lax.switch around it, its weight gradient fuses into
+Adam's update (see wide_dense.py). With a random subset of K previous tasks per
+step the row counts are {0, K} (chunked) or {K}: constant memory however long
+the task sequence.
 """
 
 from flax import traverse_util
@@ -17,13 +22,18 @@ import numpy as np
 from hypermask_jax import layout
 
 
-def row_sizes(max_tasks, subset=0):
-  """The compiled row counts: 0, powers of two below max_tasks - 1, max_tasks - 1; or 0, K."""
+def row_sizes(max_tasks, subset=0, bucketed=True):
+  """The compiled row counts of previous tasks.
+
+  Bucketed: 0, the powers of two below max_tasks - 1, and max_tasks - 1; with
+  a subset of K: 0 and K. Not bucketed: only the largest of those.
+  """
   most = max_tasks - 1
   if subset:
-    return tuple(sorted({0, min(subset, most)}))
-  return tuple(sorted({0, most} | {2 ** i for i in range(int(np.log2(max(most, 1))) + 1)
-                                    if 2 ** i < most}))
+    sizes = {0, min(subset, most)}
+  else:
+    sizes = {0, most} | {2 ** i for i in range(int(np.log2(max(most, 1))) + 1) if 2 ** i < most}
+  return tuple(sorted(sizes)) if bucketed else (max(sizes),)
 
 
 def previous_rows(task, k, rng, max_tasks):

@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec
 import numpy as np
 import optax
 
+from hypermask_jax import backend
 from hypermask_jax import schedules
 from hypermask_jax import targets
 from hypermask_jax.data import tasks
@@ -99,11 +100,13 @@ class Trainer:
     self.method = method
     self.traces = collections.Counter()
     self.whole_split_eval = targets.uses_batch_statistics_at_eval(method.target)
-    self.init_state = jax.jit(self._init_state)
-    self.begin_task = jax.jit(self._begin_task, donate_argnums=0)
-    self.train_steps = jax.jit(self._train_steps, donate_argnums=0)
-    self.end_chunk = jax.jit(self._end_chunk, donate_argnums=0)
-    self.evaluate = jax.jit(self._evaluate, static_argnames='split')
+    self.options = backend.compiler_options()
+    jit = lambda fn, **kwargs: jax.jit(fn, compiler_options=self.options, **kwargs)
+    self.init_state = jit(self._init_state)
+    self.begin_task = jit(self._begin_task, donate_argnums=0)
+    self.train_steps = jit(self._train_steps, donate_argnums=0)
+    self.end_chunk = jit(self._end_chunk, donate_argnums=0)
+    self.evaluate = jit(self._evaluate, static_argnames='split')
 
   @property
   def chunk(self):
@@ -150,7 +153,8 @@ class Trainer:
     layout = lambda axes: jax.tree.map(lambda axis: runs if axis == 0 else shared, axes,
                                        is_leaf=lambda x: x is None)
     hp, data = jax.device_put(hp, runs), jax.device_put(data, layout(data_axes(data)))
-    init = jax.jit(self._init_state, out_shardings=layout(STATE_AXES))
+    init = jax.jit(self._init_state, out_shardings=layout(STATE_AXES),
+                   compiler_options=self.options)
     return init(hp), data, hp
 
   def _init_state(self, hp):

@@ -61,7 +61,7 @@ def test_generated_and_masked_counts_follow_the_spec_arithmetic():
     hypermask, params = shapes(module.get_config(), HyperMask)
     assert hypermask.layout.size == weights  # the head's bias too (unmasked in the forward pass)
     out = params['hnet']['out']
-    assert out['kernel'].shape == (100, weights)
+    assert out['kernel'].shape == (weights, 100)  # [outputs, hidden], as nn.Linear
   # ResNet-20's hypernetwork output layer: ~108M parameters (SPEC section 3).
   hypermask, params = shapes(cifar100_resnet20.get_config(), HyperMask)
   assert sum(x.size for x in jax.tree.leaves(params['hnet']['out'])) == 101 * 1_067_530
@@ -348,3 +348,28 @@ def test_the_cpu_convolution_equals_xla_convolution():
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     np.testing.assert_allclose(layers.im2col_conv3x3(x, kernel, stride, padding), want,
                                rtol=1e-5, atol=1e-5)
+
+
+class ConvStack(flax.linen.Module):
+  """Every kind of Conv3x3 the targets use: stride 1 and 2, padding 1 and 0."""
+
+  @flax.linen.compact
+  def __call__(self, x):
+    x = jax.nn.relu(layers.Conv3x3(4, stride=2, name='strided')(x))
+    x = jax.nn.relu(layers.Conv3x3(4, name='same')(x))
+    return layers.Conv3x3(3, padding=0, name='valid')(x)
+
+
+def test_both_convolution_branches_give_the_same_numbers(monkeypatch):
+  """HYPERMASK_CONV=xla runs on CPU what GPUs and TPUs run: outputs and gradients agree."""
+  x = jax.random.normal(jax.random.key(0), (2, 11, 11, 3))
+  params = ConvStack().init(jax.random.key(1), x)['params']
+  results = {}
+  for branch in ('im2col', 'xla'):
+    monkeypatch.setenv('HYPERMASK_CONV', branch)
+    loss = lambda p, x: jnp.sum(jnp.sin(ConvStack().apply({'params': p}, x)))  # a new function:
+    results[branch] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)  # traced anew
+  (value, grads), (xla_value, xla_grads) = results['im2col'], results['xla']
+  np.testing.assert_allclose(value, xla_value, rtol=1e-5)
+  for g, want in zip(jax.tree.leaves(grads), jax.tree.leaves(xla_grads)):
+    np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)

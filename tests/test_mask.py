@@ -99,7 +99,7 @@ def test_is_masked(path, masked):
   assert layout_lib.is_masked(path) == masked
 
 
-@pytest.mark.parametrize('n', [1, 2, 10, 1000, 78400])
+@pytest.mark.parametrize('n', [1, 2, 10, 1000, 313600])  # 313600: the largest Split MNIST mask
 @pytest.mark.parametrize('q', [0.0, 3.3, 30.0, 50.0, 99.9])
 def test_percentile_matches_numpy(n, q):
   rng = np.random.RandomState(n)
@@ -107,3 +107,11 @@ def test_percentile_matches_numpy(n, q):
   a[: n // 3] = a[0]  # many ties
   np.testing.assert_allclose(mask_lib.percentile(jnp.asarray(a), q), np.percentile(a, q),
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize('values', [[0.5], [0.0, 0.0, 0.0], [1.0, 0.0], [3e-39, 1e-45, 0.0, 2.0]])
+def test_kth_smallest_edge_values(values):
+  """One element, all equal, zeros, denormals: every rank against numpy's sort."""
+  a = np.array(values, np.float32)
+  for k in range(a.size):
+    assert float(mask_lib.kth_smallest(jnp.asarray(a), jnp.int32(k))) == np.sort(a)[k]

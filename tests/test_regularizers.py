@@ -14,15 +14,21 @@ def test_bucket_sizes():
   assert regularizers.row_sizes(1) == (0,)
   assert regularizers.row_sizes(2) == (0, 1)
   assert regularizers.row_sizes(100) == (0, 1, 2, 4, 8, 16, 32, 64, 99)
+  assert regularizers.row_sizes(10, subset=4) == (0, 4)
+  # A full hypernetwork computes every previous task's row (or the subset's) at every step.
+  assert regularizers.row_sizes(10, bucketed=False) == (9,)
+  assert regularizers.row_sizes(1, bucketed=False) == (0,)
+  assert regularizers.row_sizes(100, subset=32, bucketed=False) == (32,)
 
 
+@pytest.mark.parametrize('bucketed', [True, False])
 @pytest.mark.parametrize('max_tasks', [1, 6, 10])
-def test_batched_output_regulariser_equals_loop(max_tasks):
+def test_batched_output_regulariser_equals_loop(max_tasks, bucketed):
   model = hypernet.HMLP(num_outputs=37, max_tasks=max_tasks, embedding_size=5, hidden=(7,))
   params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
   targets = jax.random.normal(jax.random.key(1), (max_tasks, 37))
   hnet_fn = lambda t: model.apply({'params': params}, t)
-  buckets = regularizers.row_sizes(max_tasks)
+  buckets = regularizers.row_sizes(max_tasks, bucketed=bucketed)
   fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(hnet_fn, lambda r: targets[r], t,
                                                             buckets))
   for task in range(max_tasks):
@@ -33,11 +39,12 @@ def test_batched_output_regulariser_equals_loop(max_tasks):
     np.testing.assert_allclose(out, hnet_fn(jnp.array([task]))[0], rtol=1e-5, atol=1e-6)
 
 
-def test_regulariser_gradient_reaches_previous_embeddings_only_through_reg():
+@pytest.mark.parametrize('bucketed', [True, False])
+def test_regulariser_gradient_reaches_previous_embeddings_only_through_reg(bucketed):
   model = hypernet.HMLP(num_outputs=4, max_tasks=4, embedding_size=3, hidden=(5,))
   params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
   targets = jnp.zeros((4, 4))
-  buckets = regularizers.row_sizes(4)
+  buckets = regularizers.row_sizes(4, bucketed=bucketed)
 
   def reg(p, task):
     return regularizers.outputs_and_output_reg(

@@ -37,7 +37,9 @@ class Method:
     return self.target.init({'params': rng, 'dropout': rng}, jnp.zeros((1, *self.input_shape)))
 
   def init_batch_stats(self):
-    return self.init_target(jax.random.key(0)).get('batch_stats', {})
+    if 'batch_stats' not in self.target_shapes:
+      return {}
+    return self.init_target(jax.random.key(0))['batch_stats']
 
   def run_target(self, weights, batch_stats, x, tasks, train, rng=None, valid=None):
     """(logits, batch_stats): the target with `weights`; training updates the running statistics."""
@@ -76,7 +78,8 @@ class HypernetworkMethod(Method):
     super().__init__(config, input_shape, num_classes)
     self.layout = layout.Layout.of(self.target_shapes['params'], select)
     self.hnet = hypernet.build(config, self.layout.size)
-    self.row_sizes = regularizers.row_sizes(config.max_tasks, config.reg_subset)
+    self.row_sizes = regularizers.row_sizes(config.max_tasks, config.reg_subset,
+                                            bucketed=config.chunk_size > 0)
 
   def hnet_outputs(self, hnet_params, tasks):
     """Raw hypernetwork outputs [k, P] for int task indices [k]."""

@@ -1,0 +1,71 @@
+"""The hypernetwork's output layer equals a plain dense layer: values, gradients, initial params."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hypermask_jax import hypernet
+from hypermask_jax import layers
+from hypermask_jax import wide_dense
+
+
+def plain(x, kernel, bias):
+  return x @ kernel.T + bias
+
+
+@pytest.mark.parametrize('rows', [3, wide_dense.FUSED_ROWS + 2])  # both gradient formulas
+@pytest.mark.parametrize('outputs', [4096, 997])  # contraction in blocks; 997 is prime: one block
+def test_value_and_gradients_equal_the_plain_layer(rows, outputs):
+  keys = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(keys[0], (rows, 7))
+  kernel = jax.random.normal(keys[1], (outputs, 7))
+  bias = jax.random.normal(keys[2], (outputs,))
+  probe = jax.random.normal(keys[3], (rows, outputs))  # a loss that weights every output
+  loss = lambda f: lambda *args: jnp.sum(jnp.tanh(f(*args)) * probe)
+  np.testing.assert_allclose(wide_dense.wide_dense(x, kernel, bias), plain(x, kernel, bias),
+                             rtol=1e-5, atol=1e-5)
+  got = jax.jit(jax.grad(loss(wide_dense.wide_dense), argnums=(0, 1, 2)))(x, kernel, bias)
+  want = jax.grad(loss(plain), argnums=(0, 1, 2))(x, kernel, bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_block_count_cuts_the_contraction_near_the_block_size():
+  # 2036000 x 100 floats (the published PMNIST kernel): 655 rows make 256 KiB; the nearest
+  # divisor of 2036000 is 800 rows (320 KB).
+  assert wide_dense.block_count(2_036_000, 100) == 2545
+  assert wide_dense.block_count(997, 7) == 1  # prime: no block near the size, one dot
+  assert wide_dense.block_count(64, 7) == 1  # smaller than one block
+
+
+def test_initial_kernel_is_the_plain_layers_transposed():
+  """The published configs start from the numbers a plain nn.Dense output layer would hold."""
+
+  class Plain(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.torch_dense(11, x.shape[-1], name='out')(x)
+
+  class Wide(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return wide_dense.WideDense(11, name='out')(x)
+
+  x = jnp.ones((2, 5))
+  plain_params = Plain().init(jax.random.key(3), x)['params']['out']
+  wide_params = Wide().init(jax.random.key(3), x)['params']['out']
+  np.testing.assert_array_equal(wide_params['kernel'], plain_params['kernel'].T)
+  np.testing.assert_array_equal(wide_params['bias'], plain_params['bias'])
+
+
+def test_hmlp_output_layer_is_wide():
+  model = hypernet.HMLP(num_outputs=13, max_tasks=2, embedding_size=3, hidden=(4,))
+  params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
+  assert params['out']['kernel'].shape == (13, 4)
+  hidden = jax.nn.elu(params['embeddings'] @ params['dense_0']['kernel']
+                      + params['dense_0']['bias'])
+  np.testing.assert_allclose(model.apply({'params': params}, jnp.array([0, 1])),
+                             plain(hidden, params['out']['kernel'], params['out']['bias']),
+                             rtol=1e-5, atol=1e-6)
