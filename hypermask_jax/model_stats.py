@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
 from hypermask_jax import features as features_lib
+from hypermask_jax import layout as layout_lib
 from hypermask_jax import outputs
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
@@ -118,7 +119,8 @@ def weighted_jaccard_sums(masks):
 def mask_statistics(model, num_tasks):
   """Per masked layer and task: zero fraction, mean value, overlap; and the task x task overlap."""
   method = model.method
-  paths = method.layout.paths
+  # The hypernetwork also produces the output bias, which no mask multiplies: left out.
+  paths = [p for p in method.layout.paths if layout_lib.is_masked(p)]
 
   @jax.jit
   def task_masks(params, hp, task):

@@ -118,7 +118,7 @@ class TaskInference:
     {'prototype': [max_tasks, C, D], 'precision': [max_tasks, C, D, D], 'valid': [max_tasks, C]}."""
     self.trainer.traces['task_statistics'] += 1
     method, num_classes = self.method, data.num_classes
-    bs = self.config.eval_batch_size
+    bs = self.trainer.eval_batch(data.train)
 
     def one_run(params, batch_stats, data, hp):
       def of_task(task):
@@ -150,7 +150,7 @@ class TaskInference:
     self.trainer.traces['infer_tasks'] += 1
     split = getattr(data, split)
     method = self.method
-    bs = split.max_size if self.trainer.whole_split_eval else self.config.eval_batch_size
+    bs = split.max_size if self.trainer.whole_split_eval else self.trainer.eval_batch(split)
     batch, count = self._batches(split, task, bs)
 
     def one_run(params, batch_stats, data, hp, stats):

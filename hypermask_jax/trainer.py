@@ -264,6 +264,11 @@ class Trainer:
     # Not weakly typed: they are state.
     return (100.0 * hits / size).astype(jnp.float32), (loss / size).astype(jnp.float32)
 
+  def eval_batch(self, split):
+    """Examples per evaluation batch: eval_batch_size, or the split's largest task if smaller
+    (padding beyond it would be computed and thrown away)."""
+    return min(self.config.eval_batch_size, split.max_size)
+
   def _hits_and_loss(self, params, batch_stats, data, split, task, hp):
     """One run's correct predictions (int32) and summed cross-entropy on task `task` of `split`,
     in fixed-size batches with padding masked out.
@@ -273,7 +278,7 @@ class Trainer:
     """
     weights = self.method.eval_weights(params, task, hp)
     size = split.size[task]
-    bs = split.max_size if self.whole_split_eval else self.config.eval_batch_size
+    bs = split.max_size if self.whole_split_eval else self.eval_batch(split)
 
     def correct(i):
       pos = i * bs + jnp.arange(bs)

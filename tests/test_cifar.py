@@ -82,6 +82,7 @@ def test_masks_cover_conv_and_dense_weights_never_batch_norm():
   assert ('head', 'bias') in hnet.layout.paths
 
 
+@pytest.mark.slow
 def test_masked_resnet_keeps_batch_norm_params_and_head_bias_unmasked():
   config = config_checks.resolve(cifar100_resnet20.get_config('small'))
   method = HyperMask(config, (32, 32, 3), 10)
@@ -303,6 +304,7 @@ def test_zenkenet_dropout_drops_channels_then_elements_or_is_off():
       assert np.all(np.nanmin(scale, axis=1) == 0) and np.all(np.nanmax(scale, axis=1) == 2)
 
 
+@pytest.mark.slow
 def test_mock_cifar100_becomes_ten_tasks_of_ten_classes(tmp_path):
   config = config_checks.resolve(cifar100_resnet20.get_config())
   config.data_dir, config.download = str(tmp_path), False
@@ -360,6 +362,7 @@ class ConvStack(flax.linen.Module):
     return layers.Conv3x3(3, padding=0, name='valid')(x)
 
 
+@pytest.mark.slow
 def test_both_convolution_branches_give_the_same_numbers(monkeypatch):
   """HYPERMASK_CONV=xla runs on CPU what GPUs and TPUs run: outputs and gradients agree."""
   x = jax.random.normal(jax.random.key(0), (2, 11, 11, 3))

@@ -40,7 +40,7 @@ def run(module, benchmark, side, tmp_path, monkeypatch, **overrides):
   data = task_set(benchmark, side, val_per_class=10)
   monkeypatch.setattr(train.tasks, 'load_task_set', lambda config: data)
   config = module.get_config('small')
-  config.update(num_tasks=3, **overrides)
+  config.update(**{'num_tasks': 2, **overrides})  # two tasks: one old task for everything
   return train.train_and_evaluate(config, str(tmp_path))
 
 
@@ -63,7 +63,8 @@ def test_the_fecam_setting_runs_end_to_end(tmp_path, monkeypatch):
 def test_tiny_imagenet_runs_end_to_end(tmp_path, monkeypatch):
   """The 64x64 ZenkeNet with the published sparsity 50 and selection by validation loss (the
   ResNet-20 config differs only in settings the CIFAR tests cover)."""
-  summary = run(tiny_imagenet_zenkenet, 'tiny_imagenet', 64, tmp_path, monkeypatch)
+  summary = run(tiny_imagenet_zenkenet, 'tiny_imagenet', 64, tmp_path, monkeypatch,
+                epochs_per_task=4)
   acc = np.array(summary['accuracy_matrix'], dtype=float)
   assert np.diag(acc).min() >= 80.0, acc
   assert summary['traces']['train_steps'] == 1

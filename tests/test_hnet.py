@@ -47,6 +47,7 @@ def test_generates_every_target_weight_and_every_tasks_head(synthetic_task_set):
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_lookahead_is_the_optimisers_step_on_the_task_loss(synthetic_task_set):
   config = tiny_config(lookahead=True)
   method, batch = method_and_batch(synthetic_task_set, config)
@@ -92,6 +93,7 @@ def test_snapshot_targets_equal_stored_targets(synthetic_task_set):
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_current_embedding_only_leaves_previous_ones_bit_identical(synthetic_task_set):
   data = synthetic_task_set
   for train_embeddings, previous_move in (('current', False), ('all', True)):

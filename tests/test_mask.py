@@ -77,6 +77,7 @@ def test_masks_cover_every_weight_and_the_forward_pass_leaves_the_head_bias_unma
                              params['head']['kernel'] * masks['head']['kernel'])
 
 
+@pytest.mark.slow
 def test_sparsity_cuts_every_mask_but_the_output_biass():
   """The output bias's mask only weights its L1 drift; the reference does not sparsify it."""
   _, params = small_target((6,))

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from configs import permuted_mnist
 from hypermask_jax import config_checks
@@ -22,6 +23,7 @@ def val_loss_by_hand(method, params, data, hp):
       logits, data.val.labels[offset:offset + size]).mean())
 
 
+@pytest.mark.slow
 def test_the_task_keeps_the_parameters_of_its_lowest_validation_loss(synthetic_task_set):
   data = synthetic_task_set
   config = permuted_mnist.get_config('small')

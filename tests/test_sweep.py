@@ -78,6 +78,7 @@ def test_a_bad_sweep_is_refused_naming_the_field(values, message):
   assert message in str(e.value)
 
 
+@pytest.mark.slow
 def test_a_run_in_a_sweep_equals_the_run_alone_and_the_tables_add_up(tmp_path, patched_data):
   result = train.train_and_evaluate(tiny_config(seed=(1, 2, 3), lam=(1e-3, 0.0)),
                                     str(tmp_path / 'sweep'))
