@@ -4,6 +4,8 @@ import gzip
 import os
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -100,6 +102,20 @@ def run_chunk(trainer, state, data, hp):
     state, _ = trainer.train_steps(state, data, hp, np.int32(steps))
     step += steps
   return trainer.end_chunk(state, data, hp)
+
+
+def epochs_with_a_ruinous_last(trainer, state, data, hp, schedule_field):
+  """Three one-chunk epochs of the begun task, the last at learning rate 10 (its parameters must
+  not be kept): (state, state.schedule[schedule_field] of run 0 after each, params after each)."""
+  values, snapshots = [], []
+  for epoch in range(3):
+    if epoch == 2:
+      state = state.replace(schedule={**state.schedule, 'plateau': {
+          **state.schedule['plateau'], 'learning_rate': jnp.full(1, 10.0, jnp.float32)}})
+    state = run_chunk(trainer, state, data, hp)
+    values.append(float(state.schedule[schedule_field][0]))
+    snapshots.append(jax.device_get(state.params))
+  return state, values, snapshots
 
 
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],

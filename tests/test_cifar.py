@@ -22,6 +22,7 @@ from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import HNET
 from hypermask_jax.methods import HyperMask
+from tests.conftest import epochs_with_a_ruinous_last
 from tests.conftest import fresh_program
 from tests.conftest import run_chunk
 
@@ -181,14 +182,7 @@ def test_the_task_ends_with_the_parameters_of_its_best_validation_epoch(syntheti
   trainer = trainer_lib.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
   state, data, hp = fresh_program(trainer, data)
   state = trainer.begin_task(state, 0, hp)
-  snapshots, vals = [], []
-  for epoch in range(3):
-    if epoch == 2:  # a ruinous last epoch: its parameters must not be kept
-      state = state.replace(schedule={**state.schedule, 'plateau': {
-          **state.schedule['plateau'], 'learning_rate': jnp.full(1, 10.0, jnp.float32)}})
-    state = run_chunk(trainer, state, data, hp)
-    vals.append(float(state.schedule['val_accuracy'][0]))
-    snapshots.append(jax.device_get(state.params))
+  state, vals, snapshots = epochs_with_a_ruinous_last(trainer, state, data, hp, 'val_accuracy')
   assert int(state.step) == config.steps_per_task
   best = int(np.argmax(vals))
   assert best < 2 and vals[2] < max(vals), vals

@@ -11,7 +11,7 @@ from hypermask_jax import config_checks
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.methods.hypermask import HyperMask
 from tests.conftest import fresh_program
-from tests.conftest import run_chunk
+from tests.conftest import epochs_with_a_ruinous_last
 
 
 def val_loss_by_hand(method, params, data, hp):
@@ -34,14 +34,8 @@ def test_the_task_keeps_the_parameters_of_its_lowest_validation_loss(synthetic_t
   trainer = trainer_lib.Trainer(config, method)
   state, program_data, hp = fresh_program(trainer, data)
   state = trainer.begin_task(state, 0, hp)
-  losses, snapshots = [], []
-  for epoch in range(3):
-    if epoch == 2:  # a ruinous last epoch: its parameters must not be kept
-      state = state.replace(schedule={**state.schedule, 'plateau': {
-          **state.schedule['plateau'], 'learning_rate': jnp.full(1, 10.0, jnp.float32)}})
-    state = run_chunk(trainer, state, program_data, hp)
-    losses.append(float(state.schedule['val_loss'][0]))
-    snapshots.append(jax.device_get(state.params))
+  state, losses, snapshots = epochs_with_a_ruinous_last(trainer, state, program_data, hp,
+                                                        'val_loss')
   run_params = lambda p: jax.tree.map(lambda x: x[0], p)
   one_hp = jax.tree.map(lambda x: x[0], hp)
   np.testing.assert_allclose(losses[1], val_loss_by_hand(method, run_params(snapshots[1]), data,
