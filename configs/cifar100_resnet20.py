@@ -34,6 +34,7 @@ def published():
   config.sparsity = 0.0
   config.lr_schedule = 'plateau'
   config.selection = 'best_val'
+  config.selection_every_steps = 100  # as the reference: every 100 iterations and each epoch's end
   config.checkpoint_every_steps = 5000
   return config
 

@@ -51,6 +51,7 @@ def published():
   config.plateau_min_lr = 5e-7
   config.selection = 'last'  # or 'best_val' / 'best_val_loss': per task, the params of the epoch
   # of best validation accuracy / lowest validation loss
+  config.selection_every_steps = 0  # > 0: also check for the best after steps 1, 1 + this, ...
   config.beta = 5e-4
   config.lam = 1e-3
   config.l1_masked = True

@@ -113,6 +113,7 @@ def validate(config):
   _number(config, 'sparsity', low=0, high=100, high_open=True)
   _number(config, 'plateau_factor', low=0, high=1, low_open=True, high_open=True)
   _number(config, 'plateau_patience', low=0, integer=True)
+  _number(config, 'selection_every_steps', low=0, integer=True)
   _number(config, 'plateau_min_lr', low=0)
   for field, default in (('lr_schedule', 'constant'), ('selection', 'last')):
     if config[field] != default and not config.epochs_per_task:

@@ -1,7 +1,8 @@
 """The compiled part of training: the train state and the jitted functions over it.
 
 One jitted function per kind of work, each compiled once per program: start a
-task, run a number of steps, end a chunk (validation, the plateau schedule,
+task, run a number of steps (with the best-validation checks that fall within
+them, `selection_every_steps`), end a chunk (validation, the plateau schedule,
 the best-validation snapshot), evaluate a task. The task index, the step and
 the number of steps a call runs are traced integers, and per-task state lives
 in arrays of size max_tasks, so no task, epoch or call length recompiles.
@@ -204,9 +205,45 @@ class Trainer:
     def body(i, carry):
       state, metrics = carry
       state, aux = step(state, data, hp)
+      if self.checks_within_chunks(data):  # the step is shared by the runs: a real branch
+        state = jax.lax.cond(self.is_check_step(state.step),
+                             lambda state: self._check_best(state, data, hp), lambda state: state,
+                             state)
       return state, jax.tree.map(lambda m, a: m.at[i].set(a), metrics, aux)
 
     return jax.lax.fori_loop(0, num_steps, body, (state, metrics))
+
+  def checks_within_chunks(self, data):
+    """Whether the compiled loop also checks for the best snapshot between chunk ends."""
+    return (self.config.selection != 'last' and self.config.selection_every_steps > 0
+            and data.val is not None)
+
+  def is_check_step(self, step):
+    """Whether the step just taken (`step` counts them from 1) ends with a best-snapshot check
+    within the chunk: steps 1, 1 + every, 1 + 2 * every, ... (the reference checks after the
+    iterations i % every == 0, counted from 0), except a chunk's last, which end_chunk checks."""
+    return ((step - 1) % self.config.selection_every_steps == 0) & (step % self.chunk != 0)
+
+  def _keep_best(self, state, val, loss):
+    """One run's best snapshot after a validation (accuracy `val`, mean loss `loss`): the current
+    params if they beat it, by accuracy or by loss."""
+    schedule = dict(state.schedule)
+    current = {'params': state.params, 'batch_stats': state.batch_stats}
+    if self.config.selection == 'best_val':
+      best, schedule['best_val_accuracy'] = schedules.keep_best(
+          state.best, schedule['best_val_accuracy'], current, val)
+    else:  # the lowest loss: the highest negated loss
+      best, neg_loss = schedules.keep_best(state.best, -schedule['best_val_loss'], current, -loss)
+      schedule['best_val_loss'] = -neg_loss
+    return state.replace(schedule=schedule, best=best)
+
+  def _check_best(self, state, data, hp):
+    """A best-snapshot check between chunk ends, for every run: validation, no plateau step."""
+    def check(state, data, hp):
+      val, loss = self._val_metrics(state.params, state.batch_stats, data, data.val, state.task,
+                                    hp)
+      return self._keep_best(state, val, loss)
+    return self._runs(check, STATE_AXES, data_axes(data), 0)(state, data, hp)
 
   def _end_chunk(self, state, data, hp):
     """Validation accuracy (and loss); the plateau step (on the accuracy); the best snapshot (by
@@ -225,20 +262,16 @@ class Trainer:
         schedule['plateau'] = schedules.plateau_update(
             schedule['plateau'], val, config.plateau_factor, config.plateau_patience,
             config.plateau_min_lr)
+      if config.selection == 'best_val_loss':
+        schedule['val_loss'] = loss
+      state = state.replace(schedule=schedule)
       if config.selection == 'last':
-        return state.replace(schedule=schedule)
-      current = {'params': state.params, 'batch_stats': state.batch_stats}
-      if config.selection == 'best_val':
-        best, schedule['best_val_accuracy'] = schedules.keep_best(
-            state.best, schedule['best_val_accuracy'], current, val)
-      else:  # the lowest loss: the highest negated loss
-        best, neg_loss = schedules.keep_best(state.best, -schedule['best_val_loss'], current,
-                                             -loss)
-        schedule.update(val_loss=loss, best_val_loss=-neg_loss)
+        return state
+      state = self._keep_best(state, val, loss)
       done = state.step >= config.steps_per_task
-      chosen = jax.tree.map(lambda b, c: jnp.where(done, b, c), best,
+      chosen = jax.tree.map(lambda b, c: jnp.where(done, b, c), state.best,
                             {'params': state.params, 'batch_stats': state.batch_stats})
-      return state.replace(schedule=schedule, best=best, **chosen)
+      return state.replace(**chosen)
     return self._runs(end, STATE_AXES, data_axes(data), 0)(state, data, hp)
 
   def _evaluate(self, params, batch_stats, data, split, task, hp):
