@@ -25,7 +25,8 @@ IMAGE_TARGETS = ('resnet20', 'zenkenet')  # they need image inputs, not the MNIS
 
 # The settings that tell the two references' protocols apart, printed when a run starts.
 PROTOCOL_FIELDS = ('method', 'dataset', 'data_protocol', 'hnet_init', 'lookahead', 'output_heads',
-                   'train_embeddings', 'reg_subset', 'target', 'zenkenet_dropout')
+                   'train_embeddings', 'reg_subset', 'target', 'zenkenet_dropout', 'selection',
+                   'selection_every_steps')
 
 
 def describe(config):

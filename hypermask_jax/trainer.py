@@ -206,9 +206,12 @@ class Trainer:
       state, metrics = carry
       state, aux = step(state, data, hp)
       if self.checks_within_chunks(data):  # the step is shared by the runs: a real branch
-        state = jax.lax.cond(self.is_check_step(state.step),
-                             lambda state: self._check_best(state, data, hp), lambda state: state,
-                             state)
+        # Only what a check changes goes through the branch, so that the branch never has to
+        # copy the params or the optimizer state.
+        checked = lambda state: (lambda s: (s.best, s.schedule))(self._check_best(state, data, hp))
+        best, schedule = jax.lax.cond(self.is_check_step(state.step), checked,
+                                      lambda state: (state.best, state.schedule), state)
+        state = state.replace(best=best, schedule=schedule)
       return state, jax.tree.map(lambda m, a: m.at[i].set(a), metrics, aux)
 
     return jax.lax.fori_loop(0, num_steps, body, (state, metrics))

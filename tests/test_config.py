@@ -30,6 +30,8 @@ from hypermask_jax.data import tasks
     ('epochs_per_task', 3, 'config.steps_per_task=5000: must be None when '
      'config.epochs_per_task=3'),
     ('plateau_factor', 1.0, 'config.plateau_factor=1.0: must be a number in (0, 1)'),
+    ('selection_every_steps', -100, 'config.selection_every_steps=-100: must be an integer in '
+     '[0, inf)'),
     ('hnet_init', 'kaiming', "config.hnet_init='kaiming': must be one of ('torch', 'xavier')"),
     ('output_heads', 'multi', "config.output_heads='multi': must be one of ('shared', "
      "'per_task')"),
@@ -103,6 +105,11 @@ def test_hypermask_configs_keep_hypermasks_settings():
     assert config.method == 'hypermask'
     assert {k: config[k] for k in HYPERMASK} == HYPERMASK, module.__name__
   assert cifar100_zenkenet.get_config().zenkenet_dropout == 'off'  # as published
+  # The reference's best-validation checks: every 100 iterations and at each epoch's end.
+  assert cifar100_resnet20.get_config().selection_every_steps == 100
+  assert cifar100_zenkenet.get_config().selection_every_steps == 100
+  assert 'selection=best_val selection_every_steps=100' in config_checks.describe(
+      cifar100_resnet20.get_config())
 
 
 def test_more_tasks_than_max_tasks():
