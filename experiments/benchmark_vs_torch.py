@@ -109,8 +109,10 @@ def run_jax(config):
   tensorboard.Board = lambda workdir: devices.Discard()
   train_arrays, test_arrays = synthetic_arrays(config.dataset)
   builders = {'permuted_mnist': lambda c: tasks.permuted_mnist(train_arrays, test_arrays,
-                                                               c.num_tasks, c.seed),
-              'split_mnist': lambda c: tasks.split_mnist(train_arrays, test_arrays, c.num_tasks),
+                                                               c.num_tasks, c.seed,
+                                                               c.data_protocol),
+              'split_mnist': lambda c: tasks.split_mnist(train_arrays, test_arrays, c.num_tasks,
+                                                         c.data_protocol),
               'split_cifar100': lambda c: tasks.split_cifar100(train_arrays, test_arrays,
                                                                c.num_tasks)}
   tasks.load_task_set = lambda c: builders[c.dataset](c)
@@ -129,30 +131,37 @@ def run_jax(config):
           'task_seconds': list(np.diff([start, *task_ends]))}
 
 
-def torch_split(dataset, arrays, num_tasks, seed):
-  """Per task: (train, val, test) as (images, labels, permutation or None), as tasks.py splits."""
+def torch_split(config, arrays):
+  """Per task: (train, val or None, test) as (images, labels, permutation or None), as tasks.py
+  splits them under the config's data protocol."""
+  from hypermask_jax.data import tasks  # pylint: disable=g-import-not-at-top
   (x, y), (x_test, y_test) = arrays
+  dataset, protocol = config.dataset, config.data_protocol
   if dataset == 'permuted_mnist':
-    rs = np.random.RandomState(seed)
-    perms = [rs.permutation(32 * 32) for _ in range(num_tasks)]
-    return [((x[5000:], y[5000:], p), (x[:5000], y[:5000], p), (x_test, y_test, p))
-            for p in perms]
-  classes, val = (2, 1000) if dataset == 'split_mnist' else (10, 500)
+    val = tasks.VALIDATION_SIZES[protocol][0]
+    return [((x[val:], y[val:], p), (x[:val], y[:val], p) if val else None, (x_test, y_test, p))
+            for p in tasks.permutations(config.num_tasks, config.seed, protocol)]
+  classes, val = ((2, tasks.VALIDATION_SIZES[protocol][1]) if dataset == 'split_mnist'
+                  else (10, 500))
   out = []
-  for task in range(num_tasks):
+  for task in range(config.num_tasks):
     first = task * classes
     pick = lambda xs, ys: (xs[(ys >= first) & (ys < first + classes)],
                            ys[(ys >= first) & (ys < first + classes)] - first)
     xs, ys = pick(x, y)
-    out.append(((xs[val:], ys[val:], None), (xs[:val], ys[:val], None),
+    out.append(((xs[val:], ys[val:], None), (xs[:val], ys[:val], None) if val else None,
                 (*pick(x_test, y_test), None)))
   return out
 
 
-def torch_inputs(dataset, images, perm, rng, train):
+def torch_inputs(config, images, perm, rng, train):
   """uint8 NHWC images -> the float inputs hypnettorch's networks take (flattened HWC)."""
   import torch  # pylint: disable=g-import-not-at-top
+  dataset = config.dataset
   x = torch.from_numpy(images).float() / 255.0
+  if config.data_protocol == 'hypercl':  # 784 inputs in [0, 1], no augmentation
+    x = x.flatten(1)
+    return x[:, torch.from_numpy(perm)] if dataset == 'permuted_mnist' else x
   if dataset == 'permuted_mnist':
     x = torch.nn.functional.pad(x, (0, 0, 2, 2, 2, 2)).flatten(1)
     return x[:, torch.from_numpy(perm)]
@@ -178,9 +187,9 @@ def run_torch(config):
   start = time.time()
   torch.manual_seed(config.seed)
   rng = np.random.RandomState(config.seed)
-  splits = torch_split(config.dataset, synthetic_arrays(config.dataset), config.num_tasks,
-                       config.seed)
-  input_shape = (32 * 32,) if config.dataset == 'permuted_mnist' else splits[0][0][0].shape[1:]
+  splits = torch_split(config, synthetic_arrays(config.dataset))
+  input_shape = (len(splits[0][0][2]),) if config.dataset == 'permuted_mnist' else (
+      splits[0][0][0].shape[1:])
   classes = 2 if config.dataset == 'split_mnist' else 10
   model = torch_reference.TorchReference(config, input_shape, classes)
   whole_split = config.target == 'resnet20'  # batch statistics: a split is one batch
@@ -189,7 +198,7 @@ def run_torch(config):
 
   def accuracy(split, task):
     images, labels, perm = split
-    x = torch_inputs(config.dataset, images, perm, rng, train=False)
+    x = torch_inputs(config, images, perm, rng, train=False)
     batch = len(labels) if whole_split else config.eval_batch_size
     return model.accuracy(x, torch.from_numpy(labels).long(), task, batch)
 
@@ -202,10 +211,13 @@ def run_torch(config):
     for step in range(config.steps_per_task):
       idx = rng.randint(0, len(labels), config.batch_size)
       step_tic = time.time()
-      x = torch_inputs(config.dataset, images[idx], perm, rng, train=True)
+      x = torch_inputs(config, images[idx], perm, rng, train=True)
       model.train_step(x, torch.from_numpy(labels[idx]).long(), step)
       train_seconds += time.time() - step_tic
-      if (step + 1) % chunk == 0 or step + 1 == config.steps_per_task:
+      check = (config.selection != 'last' and config.selection_every_steps
+               and step % config.selection_every_steps == 0)  # the reference's iteration test
+      if val is not None and ((step + 1) % chunk == 0 or step + 1 == config.steps_per_task
+                              or check):
         val_accuracy = accuracy(val, task)
         if config.selection == 'best_val' and val_accuracy > best:  # keeps a copy, as the reference
           best, _ = val_accuracy, [p.detach().clone() for p in model.parameters()]

@@ -15,7 +15,12 @@ from that code):
 - HNET: hypnettorch's ChunkedHMLP (or HMLP without chunks) generates every
   weight of a weightless MLP; loss CE + beta * R_h; a fresh Adam per task over
   the hypernetwork's unconditional weights and the current embedding
-  (train_embeddings='current') or all embeddings.
+  (train_embeddings='current') or all embeddings. With `lookahead` (hypercl's
+  published setting) R_h is taken at theta + dTheta, the step Adam would make
+  from the task loss's gradient (hypnettorch.utils.optim_step.calc_delta_theta,
+  detached), as hypercl's training loop does.
+- output_heads='per_task': the MLP has num_classes x max_tasks outputs, all
+  generated (and regularised); task t reads its own slice.
 - R_h: hypnettorch.utils.hnet_regularizer: get_current_targets when a task
   starts, calc_fix_target_reg at every step (its Python loop over previous
   tasks, or over a random subset of reg_subset of them).
@@ -31,11 +36,13 @@ import torch.nn.functional as F
 from hypnettorch import hnets
 from hypnettorch import mnets
 from hypnettorch.utils import hnet_regularizer
+from hypnettorch.utils import optim_step
 
 
 def _target(config, input_shape, num_classes, own_weights):
   if config.target == 'mlp':
-    return mnets.MLP(n_in=int(np.prod(input_shape)), n_out=num_classes,
+    heads = config.max_tasks if config.output_heads == 'per_task' else 1
+    return mnets.MLP(n_in=int(np.prod(input_shape)), n_out=num_classes * heads,
                      hidden_layers=tuple(config.target_hidden), no_weights=not own_weights,
                      verbose=False)
   if not own_weights:
@@ -63,12 +70,15 @@ class TorchReference:
   def __init__(self, config, input_shape, num_classes):
     if config.method not in ('hypermask', 'hnet'):
       raise NotImplementedError(f'no PyTorch reference for method={config.method!r}')
-    if config.lookahead or config.reg_targets != 'stored':
-      raise NotImplementedError('the PyTorch reference has no lookahead or snapshot targets')
+    if config.reg_targets != 'stored':
+      raise NotImplementedError('the PyTorch reference has no snapshot targets')
+    if config.output_heads == 'per_task' and config.target != 'mlp':
+      raise NotImplementedError('the PyTorch reference has per-task heads on MLP targets only')
     self.config = config
     self.hypermask = config.method == 'hypermask'
     self.mnet = _target(config, input_shape, num_classes, own_weights=self.hypermask)
     self.is_weight = _is_weight(self.mnet)
+    self.num_classes = num_classes
     shapes = [s for s, w in zip(self.mnet.param_shapes, self.is_weight) if w]
     common = dict(cond_in_size=config.embedding_size, layers=tuple(config.hnet_hidden),
                   activation_fn=torch.nn.ELU() if config.hnet_activation == 'elu'
@@ -108,6 +118,12 @@ class TorchReference:
            for p, is_weight in zip(self.mnet.internal_params, self.is_weight)]
     return out, masks
 
+  def _logits(self, x, weights, task):
+    logits = self.mnet.forward(x, weights=weights)
+    if self.config.output_heads == 'per_task':
+      return logits[:, task * self.num_classes:(task + 1) * self.num_classes]
+    return logits
+
   def train_step(self, x, y, step):
     """One Adam step on a batch (x: float [B, D] flattened HWC inputs, y: int64 [B])."""
     config, task = self.config, self.task
@@ -115,7 +131,18 @@ class TorchReference:
     if task == 0:  # ramped over task 0 (SPEC 1.1)
       sparsity *= (step + 1) / config.steps_per_task
     weights, masks = self._weights(task, sparsity)
-    loss = F.cross_entropy(self.mnet.forward(x, weights=weights), y)
+    loss = F.cross_entropy(self._logits(x, weights, task), y)
+    self.optimizer.zero_grad(set_to_none=True)
+    if task > 0 and not self.hypermask and config.lookahead:
+      loss.backward()  # the task loss's gradient, from which Adam's step dTheta is computed
+      d_theta = optim_step.calc_delta_theta(self.optimizer, False, detach_dt=True)
+      reg = hnet_regularizer.calc_fix_target_reg(
+          self.hnet, task, targets=self.targets,
+          dTheta=d_theta[:len(self.hnet.unconditional_params)],
+          batch_size=config.reg_subset or None)
+      (config.beta * reg).backward()
+      self.optimizer.step()
+      return loss + config.beta * reg
     if task > 0:
       reg = hnet_regularizer.calc_fix_target_reg(self.hnet, task, targets=self.targets,
                                                  batch_size=config.reg_subset or None)
@@ -127,7 +154,6 @@ class TorchReference:
         loss = loss + config.beta / task * reg + config.lam * l1
       else:
         loss = loss + config.beta * reg
-    self.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     self.optimizer.step()
     return loss
@@ -139,7 +165,7 @@ class TorchReference:
   def accuracy(self, x, y, task, batch_size):
     """Accuracy (%) of task `task` on (x, y), evaluated in batches (full sparsity)."""
     weights, _ = self._weights(task, self.config.sparsity)
-    hits = sum(int((self.mnet.forward(x[i:i + batch_size], weights=weights).argmax(-1)
+    hits = sum(int((self._logits(x[i:i + batch_size], weights, task).argmax(-1)
                     == y[i:i + batch_size]).sum()) for i in range(0, len(y), batch_size))
     return 100.0 * hits / len(y)
 

@@ -33,6 +33,29 @@ def _dense(features, fan_in, init, name):
   return torch_dense(features, fan_in, name=name)
 
 
+class BiasInMatmul(nn.Module):
+  """A Dense layer (the same params and init as `_dense`) computing [x, 1] @ [kernel; bias].
+
+  For ChunkedHMLP's output layer: few rows (tasks x chunks, e.g. 12) and many
+  outputs (the chunk size, e.g. 42000). nn.Dense's bias gradient is then a sum
+  over a short leading axis, which XLA:CPU (jax 0.10.2) hands to YNNPACK: 3.9 ms
+  for [12, 42000], 7.4 of the published HNET Split MNIST step's 13 ms, against
+  0.07 ms as part of a matmul. Here the bias gradient comes out of the kernel
+  gradient's matmul. The outputs equal nn.Dense's up to float rounding.
+  """
+  features: int
+  weight_init: str = 'torch'
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    dense = _dense(self.features, fan_in, self.weight_init, None)
+    kernel = self.param('kernel', dense.kernel_init, (fan_in, self.features))
+    bias = self.param('bias', dense.bias_init, (self.features,))
+    ones = jnp.ones((*x.shape[:-1], 1), x.dtype)
+    return jnp.concatenate([x, ones], -1) @ jnp.concatenate([kernel, bias[None]], 0)
+
+
 def _hidden(x, hidden, activation, init):
   for i, features in enumerate(hidden):
     x = ACTIVATIONS[activation](_dense(features, x.shape[-1], init, f'dense_{i}')(x))
@@ -90,7 +113,7 @@ class ChunkedHMLP(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(chunks, (k, n, chunks.shape[1])),
                          jnp.broadcast_to(task_emb[:, None], (k, n, task_emb.shape[1]))], -1)
     out = _hidden(x, self.hidden, self.activation, self.weight_init)
-    out = _dense(self.chunk_size, out.shape[-1], self.weight_init, 'out')(out)
+    out = BiasInMatmul(self.chunk_size, self.weight_init, name='out')(out)
     return out.reshape(k, n * self.chunk_size)[:, :self.num_outputs]
 
 
