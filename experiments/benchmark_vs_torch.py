@@ -69,7 +69,13 @@ def shortened_config(name, num_tasks, steps):
     else:
       config.steps_per_task = steps
     config.checkpoint_every_steps = 10 ** 9  # the end-of-task checkpoints only
-  config = config_checks.resolve(config)
+  return config_checks.resolve(config)
+
+
+def with_steps(config):
+  """A copy of the config with steps_per_task filled in from its epochs (the PyTorch loop
+  counts steps; hypermask_jax takes the epochs)."""
+  config = config.copy_and_resolve_references()
   with config.unlocked():
     if config.epochs_per_task:
       config.steps_per_task = config.epochs_per_task * steps_per_epoch(config)
@@ -236,9 +242,9 @@ def worker(framework, name):
     result = run_jax(config)
     result['peak_bytes'] = environment.peak_memory()[0]
   else:
-    result = run_torch(config)
+    result = run_torch(with_steps(config))
     result['peak_bytes'] = torch_peak_bytes()
-  result.update(steps_per_task=config.steps_per_task,
+  result.update(steps_per_task=with_steps(config).steps_per_task,
                 num_tasks=config.num_tasks)
   print(RESULT + json.dumps(result), flush=True)
 

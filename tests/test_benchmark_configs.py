@@ -1,0 +1,20 @@
+"""The benchmarks' shortened configs: every published config they name runs as written."""
+
+import pytest
+
+from experiments import benchmark_vs_torch
+from hypermask_jax import config_checks
+
+
+@pytest.mark.parametrize('name', benchmark_vs_torch.CONFIGS)
+def test_shortened_configs_resolve_as_train_and_evaluate_takes_them(name):
+  """hypermask_jax gets the config as shortened (epochs stay epochs); the PyTorch loop gets the
+  same config with its steps counted."""
+  config = benchmark_vs_torch.shortened_config(name, 2, 100)
+  assert config_checks.resolve(config).num_tasks == 2  # what train_and_evaluate does first
+  steps = benchmark_vs_torch.with_steps(config)
+  if config.epochs_per_task:
+    assert config.steps_per_task is None
+    assert steps.steps_per_task == config.epochs_per_task * 141 >= 100  # 4500 images, batch 32
+  else:
+    assert steps.steps_per_task == config.steps_per_task == 100
