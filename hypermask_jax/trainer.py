@@ -206,9 +206,11 @@ class Trainer:
       state, metrics = carry
       state, aux = step(state, data, hp)
       if self.checks_within_chunks(data):  # the step is shared by the runs: a real branch
-        # Only what a check changes goes through the branch, so that the branch never has to
-        # copy the params or the optimizer state.
-        checked = lambda state: (lambda s: (s.best, s.schedule))(self._check_best(state, data, hp))
+        # Only what a check changes leaves the branch, so that the branch never has to copy the
+        # params or the optimizer state.
+        def checked(state):
+          state = self._check_best(state, data, hp)
+          return state.best, state.schedule
         best, schedule = jax.lax.cond(self.is_check_step(state.step), checked,
                                       lambda state: (state.best, state.schedule), state)
         state = state.replace(best=best, schedule=schedule)
