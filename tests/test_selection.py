@@ -53,6 +53,7 @@ def with_learning_rate(state, rate):
   return state.replace(schedule={**state.schedule, 'plateau': plateau})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('selection', ['best_val', 'best_val_loss'])
 def test_checks_within_an_epoch_keep_the_best_step_as_a_plain_loop_finds_it(synthetic_task_set,
                                                                           selection):
