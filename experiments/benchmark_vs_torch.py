@@ -32,7 +32,6 @@ other; ratio = PyTorch time / hypermask_jax time (> 1: hypermask_jax is faster).
 
 import json
 import logging
-import math
 import pathlib
 import subprocess
 import sys
@@ -46,8 +45,10 @@ from absl import app
 from absl import flags
 import numpy as np
 
-CONFIGS = ('permuted_mnist', 'split_mnist', 'cifar100_resnet20', 'cifar100_zenkenet',
-           'hnet_permuted_mnist', 'hnet_split_mnist', 'hnet_permuted_mnist_100')
+from experiments.shortened_runs import CONFIGS
+from experiments.shortened_runs import shortened_config
+from experiments.shortened_runs import with_steps
+
 _CONFIGS = flags.DEFINE_list('configs', list(CONFIGS), f'Published configs to run: {CONFIGS}.')
 _TASKS = flags.DEFINE_integer('tasks', 3, 'Tasks per run.')
 _STEPS = flags.DEFINE_integer('steps', 200, 'Training steps per task.')
@@ -55,35 +56,6 @@ _OUT = flags.DEFINE_string('out', 'benchmark_vs_torch.json', 'Where to write the
 _FRAMEWORKS = flags.DEFINE_list('frameworks', ['jax', 'torch'], 'Which frameworks to run.')
 _WORKER = flags.DEFINE_string('worker', '', 'Internal: run one framework on one config.')
 RESULT = 'RESULT '
-
-
-def shortened_config(name, num_tasks, steps):
-  """The published config with `num_tasks` tasks of about `steps` steps, published shapes kept."""
-  from hypermask_jax import config_checks  # pylint: disable=g-import-not-at-top
-  config = __import__(f'configs.{name}', fromlist=['get_config']).get_config()
-  with config.unlocked():
-    config.max_tasks = config.max_tasks or config.num_tasks
-    config.num_tasks = min(num_tasks, config.num_tasks)
-    if config.epochs_per_task:
-      config.epochs_per_task = math.ceil(steps / steps_per_epoch(config))
-    else:
-      config.steps_per_task = steps
-    config.checkpoint_every_steps = 10 ** 9  # the end-of-task checkpoints only
-  return config_checks.resolve(config)
-
-
-def with_steps(config):
-  """A copy of the config with steps_per_task filled in from its epochs (the PyTorch loop
-  counts steps; hypermask_jax takes the epochs)."""
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    if config.epochs_per_task:
-      config.steps_per_task = config.epochs_per_task * steps_per_epoch(config)
-  return config
-
-
-def steps_per_epoch(config):
-  return math.ceil(4500 / config.batch_size)  # Split CIFAR-100: 4500 training images per task
 
 
 def synthetic_arrays(dataset):
