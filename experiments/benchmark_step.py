@@ -18,15 +18,18 @@ Data is synthetic with the benchmark's shapes (timing does not depend on the
 pixels), so it runs anywhere. Steps run as the training loop runs them: one
 compiled call of `--steps` steps (at most trainer.MAX_STEPS_PER_CALL).
 
-The floor: the bytes a step must move (optimizer: every trained parameter,
+The floors: the bytes a step must move (optimizer: every trained parameter,
 its gradient and both Adam moments each read once and written once; the
 hypernetwork's forward: its weights read once, its output rows written) over
 the memory bandwidth measured in this process just before (a jitted in-place
 stream, x * a + b over a 256 MiB float32 array, counting the bytes read and
-written); the share is that floor over the measured step time. It ignores
-compute, so it is a true lower bound only where the step is bandwidth-bound
-(the MNIST hypernetworks); for the CIFAR targets, whose convolutions are
-compute-bound on CPU, a low share says so.
+written); and the floating-point operations of one step, as XLA counts them in
+the compiled step with the task fixed (so only the regulariser branch that
+task runs counts), over the rate of a 1024 x 1024 float32 matmul measured in
+this process. The step can be no faster than the larger of the two; the share
+is that floor over the measured step time. The matmul rate is the best case:
+the thin products of a hypernetwork's output layer and the convolutions'
+im2col products run slower, so a compute-bound step stays below 100%.
 """
 
 import pathlib
@@ -84,6 +87,36 @@ def stream_bandwidth(megabytes=256, repeats=5, passes=8):
   return 2 * x.nbytes * passes / best
 
 
+def matmul_rate(size=1024, repeats=5, passes=8):
+  """Floating-point operations per second of a chain of float32 [size, size] matmuls."""
+  w = jax.random.normal(jax.random.key(0), (size, size)) / np.sqrt(size)
+  chain = jax.jit(lambda x: jax.lax.fori_loop(0, passes, lambda _, x: x @ w, x))
+  x = jax.block_until_ready(chain(w))
+  best = float('inf')
+  for _ in range(repeats):
+    tic = time.perf_counter()
+    x = jax.block_until_ready(chain(x))
+    best = min(best, time.perf_counter() - tic)
+  return 2 * size**3 * passes / best
+
+
+def step_flops(trainer, state, data, hp, task):
+  """XLA's count of the floating-point operations of one train step at `task`.
+
+  XLA's cost analysis counts a branch point as its largest branch, so the
+  step is compiled here with only the regulariser branch that `task` runs.
+  """
+  method, sizes = trainer.method, trainer.method.row_sizes
+  method.row_sizes = (next((k for k in sizes if k >= task), sizes[-1]),)
+  try:
+    step = trainer._runs(trainer._train_step, trainer_lib.STATE_AXES,  # pylint: disable=protected-access
+                         trainer_lib.data_axes(data), 0, out_axes=(trainer_lib.STATE_AXES, 0))
+    cost = jax.jit(step).lower(state, data, hp).compile().cost_analysis()
+  finally:
+    method.row_sizes = sizes
+  return (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
+
+
 def step_bytes(config, method, params, task):
   """(optimizer bytes, hypernetwork-forward bytes) a train step at `task` must move at least."""
   optimizer = 8 * 4 * base.count(params)  # param, gradient, 2 moments: read once, written once
@@ -136,11 +169,15 @@ def main(argv):
     line = f'task {task + 1:3d} ({task:3d} previous tasks): jax {1e3 * step:9.2f} ms/step'
     bandwidth = stream_bandwidth()
     optimizer_bytes, forward_bytes = step_bytes(config, method, params, task)
-    floor = (optimizer_bytes + forward_bytes) / bandwidth
+    memory_floor = (optimizer_bytes + forward_bytes) / bandwidth
+    flops, rate = step_flops(trainer, state, data, hp, task), matmul_rate()
+    compute_floor = flops / rate
     line += (f' | moves >= {(optimizer_bytes + forward_bytes) / 1e9:.3f} GB (optimizer '
              f'{optimizer_bytes / 1e9:.3f}, hypernetwork forward {forward_bytes / 1e9:.3f}) at '
-             f'{bandwidth / 1e9:.1f} GB/s: floor {1e3 * floor:.2f} ms, '
-             f'share {100 * floor / step:.0f}%')
+             f'{bandwidth / 1e9:.1f} GB/s: {1e3 * memory_floor:.2f} ms | computes '
+             f'{flops / 1e9:.2f} GFLOP at {rate / 1e9:.0f} GFLOP/s: {1e3 * compute_floor:.2f} ms'
+             f' | floor {1e3 * max(memory_floor, compute_floor):.2f} ms, share '
+             f'{100 * max(memory_floor, compute_floor) / step:.0f}%')
     if _COMPARE_TORCH.value:
       torch_step = torch_reference.time_steps(config, data.input_shape, data.num_classes, task,
                                               _STEPS.value, _REPEATS.value)

@@ -186,10 +186,13 @@ def torch_target(config, layout):
 def hnet_paths(config):
   """(our hnet params path, turn ours into torch's) in hypnettorch's `unconditional_params` order.
 
-  Each layer's weight and bias, then (chunked) the chunk embeddings.
+  Each layer's weight and bias, then (chunked) the chunk embeddings. Our
+  kernels are [in, out] and torch's [out, in], except HMLP's output layer
+  (a WideDense, stored [out, in] as torch stores it).
   """
   names = [f'dense_{i}' for i in range(len(config.hnet_hidden))] + ['out']
-  paths = [p for name in names for p in (((name, 'kernel'), np.transpose),
+  as_torch = lambda name: np.asarray if name == 'out' and not config.chunk_size else np.transpose
+  paths = [p for name in names for p in (((name, 'kernel'), as_torch(name)),
                                          ((name, 'bias'), np.asarray))]
   return paths + ([(('chunk_embeddings',), np.asarray)] if config.chunk_size else [])
 

@@ -48,20 +48,40 @@ def test_generates_every_target_weight_and_every_tasks_head(synthetic_task_set):
 
 
 @pytest.mark.slow
-def test_lookahead_is_the_optimisers_step_on_the_task_loss(synthetic_task_set):
+def test_gradient_is_the_task_gradient_plus_the_regulariser_at_the_lookahead_point(
+    synthetic_task_set):
   config = tiny_config(lookahead=True)
   method, batch = method_and_batch(synthetic_task_set, config)
-  params = method.init_params(jax.random.key(0))
+  start = method.init_params(jax.random.key(0))
+  memory = method.begin_task(start)
+  params = jax.tree.map(lambda p: p + 0.01, start)  # the outputs have left their targets
+  hp = trainer_lib.run_hyperparams(config)
   tx = optax.adam(1e-3)
-  task, rng = jnp.int32(1), jax.random.key(1)
-  delta = method.lookahead_delta(params, {}, tx.init(params), tx, batch, task, rng)
-  grads = jax.grad(lambda p: method._task_loss(
-      p, {}, batch, task, method.hnet_outputs(p['hnet'], task[None])[0], rng)[0])(params)
+  task, rng = jnp.int32(2), jax.random.key(1)
+  grads, metrics, _ = jax.jit(lambda p: method.gradients(
+      p, {}, tx.init(p), tx, batch, task, 0, memory, hp, rng))(params)
+
+  def ce(p):
+    weights = method.eval_weights(p, task, hp)
+    logits = method.predict(weights, {}, batch[0], task)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+
+  def reg(p):  # a plain loop over the previous tasks 0 and 1
+    return sum(jnp.sum((method.hnet_outputs(p['hnet'], jnp.array([j]))[0] -
+                        memory['hnet_outputs'][j]) ** 2) for j in range(2)) / 2
+
+  only_current = lambda g: {'hnet': {**g['hnet'], 'embeddings': g['hnet']['embeddings'].at[
+      jnp.array([0, 1, 3])].set(0)}}
+  task_grads = only_current(jax.grad(ce)(params))
   # Adam's first step by hand: m_hat = g, v_hat = g^2, so the step is -lr * g / (|g| + eps).
-  expected = jax.tree.map(lambda g: -1e-3 * g / (jnp.abs(g) + 1e-8), grads)
-  expected['hnet']['embeddings'] = expected['hnet']['embeddings'].at[jnp.array([0, 2, 3])].set(0)
-  for got, want in zip(jax.tree.leaves(delta), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
+  lookahead = jax.tree.map(lambda p, g: p - 1e-3 * g / (jnp.abs(g) + 1e-8), params, task_grads)
+  reg_grads = only_current(jax.grad(reg)(lookahead))
+  expected = jax.tree.map(lambda g, r: g + config.beta * r, task_grads, reg_grads)
+  np.testing.assert_allclose(metrics['reg'], reg(lookahead), rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss'], ce(params) + config.beta * reg(lookahead), rtol=1e-5)
+  assert float(jnp.abs(reg_grads['hnet']['out']['kernel']).max()) > 0
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_random_subset_picks_only_seen_tasks():
@@ -85,9 +105,9 @@ def test_snapshot_targets_equal_stored_targets(synthetic_task_set):
     params = method.init_params(jax.random.key(0))
     memory = method.begin_task(params)
     moved = jax.tree.map(lambda p: p + 0.01, params)
-    hp = trainer_lib.run_hyperparams(config)
-    metrics, _ = method.loss(moved, {}, batch, jnp.int32(3), 0, memory, hp,
-                             jax.random.key(0))[1]
+    hp, tx = trainer_lib.run_hyperparams(config), optax.adam(1e-3)
+    _, metrics, _ = method.gradients(moved, {}, tx.init(moved), tx, batch, jnp.int32(3), 0,
+                                     memory, hp, jax.random.key(0))
     losses.append(metrics['reg'])
   assert float(losses[0]) > 0
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)

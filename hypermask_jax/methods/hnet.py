@@ -46,28 +46,13 @@ class HNET(base.HypernetworkMethod):
     """The target params: the generated tensors plus the target's own (BatchNorm) params."""
     return self.layout.unflatten(output, params.get('target'))
 
-  def _task_loss(self, params, batch_stats, batch, task, output, rng):
+  def _task_loss(self, params, batch_stats, batch, task, rng):
+    """(CE of the batch with task `task`'s generated weights, (logits, batch_stats))."""
     x, y, _ = batch
+    output = self.hnet_outputs(params['hnet'], task[None])[0]
     logits, batch_stats = self.run_target(self._weights(params, output), batch_stats, x, task,
                                           True, rng)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, batch_stats)
-
-  def loss(self, params, batch_stats, batch, task, step, memory, hp, rng, delta=None):
-    """Task loss at theta; output regulariser at theta + delta (delta: the lookahead step)."""
-    del step
-    rng_reg, rng_target = self.step_rngs(rng)
-    reg_params = params['hnet'] if delta is None else jax.tree.map(
-        jnp.add, params['hnet'], delta['hnet'])
-    output, reg = regularizers.outputs_and_output_reg(
-        lambda rows: self.hnet_outputs(reg_params, rows), self._targets_fn(memory), task,
-        self.row_sizes, rng_reg, self.config.max_tasks)
-    if delta is not None:  # the regulariser's batch ran at theta + delta: the task needs theta
-      output = self.hnet_outputs(params['hnet'], task[None])[0]
-    ce, (logits, batch_stats) = self._task_loss(params, batch_stats, batch, task, output,
-                                                rng_target)
-    loss = ce + hp['beta'] * reg
-    return loss, ({'loss': loss, 'ce': ce, 'reg': reg, 'accuracy': base.accuracy(logits, batch[1])},
-                  batch_stats)
 
   def _only_current_embedding(self, grads, task):
     """Zeroes the gradient of every embedding but the current task's (the published runs)."""
@@ -77,19 +62,32 @@ class HNET(base.HypernetworkMethod):
     keep = (jnp.arange(emb.shape[0]) == task)[:, None]
     return {**grads, 'hnet': {**grads['hnet'], 'embeddings': jnp.where(keep, emb, 0.0)}}
 
-  def lookahead_delta(self, params, batch_stats, opt_state, tx, batch, task, rng):
-    """The update the optimiser would make from the task-loss gradient alone (held constant)."""
-    task_loss = lambda p: self._task_loss(p, batch_stats, batch, task,
-                                          self.hnet_outputs(p['hnet'], task[None])[0], rng)[0]
-    grads = jax.grad(task_loss)(params)
-    delta, _ = tx.update(self._only_current_embedding(grads, task), opt_state, params)
-    return jax.lax.stop_gradient(delta)
-
   def gradients(self, params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng):
-    delta = (self.lookahead_delta(params, batch_stats, opt_state, tx, batch, task,
-                                  self.step_rngs(rng)[1]) if self.config.lookahead else None)
-    grads, (metrics, batch_stats) = jax.grad(self.loss, has_aux=True)(
-        params, batch_stats, batch, task, step, memory, hp, rng, delta)
+    """d CE / d theta at theta, plus beta * d R / d theta at theta + delta.
+
+    delta is 0, or with `lookahead` hypercl's dTheta: the optimiser's step on
+    the task-loss gradient alone, held constant. The two gradients are taken
+    apart, as hypercl's loop takes them: the lookahead reuses the task
+    gradient (the target runs forward and backward once per step), and the
+    regulariser's gradient is taken inside its lax.switch
+    (regularizers.output_reg_and_grad).
+    """
+    del step
+    rng_reg, rng_target = self.step_rngs(rng)
+    (ce, (logits, batch_stats)), grads = jax.value_and_grad(self._task_loss, has_aux=True)(
+        params, batch_stats, batch, task, rng_target)
+    grads = self._only_current_embedding(grads, task)
+    reg_params = params['hnet']
+    if self.config.lookahead:
+      delta, _ = tx.update(grads, opt_state, params)
+      reg_params = jax.tree.map(jnp.add, reg_params, delta['hnet'])
+    reg, reg_grads = regularizers.output_reg_and_grad(
+        self.hnet_outputs, self._targets_fn(memory), reg_params, task, self.row_sizes, rng_reg,
+        self.config.max_tasks)
+    grads = {**grads, 'hnet': jax.tree.map(lambda g, r: g + hp['beta'] * r, grads['hnet'],
+                                           reg_grads)}
+    loss = ce + hp['beta'] * reg
+    metrics = {'loss': loss, 'ce': ce, 'reg': reg, 'accuracy': base.accuracy(logits, batch[1])}
     return self._only_current_embedding(grads, task), metrics, batch_stats
 
   def eval_weights(self, params, task, hp):
