@@ -104,14 +104,19 @@ def run_chunk(trainer, state, data, hp):
   return trainer.end_chunk(state, data, hp)
 
 
+def with_learning_rate(state, rate):
+  """The one-run state with its plateau schedule's learning rate set to `rate`."""
+  plateau = {**state.schedule['plateau'], 'learning_rate': jnp.full(1, rate, jnp.float32)}
+  return state.replace(schedule={**state.schedule, 'plateau': plateau})
+
+
 def epochs_with_a_ruinous_last(trainer, state, data, hp, schedule_field):
   """Three one-chunk epochs of the begun task, the last at learning rate 10 (its parameters must
   not be kept): (state, state.schedule[schedule_field] of run 0 after each, params after each)."""
   values, snapshots = [], []
   for epoch in range(3):
     if epoch == 2:
-      state = state.replace(schedule={**state.schedule, 'plateau': {
-          **state.schedule['plateau'], 'learning_rate': jnp.full(1, 10.0, jnp.float32)}})
+      state = with_learning_rate(state, 10.0)
     state = run_chunk(trainer, state, data, hp)
     values.append(float(state.schedule[schedule_field][0]))
     snapshots.append(jax.device_get(state.params))

@@ -178,7 +178,7 @@ def small_config(module, **overrides):
 def test_the_task_ends_with_the_parameters_of_its_best_validation_epoch(synthetic_cifar_task_set):
   data = synthetic_cifar_task_set
   config = config_checks.fit_to_data(config_checks.resolve(small_config(
-      cifar100_resnet20, epochs_per_task=3, num_tasks=1)), data)
+      cifar100_resnet20, epochs_per_task=3, num_tasks=1, selection_every_steps=0)), data)
   trainer = trainer_lib.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
   state, data, hp = fresh_program(trainer, data)
   state = trainer.begin_task(state, 0, hp)

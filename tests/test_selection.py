@@ -13,6 +13,7 @@ from hypermask_jax.methods.hypermask import HyperMask
 from tests.conftest import fresh_program
 from tests.conftest import epochs_with_a_ruinous_last
 from tests.conftest import run_chunk
+from tests.conftest import with_learning_rate
 
 
 def val_loss_by_hand(method, params, data, hp):
@@ -46,11 +47,6 @@ def test_the_task_keeps_the_parameters_of_its_lowest_validation_loss(synthetic_t
   assert float(state.schedule['best_val_loss'][0]) == min(losses)
   for got, want in zip(jax.tree.leaves(snapshots[2]), jax.tree.leaves(snapshots[best])):
     np.testing.assert_array_equal(got, want)
-
-
-def with_learning_rate(state, rate):
-  plateau = {**state.schedule['plateau'], 'learning_rate': jnp.full(1, rate, jnp.float32)}
-  return state.replace(schedule={**state.schedule, 'plateau': plateau})
 
 
 @pytest.mark.slow
