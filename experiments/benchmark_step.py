@@ -175,7 +175,7 @@ def main(argv):
     line += (f' | moves >= {(optimizer_bytes + forward_bytes) / 1e9:.3f} GB (optimizer '
              f'{optimizer_bytes / 1e9:.3f}, hypernetwork forward {forward_bytes / 1e9:.3f}) at '
              f'{bandwidth / 1e9:.1f} GB/s: {1e3 * memory_floor:.2f} ms | computes '
-             f'{flops / 1e9:.2f} GFLOP at {rate / 1e9:.0f} GFLOP/s: {1e3 * compute_floor:.2f} ms'
+             f'{flops / 1e9:.3g} GFLOP at {rate / 1e9:.0f} GFLOP/s: {1e3 * compute_floor:.2f} ms'
              f' | floor {1e3 * max(memory_floor, compute_floor):.2f} ms, share '
              f'{100 * max(memory_floor, compute_floor) / step:.0f}%')
     if _COMPARE_TORCH.value:

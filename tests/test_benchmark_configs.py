@@ -1,4 +1,9 @@
-"""The benchmarks' shortened configs: every published config they name runs as written."""
+"""The benchmarks: the shortened configs they name run as written; the step benchmark's floors."""
+
+import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -18,3 +23,25 @@ def test_shortened_configs_resolve_as_train_and_evaluate_takes_them(name):
     assert steps.steps_per_task == config.epochs_per_task * 141 >= 100  # 4500 images, batch 32
   else:
     assert steps.steps_per_task == config.steps_per_task == 100
+
+
+@pytest.mark.slow
+def test_step_benchmark_floors_follow_the_tasks_regularised():
+  """benchmark_step's floors are its own figures' quotients, and the FLOP count at task 5 holds
+  the 4 old tasks' regulariser rows that task 1 (no old task) does not compute."""
+  out = subprocess.run(
+      [sys.executable, 'experiments/benchmark_step.py', '--config=configs/hnet_split_mnist.py:small',
+       '--steps=2', '--repeats=1'], capture_output=True, text=True, check=True,
+      cwd=pathlib.Path(__file__).resolve().parents[1]).stdout
+  pattern = (r'jax +([\d.]+) ms/step \| moves >= ([\d.]+) GB .* at ([\d.]+) GB/s: ([\d.]+) ms \| '
+             r'computes ([\d.]+) GFLOP at ([\d.]+) GFLOP/s: ([\d.]+) ms \| floor ([\d.]+) ms, '
+             r'share (\d+)%')
+  rows = [[float(v) for v in m.groups()] for m in re.finditer(pattern, out)]
+  assert len(rows) == 2, out
+  for step, gb, bandwidth, memory, gflop, rate, compute, floor, share in rows:
+    assert memory == pytest.approx(gb / bandwidth * 1e3, rel=0.05, abs=0.02)
+    assert compute == pytest.approx(gflop / rate * 1e3, rel=0.05, abs=0.02)
+    assert floor == max(memory, compute)
+    assert share == pytest.approx(100 * floor / step, abs=1)
+  # Task 5 regularises 4 old tasks: each is a full pass of the chunked hypernetwork.
+  assert rows[1][4] > 1.5 * rows[0][4]
