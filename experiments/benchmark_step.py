@@ -63,41 +63,35 @@ _COMPARE_TORCH = flags.DEFINE_bool(
 
 
 def time_chunk(trainer, state, data, hp, repeats):
+  """(state, the fastest of `repeats` chunks of --steps steps, after one untimed chunk)."""
   steps = np.int32(_STEPS.value)
+  return fastest(lambda state: trainer.train_steps(state, data, hp, steps)[0], state, repeats)
+
+
+def fastest(fn, x, repeats):
+  """(the last result, the fastest of `repeats` timed calls x = fn(x), after one untimed call)."""
+  x = jax.block_until_ready(fn(x))
   best = float('inf')
   for _ in range(repeats):
     tic = time.perf_counter()
-    state, _ = trainer.train_steps(state, data, hp, steps)
-    jax.block_until_ready(state)
+    x = jax.block_until_ready(fn(x))
     best = min(best, time.perf_counter() - tic)
-  return state, best
+  return x, best
 
 
 def stream_bandwidth(megabytes=256, repeats=5, passes=8):
   """Bytes per second of an in-place x * a + b over a float32 array (read and written)."""
-  x = jnp.ones(megabytes * 2**20 // 4, jnp.float32)
   stream = jax.jit(lambda x: jax.lax.fori_loop(0, passes, lambda _, x: x * 0.999 + 1e-3, x),
                    donate_argnums=0)
-  x = jax.block_until_ready(stream(x))
-  best = float('inf')
-  for _ in range(repeats):
-    tic = time.perf_counter()
-    x = jax.block_until_ready(stream(x))
-    best = min(best, time.perf_counter() - tic)
-  return 2 * x.nbytes * passes / best
+  x, seconds = fastest(stream, jnp.ones(megabytes * 2**20 // 4, jnp.float32), repeats)
+  return 2 * x.nbytes * passes / seconds
 
 
 def matmul_rate(size=1024, repeats=5, passes=8):
   """Floating-point operations per second of a chain of float32 [size, size] matmuls."""
   w = jax.random.normal(jax.random.key(0), (size, size)) / np.sqrt(size)
   chain = jax.jit(lambda x: jax.lax.fori_loop(0, passes, lambda _, x: x @ w, x))
-  x = jax.block_until_ready(chain(w))
-  best = float('inf')
-  for _ in range(repeats):
-    tic = time.perf_counter()
-    x = jax.block_until_ready(chain(x))
-    best = min(best, time.perf_counter() - tic)
-  return 2 * size**3 * passes / best
+  return 2 * size**3 * passes / fastest(chain, w, repeats)[1]
 
 
 def step_flops(trainer, state, data, hp, task):
@@ -160,8 +154,6 @@ def main(argv):
   tic = time.perf_counter()
   trainer.train_steps.lower(state, data, hp, np.int32(_STEPS.value)).compile()
   print(f'compile time of the train chunk: {time.perf_counter() - tic:.1f} s')
-  state, _ = trainer.train_steps(state, data, hp, np.int32(_STEPS.value))  # warm-up, jit cache
-  jax.block_until_ready(state)
   for task in (0, config.num_tasks - 1):
     state = trainer.begin_task(state, task, hp)
     state, seconds = time_chunk(trainer, state, data, hp, _REPEATS.value)
