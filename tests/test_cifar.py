@@ -265,6 +265,7 @@ def test_an_epoch_run_resumes_mid_task_to_identical_results(tmp_path, small_run,
   assert strip(tmp_path / 'metrics.jsonl') == strip(full_dir / 'metrics.jsonl')
 
 
+@pytest.mark.slow
 def test_zenkenet_dropout_drops_channels_then_elements_or_is_off():
   """'architecture': whole channels after each conv stage, elements after the dense layer."""
   net, off = targets.ZenkeNet(10, dropout='architecture'), targets.ZenkeNet(10)

@@ -97,6 +97,7 @@ def test_random_subset_picks_only_seen_tasks():
   assert picked == set(range(10))  # every seen task gets its turn
 
 
+@pytest.mark.slow
 def test_snapshot_targets_equal_stored_targets(synthetic_task_set):
   losses = []
   for reg_targets in ('stored', 'snapshot'):
@@ -105,10 +106,9 @@ def test_snapshot_targets_equal_stored_targets(synthetic_task_set):
     params = method.init_params(jax.random.key(0))
     memory = method.begin_task(params)
     moved = jax.tree.map(lambda p: p + 0.01, params)
-    hp, tx = trainer_lib.run_hyperparams(config), optax.adam(1e-3)
-    _, metrics, _ = method.gradients(moved, {}, tx.init(moved), tx, batch, jnp.int32(3), 0,
-                                     memory, hp, jax.random.key(0))
-    losses.append(metrics['reg'])
+    reg, _ = regularizers.output_reg_and_grad(method.hnet_outputs, method._targets_fn(memory),
+                                              moved['hnet'], jnp.int32(3), (3,))
+    losses.append(reg)
   assert float(losses[0]) > 0
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
