@@ -89,7 +89,7 @@ def output_reg_and_grad(hnet_fn, targets_fn, hnet_params, task, sizes, rng=None,
   residuals. Differentiated from outside, the switch keeps every branch's
   residuals and the branches not taken fill theirs with zeros: [k, P] floats
   for every k in sizes, at every step (for the published HNET PMNIST step,
-  about 190 MB written and 10 of its 51 ms at task 0). Task 0 computes nothing.
+  about 180 MB written and 10 of its 51 ms at task 0). Task 0 computes nothing.
   """
   dtype = jax.tree.leaves(hnet_params)[0].dtype
 

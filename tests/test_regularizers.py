@@ -24,19 +24,29 @@ def test_bucket_sizes():
 @pytest.mark.parametrize('bucketed', [True, False])
 @pytest.mark.parametrize('max_tasks', [1, 6, 10])
 def test_batched_output_regulariser_equals_loop(max_tasks, bucketed):
+  """Both forms, outputs_and_output_reg and output_reg_and_grad (with its gradient)."""
   model = hypernet.HMLP(num_outputs=37, max_tasks=max_tasks, embedding_size=5, hidden=(7,))
   params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
   targets = jax.random.normal(jax.random.key(1), (max_tasks, 37))
-  hnet_fn = lambda t: model.apply({'params': params}, t)
+  apply = lambda p, t: model.apply({'params': p}, t)
+  hnet_fn = lambda t: apply(params, t)
   buckets = regularizers.row_sizes(max_tasks, bucketed=bucketed)
   fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(hnet_fn, lambda r: targets[r], t,
                                                             buckets))
+  with_grad = jax.jit(lambda t: regularizers.output_reg_and_grad(
+      apply, lambda r: targets[r], params, t, buckets))
   for task in range(max_tasks):
     out, reg = fn(jnp.int32(task))
     loop = [float(jnp.sum((hnet_fn(jnp.array([j]))[0] - targets[j]) ** 2)) for j in range(task)]
     expected = float(np.mean(loop)) if loop else 0.0
     np.testing.assert_allclose(float(reg), expected, rtol=1e-5)
     np.testing.assert_allclose(out, hnet_fn(jnp.array([task]))[0], rtol=1e-5, atol=1e-6)
+    loop_reg = lambda p, task=task: sum(
+        jnp.sum((apply(p, jnp.array([j]))[0] - targets[j]) ** 2) for j in range(task)) / max(task, 1)
+    reg, grads = with_grad(jnp.int32(task))
+    np.testing.assert_allclose(float(reg), expected, rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(jax.grad(loop_reg)(params))):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize('bucketed', [True, False])
