@@ -17,6 +17,7 @@ import math
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from hypermask_jax.layers import torch_dense
@@ -33,15 +34,24 @@ def _dense(features, fan_in, init, name):
   return torch_dense(features, fan_in, name=name)
 
 
-class BiasInMatmul(nn.Module):
-  """A Dense layer (the same params and init as `_dense`) computing [x, 1] @ [kernel; bias].
+class ChunkDense(nn.Module):
+  """A Dense layer (the same params and init as `_dense`) with a hand-written gradient.
 
-  For ChunkedHMLP's output layer: few rows (tasks x chunks, e.g. 12) and many
-  outputs (the chunk size, e.g. 42000). nn.Dense's bias gradient is then a sum
-  over a short leading axis, which XLA:CPU (jax 0.10.2) hands to YNNPACK: 3.9 ms
-  for [12, 42000], 7.4 of the published HNET Split MNIST step's 13 ms, against
-  0.07 ms as part of a matmul. Here the bias gradient comes out of the kernel
-  gradient's matmul. The outputs equal nn.Dense's up to float rounding.
+  For ChunkedHMLP's output layer: few rows (tasks x chunks, 12 to 250) and
+  many outputs (the chunk size, 42000 or 78000). With autodiff's gradient of
+  nn.Dense, XLA:CPU (jax 0.10.2) spent most of the published HNET steps
+  outside the matmuls:
+  - the bias gradient, a sum over the short row axis, went to YNNPACK's
+    reduction: 3.9 ms for [12, 42000], where the same sum inside a matmul
+    takes 0.07 ms;
+  - the kernel gradient came out of its dot as [outputs, fan_in] and was
+    transposed back, and the kernel and the output gradient were transposed
+    for the other dot: copies of the whole layer at every step, and Adam
+    read the gradient strided.
+  Here the kernel and bias gradients are one matmul of [x, 1] with the output
+  gradient, laid out as the params are; the input gradient is one dot. The
+  values equal nn.Dense's and its gradients up to float rounding
+  (tests/test_hypernet.py).
   """
   features: int
   weight_init: str = 'torch'
@@ -52,8 +62,29 @@ class BiasInMatmul(nn.Module):
     dense = _dense(self.features, fan_in, self.weight_init, None)
     kernel = self.param('kernel', dense.kernel_init, (fan_in, self.features))
     bias = self.param('bias', dense.bias_init, (self.features,))
-    ones = jnp.ones((*x.shape[:-1], 1), x.dtype)
-    return jnp.concatenate([x, ones], -1) @ jnp.concatenate([kernel, bias[None]], 0)
+    out = chunk_dense(x.reshape(-1, fan_in), kernel, bias)
+    return out.reshape(*x.shape[:-1], self.features)
+
+
+@jax.custom_vjp
+def chunk_dense(x, kernel, bias):
+  """x [r, n] @ kernel [n, m] + bias [m] -> [r, m]."""
+  return x @ kernel + bias
+
+
+def _chunk_dense_forward(x, kernel, bias):
+  return chunk_dense(x, kernel, bias), (x, kernel)
+
+
+def _chunk_dense_backward(residuals, ct):
+  x, kernel = residuals
+  with_ones = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], 1)
+  d_kernel_and_bias = jax.lax.dot_general(with_ones, ct, (((0,), (0,)), ((), ())))  # [n + 1, m]
+  d_x = jax.lax.dot_general(ct, kernel, (((1,), (1,)), ((), ())))
+  return d_x, d_kernel_and_bias[:-1], d_kernel_and_bias[-1]
+
+
+chunk_dense.defvjp(_chunk_dense_forward, _chunk_dense_backward)
 
 
 def _hidden(x, hidden, activation, init):
@@ -113,7 +144,7 @@ class ChunkedHMLP(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(chunks, (k, n, chunks.shape[1])),
                          jnp.broadcast_to(task_emb[:, None], (k, n, task_emb.shape[1]))], -1)
     out = _hidden(x, self.hidden, self.activation, self.weight_init)
-    out = BiasInMatmul(self.chunk_size, self.weight_init, name='out')(out)
+    out = ChunkDense(self.chunk_size, self.weight_init, name='out')(out)
     return out.reshape(k, n * self.chunk_size)[:, :self.num_outputs]
 
 

@@ -100,17 +100,20 @@ def test_build_picks_the_hypernetwork(chunk_size, expected):
 
 
 @pytest.mark.parametrize('init', hypernet.INITS)
-def test_the_chunk_output_layer_is_a_dense_layer_with_its_bias_in_the_matmul(init):
-  """Same params (names, shapes, initial values) and outputs as nn.Dense; its bias gradient is
-  the sum of the output gradient over every row."""
+def test_the_chunk_output_layer_is_a_dense_layer_with_a_hand_written_gradient(init):
+  """Same params (names, shapes, initial values) and outputs as nn.Dense; its gradients are
+  those computed by hand: kernel x^T ct, bias the sum of ct over every row, input ct kernel^T."""
   x = jax.random.normal(jax.random.key(1), (2, 12, 10))
   dense = hypernet._dense(300, 10, init, None)
-  ours = hypernet.BiasInMatmul(300, init)
+  ours = hypernet.ChunkDense(300, init)
   params = dense.init(jax.random.key(0), x)
   assert jax.tree.all(jax.tree.map(jnp.array_equal, params, ours.init(jax.random.key(0), x)))
   np.testing.assert_allclose(ours.apply(params, x), dense.apply(params, x), rtol=1e-6, atol=1e-6)
   ct = jax.random.normal(jax.random.key(2), (2, 12, 300))
-  grad = jax.grad(lambda p: jnp.sum(ours.apply(p, x) * ct))(params)['params']
+  grad, d_x = jax.grad(lambda p, x: jnp.sum(ours.apply(p, x) * ct), (0, 1))(params, x)
+  grad = grad['params']
+  np.testing.assert_allclose(d_x, jnp.einsum('abo,io->abi', ct, params['params']['kernel']),
+                             rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(grad['bias'], ct.sum((0, 1)), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(grad['kernel'], jnp.einsum('abi,abo->io', x, ct), rtol=1e-5,
                              atol=1e-5)
