@@ -49,7 +49,8 @@ class ChunkDense(nn.Module):
     for the other dot: copies of the whole layer at every step, and Adam
     read the gradient strided.
   Here the kernel and bias gradients are one matmul of [x, 1] with the output
-  gradient, laid out as the params are; the input gradient is one dot. The
+  gradient, laid out as the params are; the input gradient is one dot with
+  the kernel's transpose. The
   values equal nn.Dense's and its gradients up to float rounding
   (tests/test_hypernet.py).
   """
@@ -80,7 +81,10 @@ def _chunk_dense_backward(residuals, ct):
   x, kernel = residuals
   with_ones = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], 1)
   d_kernel_and_bias = jax.lax.dot_general(with_ones, ct, (((0,), (0,)), ((), ())))  # [n + 1, m]
-  d_x = jax.lax.dot_general(ct, kernel, (((1,), (1,)), ((), ())))
+  # The barrier keeps the transposed kernel a copy of its own: folded into the dot,
+  # YNNPACK's contraction over the minor axis of both operands took 5.2 ms at the
+  # HNET Permuted MNIST size, against 1.6 ms plus 1.1 ms for the copy.
+  d_x = ct @ jax.lax.optimization_barrier(kernel.T)
   return d_x, d_kernel_and_bias[:-1], d_kernel_and_bias[-1]
 
 
