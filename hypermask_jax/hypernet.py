@@ -50,9 +50,8 @@ class ChunkDense(nn.Module):
     read the gradient strided.
   Here the kernel and bias gradients are one matmul of [x, 1] with the output
   gradient, laid out as the params are; the input gradient is one dot with
-  the kernel's transpose. The
-  values equal nn.Dense's and its gradients up to float rounding
-  (tests/test_hypernet.py).
+  the kernel's transpose. The values equal nn.Dense's and its gradients up to
+  float rounding (tests/test_hypernet.py).
   """
   features: int
   weight_init: str = 'torch'
