@@ -152,8 +152,12 @@ def main(argv):
                            'pip install -r requirements-torch.txt')
   state = trainer.begin_task(state, 0, hp)
   tic = time.perf_counter()
-  trainer.train_steps.lower(state, data, hp, np.int32(_STEPS.value)).compile()
-  print(f'compile time of the train chunk: {time.perf_counter() - tic:.1f} s')
+  compiled = trainer.train_steps.lower(state, data, hp, np.int32(_STEPS.value)).compile()
+  line = f'compile time of the train chunk: {time.perf_counter() - tic:.1f} s'
+  analysis = compiled.memory_analysis()
+  if analysis is not None:  # backends without XLA's memory analysis return None
+    line += f'; its temporaries (XLA memory analysis): {analysis.temp_size_in_bytes / 2**30:.2f} GiB'
+  print(line)
   for task in (0, config.num_tasks - 1):
     state = trainer.begin_task(state, task, hp)
     state, seconds = time_chunk(trainer, state, data, hp, _REPEATS.value)

@@ -37,9 +37,9 @@ def _dense(features, fan_in, init, name):
 class ChunkDense(nn.Module):
   """A Dense layer (the same params and init as `_dense`) with a hand-written gradient.
 
-  For ChunkedHMLP's output layer: few rows (tasks x chunks, 12 to 250) and
-  many outputs (the chunk size, 42000 or 78000). With autodiff's gradient of
-  nn.Dense, XLA:CPU (jax 0.10.2) spent most of the published HNET steps
+  For ChunkedHMLP's output layer: few rows (tasks x chunks, 12 to 25,000) and
+  many outputs (the chunk size, 7500 to 78000). With autodiff's gradient of
+  nn.Dense, XLA:CPU (jax 0.10.2) spent much of the published HNET steps
   outside the matmuls:
   - the bias gradient, a sum over the short row axis, went to YNNPACK's
     reduction: 3.9 ms for [12, 42000], where the same sum inside a matmul
@@ -51,7 +51,10 @@ class ChunkDense(nn.Module):
   Here the kernel and bias gradients are one matmul of [x, 1] with the output
   gradient, laid out as the params are; the input gradient is one dot with
   the kernel's transpose. The values equal nn.Dense's and its gradients up to
-  float rounding (tests/test_hypernet.py).
+  float rounding (tests/test_hypernet.py). HMLP's `wide_dense.WideDense` does
+  not fit here: it stores the kernel transposed (not nn.Dense's params, which
+  the chunked parity with hypnettorch maps), and above 16 rows its bias
+  gradient is the row sum this layer avoids.
   """
   features: int
   weight_init: str = 'torch'
