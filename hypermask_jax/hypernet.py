@@ -109,13 +109,17 @@ class HMLP(nn.Module):
   weight_init: str = 'torch'
 
   @nn.compact
-  def __call__(self, tasks):
-    """tasks: int [k] -> raw outputs [k, num_outputs], one batched matmul for all k rows."""
+  def __call__(self, tasks, live_rows=None):
+    """tasks: int [k] -> raw outputs [k, num_outputs], one batched matmul for all k rows.
+
+    live_rows (default k, may be traced): only the first live_rows rows go
+    through the output layer's products; the others hold its bias.
+    """
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
     x = _hidden(jnp.take(embeddings, tasks, axis=0), self.hidden, self.activation,
                 self.weight_init)
-    return WideDense(self.num_outputs, init=self.weight_init, name='out')(x)
+    return WideDense(self.num_outputs, init=self.weight_init, name='out')(x, live_rows)
 
 
 class ChunkedHMLP(nn.Module):
@@ -139,8 +143,12 @@ class ChunkedHMLP(nn.Module):
     return math.ceil(self.num_outputs / self.chunk_size)
 
   @nn.compact
-  def __call__(self, tasks):
-    """tasks: int [k] -> raw outputs [k, num_outputs]; all k * num_chunks rows in one batch."""
+  def __call__(self, tasks, live_rows=None):
+    """tasks: int [k] -> raw outputs [k, num_outputs]; all k * num_chunks rows in one batch.
+
+    live_rows is ignored (every row is computed): the output regulariser
+    sizes a chunked hypernetwork's rows by lax.switch (regularizers.py).
+    """
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
     chunks = self.param('chunk_embeddings', nn.initializers.normal(1.0),

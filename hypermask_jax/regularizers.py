@@ -6,12 +6,12 @@ number of tasks seen (not max_tasks) without a recompile per task: the
 compiled step holds one branch per row count k in {0, 1, 2, 4, ..., max_tasks-1},
 and `lax.switch` runs only the smallest that covers the tasks seen, so at most
 twice the rows needed are computed and task 0 computes none. A full
-hypernetwork (HMLP) costs its weights, read and updated once per step however
-many rows it computes, so it always computes every previous task's row (masked
-until seen): without a lax.switch around it, its weight gradient fuses into
-Adam's update (see wide_dense.py). With a random subset of K previous tasks per
-step the row counts are {0, K} (chunked) or {K}: constant memory however long
-the task sequence.
+hypernetwork (HMLP) takes every previous task's row (masked until seen) with
+no lax.switch around it, so that its weight gradient fuses into Adam's
+update; its output layer runs its products over only the rows seen, by a
+lax.switch of its own (see wide_dense.py). With a random subset of K previous
+tasks per step the row counts are {0, K} (chunked) or {K}: constant memory
+however long the task sequence.
 """
 
 from flax import traverse_util
@@ -64,15 +64,17 @@ def _mean_square_distance(out, rows, seen, targets_fn):
 def outputs_and_output_reg(hnet_fn, targets_fn, task, sizes, rng=None, max_tasks=None):
   """Returns (h(e_task) [P], mean over regularised previous tasks j of sum((h(e_j) - h*_j)**2)).
 
-  hnet_fn maps int task indices [k] to raw outputs [k, P] and targets_fn maps
-  them to the stored targets h*; the current task and the previous ones go
-  through the hypernetwork in one call, so its weights are read once per step.
+  hnet_fn(tasks, live_rows) maps int task indices [k] to raw outputs [k, P],
+  of which only the first live_rows are used (the current task and the seen
+  previous ones, which previous_rows puts first); targets_fn maps tasks to
+  the stored targets h*. The current task and the previous ones go through
+  the hypernetwork in one call, so its weights are read once per step.
   """
 
   def branch(k):
     def rows_and_reg(task):
       rows, seen = previous_rows(task, k, rng, max_tasks)
-      out = hnet_fn(jnp.concatenate([task[None], rows.astype(task.dtype)]))
+      out = hnet_fn(jnp.concatenate([task[None], rows.astype(task.dtype)]), 1 + jnp.sum(seen))
       if k == 0:
         return out[0], jnp.zeros((), out.dtype)
       return out[0], _mean_square_distance(out[1:], rows, seen, targets_fn)

@@ -30,7 +30,15 @@ a hand-written gradient:
   size;
 - the kernel's gradient depends on the input gradient (the last read of the
   kernel), so Adam can update the kernel in place: without that order XLA
-  copied the whole kernel at every step.
+  copied the whole kernel at every step;
+- only the rows in use go through the two products with the kernel: the
+  caller says how many (`live_rows`, traced: the current task and the
+  previous tasks seen so far), and a lax.switch inside the layer runs the
+  smallest bucket of 1, 2, 4, ... rows covering them. The kernel gradient
+  stays outside the switch, so it still fuses into Adam's update. The
+  published Permuted MNIST step at its first task took 321-361 ms against
+  496-579 ms with all 10 rows computed, and 407-434 ms against 507-544 ms
+  at its last (one sitting, alternating the two).
 
 The numbers equal `x @ kernel.T + bias` and its gradients up to float
 rounding (tests/test_wide_dense.py).
@@ -58,7 +66,8 @@ class WideDense(nn.Module):
   init: str = 'torch'
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, live_rows=None):
+    """x [k, n] -> [k, features]; rows from live_rows on (default k) are taken as 0."""
     fan_in = x.shape[-1]
     if self.init == 'xavier':
       kernel_init, bias_init = nn.initializers.xavier_uniform(), nn.initializers.zeros
@@ -67,37 +76,94 @@ class WideDense(nn.Module):
     kernel = self.param('kernel', lambda key, shape: kernel_init(key, shape[::-1]).T,
                         (self.features, fan_in))
     bias = self.param('bias', bias_init, (self.features,))
-    return wide_dense(x, kernel, bias)
+    return wide_dense(x, kernel, bias, x.shape[0] if live_rows is None else live_rows)
 
 
 @jax.custom_vjp
-def wide_dense(x, kernel, bias):
-  """x [k, n] @ kernel[m, n]^T + bias [m] -> [k, m]."""
-  # [m, k], then transposed: 1.8x faster than [k, m] at the PMNIST size on XLA:CPU.
-  return jax.lax.dot_general(kernel, x, (((1,), (1,)), ((), ()))).T + bias
+def wide_dense(x, kernel, bias, live_rows):
+  """x [k, n] @ kernel [m, n]^T + bias [m] -> [k, m], with rows of x from live_rows on taken as 0.
+
+  live_rows (int, may be traced): the rows whose outputs are needed; the
+  others give the bias and no gradient. The products run over the smallest
+  bucket of live_row_buckets(k) rows covering live_rows, chosen by lax.switch.
+  """
+  x = _live(x, live_rows)
+  rows = x.shape[0]
+  return _by_bucket(lambda r: _pad_rows(_kernel_times(x[:r], kernel), rows), rows,
+                    live_rows) + bias
 
 
-def _forward(x, kernel, bias):
-  return wide_dense(x, kernel, bias), (x, kernel)
+def _forward(x, kernel, bias, live_rows):
+  return wide_dense(x, kernel, bias, live_rows), (_live(x, live_rows), kernel, live_rows)
 
 
 def _backward(residuals, ct):
-  x, kernel = residuals
+  x, kernel, live_rows = residuals
   rows = x.shape[0]
-  d_x = _blocked_times_kernel(ct, kernel)
-  # A data dependency on d_x (x is unchanged: 0 * a finite sum is 0). XLA drops
-  # lax.optimization_barrier before it orders buffers, so the barrier does not do this.
-  x = x + 0.0 * jnp.sum(d_x)
-  if rows <= FUSED_ROWS:
+
+  def input_grad(r):
+    d_x = _live(_pad_rows(_times_kernel(ct[:r], kernel), rows), live_rows)
+    # x leaves with d_x, and with a data dependency on it (0 * a finite sum is 0):
+    # - reading x after d_x, the last read of the kernel, lets Adam update the kernel in
+    #   place; without that order XLA copied the whole kernel at every step (XLA drops
+    #   lax.optimization_barrier before it orders buffers, so a barrier does not do this);
+    # - out of the switch, x is one array the kernel gradient below reads; outside of
+    #   it, XLA fused the live-row mask and the activation into Adam's update, which then
+    #   ran at half speed.
+    return d_x, x + 0.0 * jnp.sum(d_x)
+
+  d_x, x = _by_bucket(input_grad, rows, live_rows)
+  if rows <= FUSED_ROWS:  # the rows past live_rows are zeros in x: they add nothing
     d_kernel = sum(ct[i][:, None] * x[i][None, :] for i in range(rows))
     d_bias = sum(ct[i] for i in range(rows))
   else:
     d_kernel = jax.lax.dot_general(ct, x, (((0,), (0,)), ((), ())))
     d_bias = ct.sum(0)
-  return d_x, d_kernel, d_bias
+  return d_x, d_kernel, d_bias, None
 
 
 wide_dense.defvjp(_forward, _backward)
+
+
+def live_row_buckets(rows):
+  """The row counts the products are compiled for: the powers of two below rows, and rows."""
+  return tuple(sorted({rows} | {2 ** i for i in range(rows.bit_length()) if 2 ** i < rows}))
+
+
+def _by_bucket(fn, rows, live_rows):
+  """fn(r) for the smallest bucket r of live_row_buckets(rows) with r >= live_rows."""
+  buckets = live_row_buckets(rows)
+  if len(buckets) == 1:
+    return fn(rows)
+  index = jnp.minimum(jnp.searchsorted(jnp.asarray(buckets), live_rows), len(buckets) - 1)
+  return jax.lax.switch(index, [lambda r=r: fn(r) for r in buckets])
+
+
+def _live(a, live_rows):
+  """a [k, ...] with its rows from live_rows on set to 0."""
+  live = jnp.arange(a.shape[0]) < live_rows
+  return jnp.where(live.reshape(-1, *([1] * (a.ndim - 1))), a, 0)
+
+
+def _pad_rows(a, rows):
+  """a [r, ...] zero-padded to [rows, ...]."""
+  return jnp.pad(a, ((0, rows - a.shape[0]),) + ((0, 0),) * (a.ndim - 1))
+
+
+def _kernel_times(x, kernel):
+  """x [r, n] @ kernel [m, n]^T -> [r, m]."""
+  # [m, r], then transposed: 1.8x faster than [r, m] at the PMNIST size on XLA:CPU.
+  return jax.lax.dot_general(kernel, x, (((1,), (1,)), ((), ()))).T
+
+
+def _times_kernel(ct, kernel):
+  """ct [r, m] @ kernel [m, n] -> [r, n]."""
+  if ct.shape[0] == 1:
+    # One row goes through as two (the second zero): YNNPACK's vector-matrix product took
+    # twice as long as its two-row product at the PMNIST size (94 ms against 40-45 ms), and
+    # the same sum written elementwise went to a YNNPACK reduction that took 7.9 s.
+    return _blocked_times_kernel(jnp.pad(ct, ((0, 1), (0, 0))), kernel)[:1]
+  return _blocked_times_kernel(ct, kernel)
 
 
 def _blocked_times_kernel(ct, kernel):

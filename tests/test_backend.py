@@ -50,7 +50,7 @@ def test_both_vector_widths_give_the_same_update():
   tx = optax.adam(1e-3)
 
   def step(params, state):
-    loss = lambda p: jnp.sum(jnp.tanh(wide_dense.wide_dense(x, p['kernel'], p['bias'])))
+    loss = lambda p: jnp.sum(jnp.tanh(wide_dense.wide_dense(x, p['kernel'], p['bias'], 3)))
     updates, state = tx.update(jax.grad(loss)(params), state, params)
     return optax.apply_updates(params, updates), loss(params)
 

@@ -28,8 +28,8 @@ def test_batched_output_regulariser_equals_loop(max_tasks, bucketed):
   model = hypernet.HMLP(num_outputs=37, max_tasks=max_tasks, embedding_size=5, hidden=(7,))
   params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
   targets = jax.random.normal(jax.random.key(1), (max_tasks, 37))
-  apply = lambda p, t: model.apply({'params': p}, t)
-  hnet_fn = lambda t: apply(params, t)
+  apply = lambda p, t, live_rows=None: model.apply({'params': p}, t, live_rows)
+  hnet_fn = lambda t, live_rows=None: apply(params, t, live_rows)  # only the seen rows' products
   buckets = regularizers.row_sizes(max_tasks, bucketed=bucketed)
   fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(hnet_fn, lambda r: targets[r], t,
                                                             buckets))
@@ -58,7 +58,8 @@ def test_regulariser_gradient_reaches_previous_embeddings_only_through_reg(bucke
 
   def reg(p, task):
     return regularizers.outputs_and_output_reg(
-        lambda t: model.apply({'params': p}, t), lambda r: targets[r], task, buckets)[1]
+        lambda t, live_rows: model.apply({'params': p}, t, live_rows), lambda r: targets[r], task,
+        buckets)[1]
   grads = jax.grad(reg)(params, jnp.int32(2))['embeddings']
   assert np.all(np.abs(grads[:2]) > 0) and np.all(grads[2:] == 0)
 

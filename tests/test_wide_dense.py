@@ -24,12 +24,45 @@ def test_value_and_gradients_equal_the_plain_layer(rows, outputs):
   bias = jax.random.normal(keys[2], (outputs,))
   probe = jax.random.normal(keys[3], (rows, outputs))  # a loss that weights every output
   loss = lambda f: lambda *args: jnp.sum(jnp.tanh(f(*args)) * probe)
-  np.testing.assert_allclose(wide_dense.wide_dense(x, kernel, bias), plain(x, kernel, bias),
+  every_row = lambda x, kernel, bias: wide_dense.wide_dense(x, kernel, bias, rows)
+  np.testing.assert_allclose(every_row(x, kernel, bias), plain(x, kernel, bias),
                              rtol=1e-5, atol=1e-5)
-  got = jax.jit(jax.grad(loss(wide_dense.wide_dense), argnums=(0, 1, 2)))(x, kernel, bias)
+  got = jax.jit(jax.grad(loss(every_row), argnums=(0, 1, 2)))(x, kernel, bias)
   want = jax.grad(loss(plain), argnums=(0, 1, 2))(x, kernel, bias)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_rows_past_live_rows_count_as_zero_inputs():
+  """Every live_rows value, traced in one compiled function, against the plain layer on x with
+  its dead rows zeroed: outputs, and gradients (the dead rows' input gradient is 0)."""
+  rows, outputs = 10, 4096
+  keys = jax.random.split(jax.random.key(1), 4)
+  x = jax.random.normal(keys[0], (rows, 7))
+  kernel = jax.random.normal(keys[1], (outputs, 7))
+  bias = jax.random.normal(keys[2], (outputs,))
+  probe = jax.random.normal(keys[3], (rows, outputs))
+  loss = lambda f: lambda *args: jnp.sum(jnp.tanh(f(*args)) * probe)
+  masked = lambda x, kernel, bias, live: plain(jnp.where(jnp.arange(rows)[:, None] < live, x, 0),
+                                               kernel, bias)
+  traces = []
+
+  @jax.jit
+  def value_and_grads(x, kernel, bias, live):
+    traces.append(live)
+    return (wide_dense.wide_dense(x, kernel, bias, live),
+            jax.grad(loss(wide_dense.wide_dense), argnums=(0, 1, 2))(x, kernel, bias, live))
+
+  assert wide_dense.live_row_buckets(rows) == (1, 2, 4, 8, 10)
+  for live in range(1, rows + 1):
+    out, got = value_and_grads(x, kernel, bias, jnp.int32(live))
+    np.testing.assert_allclose(out, masked(x, kernel, bias, live), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[live:], jnp.broadcast_to(bias, (rows - live, outputs)))
+    want = jax.grad(loss(masked), argnums=(0, 1, 2))(x, kernel, bias, live)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    assert np.all(got[0][live:] == 0)
+  assert len(traces) == 1
 
 
 def test_block_count_cuts_the_contraction_near_the_block_size():
