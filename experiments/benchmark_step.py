@@ -50,6 +50,7 @@ from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
 from hypermask_jax import environment
 from hypermask_jax import trainer as trainer_lib
+from hypermask_jax import wide_dense
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 from hypermask_jax.methods import base
@@ -98,16 +99,20 @@ def step_flops(trainer, state, data, hp, task):
   """XLA's count of the floating-point operations of one train step at `task`.
 
   XLA's cost analysis counts a branch point as its largest branch, so the
-  step is compiled here with only the regulariser branch that `task` runs.
+  step is compiled here with only the branches that `task` runs: the
+  regulariser's row count, and the row bucket of HMLP's output layer.
   """
   method, sizes = trainer.method, trainer.method.row_sizes
   method.row_sizes = (next((k for k in sizes if k >= task), sizes[-1]),)
+  buckets = wide_dense.live_row_buckets
+  live = 1 + min(task, sizes[-1])
+  wide_dense.live_row_buckets = lambda rows: (min(b for b in buckets(rows) if b >= min(live, rows)),)
   try:
     step = trainer._runs(trainer._train_step, trainer_lib.STATE_AXES,  # pylint: disable=protected-access
                          trainer_lib.data_axes(data), 0, out_axes=(trainer_lib.STATE_AXES, 0))
     cost = jax.jit(step).lower(state, data, hp).compile().cost_analysis()
   finally:
-    method.row_sizes = sizes
+    method.row_sizes, wide_dense.live_row_buckets = sizes, buckets
   return (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
 
 

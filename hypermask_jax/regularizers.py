@@ -74,7 +74,11 @@ def outputs_and_output_reg(hnet_fn, targets_fn, task, sizes, rng=None, max_tasks
   def branch(k):
     def rows_and_reg(task):
       rows, seen = previous_rows(task, k, rng, max_tasks)
-      out = hnet_fn(jnp.concatenate([task[None], rows.astype(task.dtype)]), 1 + jnp.sum(seen))
+      # The current task and the min(task, k) seen rows, counted from the task alone: with
+      # a random subset per run, a count from `seen` would differ between vmapped runs and
+      # turn the hypernetwork's own lax.switch into a select that runs every branch.
+      out = hnet_fn(jnp.concatenate([task[None], rows.astype(task.dtype)]),
+                    1 + jnp.minimum(task, k))
       if k == 0:
         return out[0], jnp.zeros((), out.dtype)
       return out[0], _mean_square_distance(out[1:], rows, seen, targets_fn)

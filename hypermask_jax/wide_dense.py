@@ -134,7 +134,7 @@ def _by_bucket(fn, rows, live_rows):
   """fn(r) for the smallest bucket r of live_row_buckets(rows) with r >= live_rows."""
   buckets = live_row_buckets(rows)
   if len(buckets) == 1:
-    return fn(rows)
+    return fn(buckets[0])
   index = jnp.minimum(jnp.searchsorted(jnp.asarray(buckets), live_rows), len(buckets) - 1)
   return jax.lax.switch(index, [lambda r=r: fn(r) for r in buckets])
 

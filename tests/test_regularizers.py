@@ -64,6 +64,32 @@ def test_regulariser_gradient_reaches_previous_embeddings_only_through_reg(bucke
   assert np.all(np.abs(grads[:2]) > 0) and np.all(grads[2:] == 0)
 
 
+def test_a_random_subset_keeps_the_hypernetworks_row_switch_across_runs():
+  """With a random subset per run, each run's regulariser is the mean over its own subset, and
+  the row count the hypernetwork gets comes from the task alone: vmapped over runs, its
+  products stay a lax.switch (a count differing between runs would run every bucket)."""
+  max_tasks, subset = 10, 3
+  model = hypernet.HMLP(num_outputs=37, max_tasks=max_tasks, embedding_size=5, hidden=(7,))
+  params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
+  targets = jax.random.normal(jax.random.key(1), (max_tasks, 37))
+  sizes = regularizers.row_sizes(max_tasks, subset, bucketed=False)
+
+  def reg(rng, task):
+    return regularizers.outputs_and_output_reg(
+        lambda t, live_rows: model.apply({'params': params}, t, live_rows),
+        lambda r: targets[r], task, sizes, rng, max_tasks)[1]
+
+  runs = jax.vmap(reg, in_axes=(0, None))
+  keys, task = jax.random.split(jax.random.key(2), 2), jnp.int32(6)
+  for key, got in zip(keys, jax.jit(runs)(keys, task)):
+    rows, seen = regularizers.previous_rows(task, subset, key, max_tasks)
+    assert np.all(seen)
+    loop = [jnp.sum((model.apply({'params': params}, jnp.array([j]))[0] - targets[j]) ** 2)
+            for j in rows]
+    np.testing.assert_allclose(float(got), float(np.mean(loop)), rtol=1e-5)
+  assert 'cond[' in str(jax.make_jaxpr(runs)(keys, task))
+
+
 def test_l1_drift_by_hand():
   start = {'dense_0': {'kernel': jnp.array([[1.0, 2.0]]), 'bias': jnp.array([0.0])},
            'head': {'kernel': jnp.array([[1.0]]), 'bias': jnp.array([3.0])},
