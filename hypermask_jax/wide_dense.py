@@ -25,9 +25,6 @@ a hand-written gradient:
 - the kernel's gradient is a sum of k outer products written elementwise,
   so XLA fuses it into Adam's update instead of writing and re-reading an
   array the size of the hypernetwork (above FUSED_ROWS rows it is one dot);
-- the input gradient runs the long contraction in kernel row blocks of about
-  256 KiB (a batched dot, then a sum): 2.2x faster than one dot at the PMNIST
-  size;
 - the kernel's gradient depends on the input gradient (the last read of the
   kernel), so Adam can update the kernel in place: without that order XLA
   copied the whole kernel at every step;
@@ -47,12 +44,10 @@ rounding (tests/test_wide_dense.py).
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hypermask_jax import layers
 
 FUSED_ROWS = 16  # up to this many rows the kernel gradient is elementwise (fused into Adam)
-BLOCK_BYTES = 256 * 1024  # kernel rows per block of the input gradient's contraction
 
 
 class WideDense(nn.Module):
@@ -162,24 +157,5 @@ def _times_kernel(ct, kernel):
     # One row goes through as two (the second zero): YNNPACK's vector-matrix product took
     # twice as long as its two-row product at the PMNIST size (94 ms against 40-45 ms), and
     # the same sum written elementwise went to a YNNPACK reduction that took 7.9 s.
-    return _blocked_times_kernel(jnp.pad(ct, ((0, 1), (0, 0))), kernel)[:1]
-  return _blocked_times_kernel(ct, kernel)
-
-
-def _blocked_times_kernel(ct, kernel):
-  """ct [k, m] @ kernel [m, n] -> [k, n], the contraction over m cut into blocks of kernel rows."""
-  (rows, m), n = ct.shape, kernel.shape[1]
-  blocks = block_count(m, n)
-  ct_blocks = ct.reshape(rows, blocks, m // blocks).transpose(1, 0, 2)
-  per_block = jax.lax.dot_general(ct_blocks, kernel.reshape(blocks, m // blocks, n),
-                                  (((2,), (1,)), ((0,), (0,))))
-  return per_block.sum(0)
-
-
-def block_count(m, n):
-  """The divisor of m cutting an [m, n] float32 kernel into blocks nearest BLOCK_BYTES (or 1)."""
-  target = max(1, BLOCK_BYTES // (4 * n))  # kernel rows per block
-  divisors = [d for d in range(1, int(np.sqrt(m)) + 1) if m % d == 0]
-  sizes = sorted(set(divisors + [m // d for d in divisors]))
-  rows = min(sizes, key=lambda s: abs(np.log(s / target)))
-  return m // rows if target / 4 <= rows <= target * 4 else 1
+    return (jnp.pad(ct, ((0, 1), (0, 0))) @ kernel)[:1]
+  return ct @ kernel

@@ -16,7 +16,7 @@ def plain(x, kernel, bias):
 
 
 @pytest.mark.parametrize('rows', [3, wide_dense.FUSED_ROWS + 2])  # both gradient formulas
-@pytest.mark.parametrize('outputs', [4096, 997])  # contraction in blocks; 997 is prime: one block
+@pytest.mark.parametrize('outputs', [4096, 997])
 def test_value_and_gradients_equal_the_plain_layer(rows, outputs):
   keys = jax.random.split(jax.random.key(0), 4)
   x = jax.random.normal(keys[0], (rows, 7))
@@ -64,14 +64,6 @@ def test_rows_past_live_rows_count_as_zero_inputs():
       np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
     assert np.all(got[0][live:] == 0)
   assert len(traces) == 1
-
-
-def test_block_count_cuts_the_contraction_near_the_block_size():
-  # 2036000 x 100 floats (the published PMNIST kernel): 655 rows make 256 KiB; the nearest
-  # divisor of 2036000 is 800 rows (320 KB).
-  assert wide_dense.block_count(2_036_000, 100) == 2545
-  assert wide_dense.block_count(997, 7) == 1  # prime: no block near the size, one dot
-  assert wide_dense.block_count(64, 7) == 1  # smaller than one block
 
 
 def test_initial_kernel_is_the_plain_layers_transposed():
