@@ -25,9 +25,10 @@ the memory bandwidth measured in this process just before (a jitted in-place
 stream, x * a + b over a 256 MiB float32 array, counting the bytes read and
 written); and the floating-point operations of one step, as XLA counts them in
 the compiled step with the task fixed (so only the regulariser branch that
-task runs counts), over the rate of a 1024 x 1024 float32 matmul measured in
-this process. The step can be no faster than the larger of the two; the share
-is that floor over the measured step time. The matmul rate is the best case:
+task runs counts), over the rate of a 1024 x 1024 float32 matmul (8192 x 8192
+on an accelerator, which a smaller one does not fill) measured in this
+process. The step can be no faster than the larger of the two; the share is
+that floor over the measured step time. The matmul rate is the best case:
 the thin products of a hypernetwork's output layer and the convolutions'
 im2col products run slower, so a compute-bound step stays below 100%.
 """
@@ -171,7 +172,8 @@ def main(argv):
     bandwidth = stream_bandwidth()
     optimizer_bytes, forward_bytes = step_bytes(config, method, params, task)
     memory_floor = (optimizer_bytes + forward_bytes) / bandwidth
-    flops, rate = step_flops(trainer, state, data, hp, task), matmul_rate()
+    flops = step_flops(trainer, state, data, hp, task)
+    rate = matmul_rate(1024 if jax.default_backend() == 'cpu' else 8192)
     compute_floor = flops / rate
     line += (f' | moves >= {(optimizer_bytes + forward_bytes) / 1e9:.3f} GB (optimizer '
              f'{optimizer_bytes / 1e9:.3f}, hypernetwork forward {forward_bytes / 1e9:.3f}) at '

@@ -25,9 +25,10 @@ with the real datasets' sizes and shapes (timing does not depend on pixels).
 Columns: wall time of the whole run; training steps/s (hypermask_jax: the
 compiling call excluded); the wall time of the first and of the last task
 (training and evaluation; the first includes hypermask_jax's compilation);
-peak memory (the process's peak resident set; hypermask_jax on a GPU: the
-device's peak), read in each framework's own process, so neither counts the
-other; ratio = PyTorch time / hypermask_jax time (> 1: hypermask_jax is faster).
+peak memory (on the CPU the process's peak resident set, on a GPU the
+framework's peak allocation there), read in each framework's own process, so
+neither counts the other; ratio = PyTorch time / hypermask_jax time (> 1:
+hypermask_jax is faster).
 """
 
 import json
@@ -68,12 +69,6 @@ def synthetic_arrays(dataset):
   make = lambda n: (rs.randint(0, 256, (n, 28, 28, 1), dtype=np.uint8),
                     rs.randint(0, 10, n).astype(np.int32))
   return make(60000), make(10000)
-
-
-def torch_peak_bytes():
-  """The PyTorch process's peak resident set (torch_reference runs on the CPU)."""
-  with open('/proc/self/status') as f:
-    return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) * 1024
 
 
 def run_jax(config):
@@ -190,7 +185,9 @@ def run_torch(config):
       idx = rng.randint(0, len(labels), config.batch_size)
       step_tic = time.time()
       x = torch_inputs(config, images[idx], perm, rng, train=True)
-      model.train_step(x, torch.from_numpy(labels[idx]).long(), step)
+      model.train_step(x.to(torch_reference.DEVICE),
+                       torch.from_numpy(labels[idx]).long().to(torch_reference.DEVICE), step)
+      torch_reference.synchronize()
       train_seconds += time.time() - step_tic
       check = (config.selection != 'last' and config.selection_every_steps
                and step % config.selection_every_steps == 0)  # the reference's iteration test
@@ -214,8 +211,9 @@ def worker(framework, name):
     result = run_jax(config)
     result['peak_bytes'] = environment.peak_memory()[0]
   else:
+    from experiments import torch_reference  # pylint: disable=g-import-not-at-top
     result = run_torch(with_steps(config))
-    result['peak_bytes'] = torch_peak_bytes()
+    result['peak_bytes'] = torch_reference.peak_bytes()
   result.update(steps_per_task=with_steps(config).steps_per_task,
                 num_tasks=config.num_tasks)
   print(RESULT + json.dumps(result), flush=True)

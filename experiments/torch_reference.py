@@ -25,7 +25,8 @@ from that code):
   starts, calc_fix_target_reg at every step (its Python loop over previous
   tasks, or over a random subset of reg_subset of them).
 
-Inputs are flattened HWC images, as hypnettorch's networks take them.
+Inputs are flattened HWC images, as hypnettorch's networks take them. Everything
+runs on DEVICE: the GPU where PyTorch sees one (as JAX then does), else the CPU.
 """
 
 import time
@@ -37,6 +38,23 @@ from hypnettorch import hnets
 from hypnettorch import mnets
 from hypnettorch.utils import hnet_regularizer
 from hypnettorch.utils import optim_step
+
+DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def synchronize():
+  """Waits for the work queued on DEVICE (a GPU runs it asynchronously), before reading a clock."""
+  if DEVICE.type == 'cuda':
+    torch.cuda.synchronize()
+
+
+def peak_bytes():
+  """This process's peak memory: on a GPU PyTorch's peak allocation there, else the peak
+  resident set."""
+  if DEVICE.type == 'cuda':
+    return torch.cuda.max_memory_allocated()
+  with open('/proc/self/status') as f:
+    return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) * 1024
 
 
 def _target(config, input_shape, num_classes, own_weights):
@@ -76,7 +94,7 @@ class TorchReference:
       raise NotImplementedError('the PyTorch reference has per-task heads on MLP targets only')
     self.config = config
     self.hypermask = config.method == 'hypermask'
-    self.mnet = _target(config, input_shape, num_classes, own_weights=self.hypermask)
+    self.mnet = _target(config, input_shape, num_classes, own_weights=self.hypermask).to(DEVICE)
     self.is_weight = _is_weight(self.mnet)
     self.num_classes = num_classes
     shapes = [s for s, w in zip(self.mnet.param_shapes, self.is_weight) if w]
@@ -88,6 +106,7 @@ class TorchReference:
                                     chunk_emb_size=config.chunk_embedding_size, **common)
     else:
       self.hnet = hnets.HMLP(shapes, **common)
+    self.hnet.to(DEVICE)
     self.task = None
 
   def begin_task(self, task):
@@ -125,7 +144,7 @@ class TorchReference:
     return logits
 
   def train_step(self, x, y, step):
-    """One Adam step on a batch (x: float [B, D] flattened HWC inputs, y: int64 [B])."""
+    """One Adam step on a batch (x: float [B, D] flattened HWC inputs, y: int64 [B], on DEVICE)."""
     config, task = self.config, self.task
     sparsity = config.sparsity
     if task == 0:  # ramped over task 0 (SPEC 1.1)
@@ -165,6 +184,7 @@ class TorchReference:
   def accuracy(self, x, y, task, batch_size):
     """Accuracy (%) of task `task` on (x, y), evaluated in batches (full sparsity)."""
     weights, _ = self._weights(task, self.config.sparsity)
+    x, y = x.to(DEVICE), y.to(DEVICE)
     hits = sum(int((self._logits(x[i:i + batch_size], weights, task).argmax(-1)
                     == y[i:i + batch_size]).sum()) for i in range(0, len(y), batch_size))
     return 100.0 * hits / len(y)
@@ -175,13 +195,15 @@ def time_steps(config, input_shape, num_classes, task, steps, repeats):
   torch.manual_seed(0)
   model = TorchReference(config, input_shape, num_classes)
   model.begin_task(task)
-  x = torch.rand(config.batch_size, int(np.prod(input_shape)))
-  y = torch.randint(0, num_classes, (config.batch_size,))
+  x = torch.rand(config.batch_size, int(np.prod(input_shape)), device=DEVICE)
+  y = torch.randint(0, num_classes, (config.batch_size,), device=DEVICE)
   model.train_step(x, y, 0)
   best = float('inf')
   for _ in range(repeats):
+    synchronize()
     tic = time.perf_counter()
     for step in range(steps):
       model.train_step(x, y, step)
+    synchronize()
     best = min(best, (time.perf_counter() - tic) / steps)
   return best

@@ -52,7 +52,9 @@ def previous_rows(task, k, rng, max_tasks):
 
 def _branch_index(task, sizes):
   """The lax.switch branch of the smallest row count covering the tasks seen."""
-  return jnp.minimum(jnp.searchsorted(jnp.asarray(sizes), task), len(sizes) - 1)
+  # compare_all: no loop, whose every turn a GPU waits on the host for.
+  return jnp.minimum(jnp.searchsorted(jnp.asarray(sizes), task, method='compare_all'),
+                     len(sizes) - 1)
 
 
 def _mean_square_distance(out, rows, seen, targets_fn):

@@ -172,7 +172,8 @@ class TaskInference:
           return jax.tree.map(lambda h: jnp.sum(h, axis=0), jax.lax.map(hits, jnp.arange(count)))
         return run
 
-      bucket = jnp.searchsorted(jnp.asarray(self.buckets), num_seen)
+      # compare_all: no loop, whose every turn a GPU waits on the host for.
+      bucket = jnp.searchsorted(jnp.asarray(self.buckets), num_seen, method='compare_all')
       right = jax.lax.switch(bucket, [with_tasks(k) for k in self.buckets], None)
       return {name: n.astype(jnp.int32) for name, n in right.items()}
 

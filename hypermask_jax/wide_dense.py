@@ -130,7 +130,9 @@ def _by_bucket(fn, rows, live_rows):
   buckets = live_row_buckets(rows)
   if len(buckets) == 1:
     return fn(buckets[0])
-  index = jnp.minimum(jnp.searchsorted(jnp.asarray(buckets), live_rows), len(buckets) - 1)
+  # compare_all: no loop, whose every turn a GPU waits on the host for.
+  index = jnp.minimum(jnp.searchsorted(jnp.asarray(buckets), live_rows, method='compare_all'),
+                      len(buckets) - 1)
   return jax.lax.switch(index, [lambda r=r: fn(r) for r in buckets])
 
 
