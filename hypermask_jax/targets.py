@@ -23,9 +23,9 @@ BATCH_NORM_MODES = ('batch', 'running')
 ZENKENET_DROPOUT = ('architecture', 'off')
 
 
-def _head(x, num_classes, num_heads, tasks):
+def _head(x, num_classes, num_heads, tasks, generated):
   """The output layer; with num_heads > 1, one head per task, picked by `tasks`."""
-  logits = torch_dense(num_classes * num_heads, x.shape[-1], name='head')(x)
+  logits = torch_dense(num_classes * num_heads, x.shape[-1], name='head', generated=generated)(x)
   if num_heads == 1:
     return logits
   logits = logits.reshape(x.shape[0], num_heads, num_classes)
@@ -38,14 +38,16 @@ class MLP(nn.Module):
   hidden: Sequence[int]
   num_classes: int
   num_heads: int = 1
+  generated: bool = False  # Dense kernels come from a hypernetwork (layers.torch_dense)
 
   @nn.compact
   def __call__(self, x, tasks=0, train=False, valid=None):
     del train, valid
     x = x.reshape(x.shape[0], -1)
     for i, features in enumerate(self.hidden):
-      x = nn.relu(torch_dense(features, x.shape[-1], name=f'dense_{i}')(x))
-    return _head(x, self.num_classes, self.num_heads, tasks)
+      x = nn.relu(torch_dense(features, x.shape[-1], name=f'dense_{i}',
+                              generated=self.generated)(x))
+    return _head(x, self.num_classes, self.num_heads, tasks, self.generated)
 
 
 class BatchNorm(nn.Module):
@@ -117,6 +119,7 @@ class ResNet20(nn.Module):
   width: int = 2
   running_stats: bool = False
   max_tasks: int = 1
+  generated: bool = False  # the head's kernel comes from a hypernetwork (layers.torch_dense)
 
   @nn.compact
   def __call__(self, x, tasks=0, train=False, valid=None):
@@ -128,7 +131,8 @@ class ResNet20(nn.Module):
         stride = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(base * self.width, stride, norm, name=f'stage{stage}_block{block}')(
             x, tasks, train, valid)
-    return _head(jnp.mean(x, axis=(1, 2)), self.num_classes, self.num_heads, tasks)
+    return _head(jnp.mean(x, axis=(1, 2)), self.num_classes, self.num_heads, tasks,
+                 self.generated)
 
 
 class ZenkeNet(nn.Module):
@@ -150,6 +154,7 @@ class ZenkeNet(nn.Module):
   dropout: str = 'off'
   channels: Sequence[int] = (32, 64)  # of the two conv stages
   dense: int = 512  # the hidden Dense layer's width; 0: none
+  generated: bool = False  # Dense kernels come from a hypernetwork (layers.torch_dense)
 
   @nn.compact
   def __call__(self, x, tasks=0, train=False, valid=None):
@@ -162,24 +167,24 @@ class ZenkeNet(nn.Module):
       x = nn.Dropout(0.25, broadcast_dims=(1, 2), deterministic=not drop)(x)  # whole channels
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
     if self.dense:
-      x = nn.relu(torch_dense(self.dense, x.shape[-1], name='dense')(x))
+      x = nn.relu(torch_dense(self.dense, x.shape[-1], name='dense', generated=self.generated)(x))
       x = nn.Dropout(0.5, deterministic=not drop)(x)
-    return _head(x, self.num_classes, self.num_heads, tasks)
+    return _head(x, self.num_classes, self.num_heads, tasks, self.generated)
 
 
 ZENKENET_64 = {'channels': (64, 64), 'dense': 0}  # the reference's ZenkeNet for 64x64 inputs
 
 
-def build(config, num_classes, num_heads=1):
-  """The target network config.target names."""
+def build(config, num_classes, num_heads=1, generated=False):
+  """The target network config.target names; generated: a hypernetwork makes its weights."""
+  common = dict(num_classes=num_classes, num_heads=num_heads, generated=generated)
   if config.target == 'mlp':
-    return MLP(hidden=tuple(config.target_hidden), num_classes=num_classes, num_heads=num_heads)
+    return MLP(hidden=tuple(config.target_hidden), **common)
   if config.target == 'resnet20':
-    return ResNet20(num_classes=num_classes, num_heads=num_heads, width=config.width_factor,
-                    running_stats=config.batch_norm == 'running', max_tasks=config.max_tasks)
+    return ResNet20(width=config.width_factor, running_stats=config.batch_norm == 'running',
+                    max_tasks=config.max_tasks, **common)
   shape = ZENKENET_64 if config.dataset == 'tiny_imagenet' else {}
-  return ZenkeNet(num_classes=num_classes, num_heads=num_heads, dropout=config.zenkenet_dropout,
-                  **shape)
+  return ZenkeNet(dropout=config.zenkenet_dropout, **shape, **common)
 
 
 def uses_batch_statistics_at_eval(target):

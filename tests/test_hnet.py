@@ -1,5 +1,7 @@
 """HNET: the lookahead step, the random subset of old tasks, current-embedding-only training."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,9 @@ import pytest
 
 from configs import hnet_permuted_mnist
 from hypermask_jax import config_checks
+from hypermask_jax import layout
 from hypermask_jax import regularizers
+from hypermask_jax import targets
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.methods.hnet import HNET
 from tests.conftest import fresh_program
@@ -45,6 +49,29 @@ def test_generates_every_target_weight_and_every_tasks_head(synthetic_task_set):
   all_heads = hidden @ weights['head']['kernel'] + weights['head']['bias']
   np.testing.assert_allclose(method.predict(weights, {}, x, jnp.int32(2)), all_heads[:, 20:30],
                              rtol=1e-5, atol=1e-5)
+
+
+def test_a_generated_target_equals_the_plain_target_in_value_and_gradient():
+  """layers.dot_generated_kernel (HNET's targets) against nn.Dense's own dot, from a flat output."""
+  plain = targets.MLP(hidden=(12, 9), num_classes=4, num_heads=3)
+  generated = plain.clone(generated=True)
+  shapes = jax.eval_shape(plain.init, jax.random.key(0), jnp.zeros((1, 20)))['params']
+  flat_layout = layout.Layout.of(shapes, layout.is_weight)
+  flat = jax.random.normal(jax.random.key(1), (flat_layout.size,))
+  x = jax.random.normal(jax.random.key(2), (6, 20))
+  y = jnp.array([0, 1, 2, 3, 0, 1])
+
+  def loss(target, flat):
+    logits = target.apply({'params': flat_layout.unflatten(flat)}, x, jnp.int32(1))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+  (want, want_logits), want_grad = jax.value_and_grad(partial(loss, plain), has_aux=True)(flat)
+  (got, got_logits), got_grad = jax.jit(jax.value_and_grad(partial(loss, generated),
+                                                           has_aux=True))(flat)
+  np.testing.assert_allclose(got_logits, want_logits, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert float(jnp.abs(want_grad).max()) > 0
+  np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.slow
@@ -107,7 +134,8 @@ def test_snapshot_targets_equal_stored_targets(synthetic_task_set):
     memory = method.begin_task(params)
     moved = jax.tree.map(lambda p: p + 0.01, params)
     reg, _ = regularizers.output_reg_and_grad(method.hnet_outputs, method._targets_fn(memory),
-                                              moved['hnet'], jnp.int32(3), (3,))
+                                              lambda: moved['hnet'], moved['hnet'], 1.0,
+                                              jnp.int32(3), (3,))
     losses.append(reg)
   assert float(losses[0]) > 0
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)

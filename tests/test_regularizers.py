@@ -33,8 +33,9 @@ def test_batched_output_regulariser_equals_loop(max_tasks, bucketed):
   buckets = regularizers.row_sizes(max_tasks, bucketed=bucketed)
   fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(hnet_fn, lambda r: targets[r], t,
                                                             buckets))
+  zeros = jax.tree.map(jnp.zeros_like, params)
   with_grad = jax.jit(lambda t: regularizers.output_reg_and_grad(
-      apply, lambda r: targets[r], params, t, buckets))
+      apply, lambda r: targets[r], lambda: params, zeros, 1.0, t, buckets))
   for task in range(max_tasks):
     out, reg = fn(jnp.int32(task))
     loop = [float(jnp.sum((hnet_fn(jnp.array([j]))[0] - targets[j]) ** 2)) for j in range(task)]

@@ -21,6 +21,7 @@ class HNET(base.HypernetworkMethod):
   Only kernels and biases are generated; BatchNorm's scale and offset, if the
   target has them, are the target's own params ('target'), shared by all tasks.
   """
+  generates_target_weights = True
 
   def __init__(self, config, input_shape, num_classes):
     super().__init__(config, input_shape, num_classes, layout.is_weight)
@@ -77,15 +78,17 @@ class HNET(base.HypernetworkMethod):
     (ce, (logits, batch_stats)), grads = jax.value_and_grad(self._task_loss, has_aux=True)(
         params, batch_stats, batch, task, rng_target)
     grads = self._only_current_embedding(grads, task)
-    reg_params = params['hnet']
-    if self.config.lookahead:
+
+    def reg_params():
+      if not self.config.lookahead:
+        return params['hnet']
       delta, _ = tx.update(grads, opt_state, params)
-      reg_params = jax.tree.map(jnp.add, reg_params, delta['hnet'])
-    reg, reg_grads = regularizers.output_reg_and_grad(
-        self.hnet_outputs, self._targets_fn(memory), reg_params, task, self.row_sizes, rng_reg,
-        self.config.max_tasks)
-    grads = {**grads, 'hnet': jax.tree.map(lambda g, r: g + hp['beta'] * r, grads['hnet'],
-                                           reg_grads)}
+      return jax.tree.map(jnp.add, params['hnet'], delta['hnet'])
+
+    reg, hnet_grads = regularizers.output_reg_and_grad(
+        self.hnet_outputs, self._targets_fn(memory), reg_params, grads['hnet'], hp['beta'], task,
+        self.row_sizes, rng_reg, self.config.max_tasks)
+    grads = {**grads, 'hnet': hnet_grads}
     loss = ce + hp['beta'] * reg
     metrics = {'loss': loss, 'ce': ce, 'reg': reg, 'accuracy': base.accuracy(logits, batch[1])}
     return self._only_current_embedding(grads, task), metrics, batch_stats
