@@ -33,9 +33,10 @@ def test_batched_output_regulariser_equals_loop(max_tasks, bucketed):
   buckets = regularizers.row_sizes(max_tasks, bucketed=bucketed)
   fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(hnet_fn, lambda r: targets[r], t,
                                                             buckets))
-  zeros = jax.tree.map(jnp.zeros_like, params)
+  # A gradient to add to (as HNET's task gradient), scaled as by beta.
+  base = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
   with_grad = jax.jit(lambda t: regularizers.output_reg_and_grad(
-      apply, lambda r: targets[r], lambda: params, zeros, 1.0, t, buckets))
+      apply, lambda r: targets[r], lambda: params, base, 0.5, t, buckets))
   for task in range(max_tasks):
     out, reg = fn(jnp.int32(task))
     loop = [float(jnp.sum((hnet_fn(jnp.array([j]))[0] - targets[j]) ** 2)) for j in range(task)]
@@ -46,8 +47,12 @@ def test_batched_output_regulariser_equals_loop(max_tasks, bucketed):
         jnp.sum((apply(p, jnp.array([j]))[0] - targets[j]) ** 2) for j in range(task)) / max(task, 1)
     reg, grads = with_grad(jnp.int32(task))
     np.testing.assert_allclose(float(reg), expected, rtol=1e-5)
-    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(jax.grad(loop_reg)(params))):
+    want = jax.tree.map(lambda b, r: b + 0.5 * r, base, jax.grad(loop_reg)(params))
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    if task == 0:  # nothing regularised: the gradient passes through unchanged
+      for got, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base)):
+        np.testing.assert_array_equal(got, b)
 
 
 @pytest.mark.parametrize('bucketed', [True, False])
