@@ -47,8 +47,8 @@ def test_batched_output_regulariser_equals_loop(max_tasks, bucketed):
         jnp.sum((apply(p, jnp.array([j]))[0] - targets[j]) ** 2) for j in range(task)) / max(task, 1)
     reg, grads = with_grad(jnp.int32(task))
     np.testing.assert_allclose(float(reg), expected, rtol=1e-5)
-    want = jax.tree.map(lambda b, r: b + 0.5 * r, base, jax.grad(loop_reg)(params))
-    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+    expected_grads = jax.tree.map(lambda b, r: b + 0.5 * r, base, jax.grad(loop_reg)(params))
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     if task == 0:  # nothing regularised: the gradient passes through unchanged
       for got, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base)):
