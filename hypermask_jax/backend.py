@@ -7,6 +7,7 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 |---|---|---|
 | HYPERMASK_CONV | `im2col`, `xla` | `im2col` on CPU, `xla` elsewhere |
 | HYPERMASK_CPU_VECTOR_WIDTH | `256`, `512` | `512` on CPUs with AVX-512, else XLA's own |
+| HYPERMASK_CHUNK_INPUT_GRAD | `direct`, `transposed_copy` | `transposed_copy` on CPU for fan-in 25-30, else `direct` |
 
 - HYPERMASK_CONV: how layers.Conv3x3 computes its convolution. XLA:CPU runs
   the gradient convolutions of a training step 15-40x slower than their
@@ -19,6 +20,18 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   takes 12% less CPU time with 512, the Adam update with its fused rank-k
   gradient 30% less. Elementwise results are identical; reductions may round
   differently.
+- HYPERMASK_CHUNK_INPUT_GRAD: how `hypernet.chunk_dense` computes its input
+  gradient, ct [rows, m] times the kernel [fan_in, m] transposed: `direct`,
+  one dot contracting both operands' minor axis, or `transposed_copy`, a copy
+  of the kernel as [m, fan_in] and a plain dot. Timed alone on the 2-core AMD
+  EPYC (Zen 4), for 12 to 372 rows and fan-ins from 4 to 350, XLA:CPU's
+  YNNPACK ran the direct dot faster than the copy and the plain dot, or
+  within 10% of them, except at fan-ins 25 to 30, where it took 1.04-2.0x as
+  long with 12 to 48 rows: the published HNET Permuted MNIST's fan-in is 25 (25 rows of
+  78,000: 2.8-3.6 ms against 1.7-2.1 ms). HNET Split MNIST's fan-in 10 (12
+  rows of 42,000) took 0.24-0.31 against 0.45-0.67 ms, Permuted MNIST-100's
+  350 (372 rows of 7500) 10.5 against 13.2-14.9 ms. On GPU and TPU the direct
+  dot needs no copy. The two forms may round differently.
 
 The variables are read when a function is traced, so a process can switch
 between runs (tests do, with monkeypatch.setenv).
@@ -28,7 +41,8 @@ import os
 
 import jax
 
-CHOICES = {'HYPERMASK_CONV': ('im2col', 'xla'), 'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512')}
+CHOICES = {'HYPERMASK_CONV': ('im2col', 'xla'), 'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512'),
+           'HYPERMASK_CHUNK_INPUT_GRAD': ('direct', 'transposed_copy')}
 
 
 def _forced(variable):
@@ -41,6 +55,12 @@ def _forced(variable):
 def conv():
   """'im2col' or 'xla': how 3x3 convolutions are computed."""
   return _forced('HYPERMASK_CONV') or ('im2col' if jax.default_backend() == 'cpu' else 'xla')
+
+
+def chunk_input_grad(fan_in):
+  """'direct' or 'transposed_copy': how chunk_dense's input gradient is computed (see above)."""
+  slow_direct = jax.default_backend() == 'cpu' and 25 <= fan_in <= 30
+  return _forced('HYPERMASK_CHUNK_INPUT_GRAD') or ('transposed_copy' if slow_direct else 'direct')
 
 
 def cpu_has_avx512():

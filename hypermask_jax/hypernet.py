@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hypermask_jax import backend
 from hypermask_jax.layers import torch_dense
 from hypermask_jax.wide_dense import WideDense
 
@@ -49,8 +50,9 @@ class ChunkDense(nn.Module):
     for the other dot: copies of the whole layer at every step, and Adam
     read the gradient strided.
   Here the kernel and bias gradients are one matmul of [x, 1] with the output
-  gradient, laid out as the params are; the input gradient is one dot with
-  the kernel's transpose. The values equal nn.Dense's and its gradients up to
+  gradient, laid out as the params are; the input gradient is the output
+  gradient times the kernel's transpose, in the form `backend.chunk_input_grad`
+  picks for the fan-in. The values equal nn.Dense's and its gradients up to
   float rounding (tests/test_hypernet.py). HMLP's `wide_dense.WideDense` does
   not fit here: it stores the kernel transposed (not nn.Dense's params, which
   the chunked parity with hypnettorch maps), and above 16 rows its bias
@@ -83,10 +85,10 @@ def _chunk_dense_backward(residuals, ct):
   x, kernel = residuals
   with_ones = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], 1)
   d_kernel_and_bias = jax.lax.dot_general(with_ones, ct, (((0,), (0,)), ((), ())))  # [n + 1, m]
-  # The barrier keeps the transposed kernel a copy of its own: folded into the dot,
-  # YNNPACK's contraction over the minor axis of both operands took 5.2 ms at the
-  # HNET Permuted MNIST size, against 1.6 ms plus 1.1 ms for the copy.
-  d_x = ct @ jax.lax.optimization_barrier(kernel.T)
+  if backend.chunk_input_grad(kernel.shape[0]) == 'direct':
+    d_x = jax.lax.dot_general(ct, kernel, (((1,), (1,)), ((), ())))
+  else:  # The barrier keeps the transposed kernel a copy, not folded back into the dot.
+    d_x = ct @ jax.lax.optimization_barrier(kernel.T)
   return d_x, d_kernel_and_bias[:-1], d_kernel_and_bias[-1]
 
 

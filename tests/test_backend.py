@@ -29,6 +29,17 @@ def test_a_bad_value_names_the_variable_and_the_choices(monkeypatch):
     backend.conv()
 
 
+def test_the_chunk_input_gradient_copies_the_kernel_only_where_ynnpack_is_slow(monkeypatch):
+  monkeypatch.delenv('HYPERMASK_CHUNK_INPUT_GRAD', raising=False)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  assert [backend.chunk_input_grad(n) for n in (10, 24, 25, 30, 31, 350)] == [
+      'direct', 'direct', 'transposed_copy', 'transposed_copy', 'direct', 'direct']
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert backend.chunk_input_grad(25) == 'direct'
+  monkeypatch.setenv('HYPERMASK_CHUNK_INPUT_GRAD', 'transposed_copy')
+  assert backend.chunk_input_grad(10) == 'transposed_copy'
+
+
 def test_512_bit_vectors_on_avx512_cpus_unless_forced(monkeypatch):
   monkeypatch.delenv('HYPERMASK_CPU_VECTOR_WIDTH', raising=False)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')

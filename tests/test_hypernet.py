@@ -99,10 +99,14 @@ def test_build_picks_the_hypernetwork(chunk_size, expected):
   assert isinstance(hypernet.build(Config, 25), expected)
 
 
+@pytest.mark.parametrize('input_grad', ['direct', 'transposed_copy'])
 @pytest.mark.parametrize('init', hypernet.INITS)
-def test_the_chunk_output_layer_is_a_dense_layer_with_a_hand_written_gradient(init):
+def test_the_chunk_output_layer_is_a_dense_layer_with_a_hand_written_gradient(
+    init, input_grad, monkeypatch):
   """Same params (names, shapes, initial values) and outputs as nn.Dense; its gradients are
-  those computed by hand: kernel x^T ct, bias the sum of ct over every row, input ct kernel^T."""
+  those computed by hand: kernel x^T ct, bias the sum of ct over every row, input ct kernel^T
+  (in both of the input gradient's forms)."""
+  monkeypatch.setenv('HYPERMASK_CHUNK_INPUT_GRAD', input_grad)
   x = jax.random.normal(jax.random.key(1), (2, 12, 10))
   dense = hypernet._dense(300, 10, init, None)
   ours = hypernet.ChunkDense(300, init)
