@@ -28,11 +28,12 @@ the compiled step with the task fixed (so only the regulariser branch that
 task runs counts), over the rate of a 1024 x 1024 float32 matmul (8192 x 8192
 on an accelerator, which a smaller one does not fill) measured in this
 process. The step can be no faster than the larger of the two; the share is
-that floor over the measured step time. Both tasks are timed, and the peak memory read,
-before the floors are measured: their arrays (256 MiB for the stream; 0.75
-GiB for the accelerator's matmul) would otherwise count in the peak. The matmul rate is the best case:
-the thin products of a hypernetwork's output layer and the convolutions'
-im2col products run slower, so a compute-bound step stays below 100%.
+that floor over the measured step time. Both tasks are timed, and the peak
+memory read, before the floors are measured: their arrays (256 MiB for the
+stream; 0.75 GiB for the accelerator's matmul) would otherwise count in the
+peak. The matmul rate is the best case: the thin products of a hypernetwork's
+output layer and the convolutions' im2col products run slower, so a
+compute-bound step stays below 100%.
 """
 
 import pathlib

@@ -25,13 +25,13 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   one dot contracting both operands' minor axis, or `transposed_copy`, a copy
   of the kernel as [m, fan_in] and a plain dot. Timed alone on the 2-core AMD
   EPYC (Zen 4), for 12 to 372 rows and fan-ins from 4 to 350, XLA:CPU's
-  YNNPACK ran the direct dot faster than the copy and the plain dot, or
-  within 10% of them, except at fan-ins 25 to 30, where it took 1.04-2.0x as
-  long with 12 to 48 rows: the published HNET Permuted MNIST's fan-in is 25 (25 rows of
-  78,000: 2.8-3.6 ms against 1.7-2.1 ms). HNET Split MNIST's fan-in 10 (12
-  rows of 42,000) took 0.24-0.31 against 0.45-0.67 ms, Permuted MNIST-100's
-  350 (372 rows of 7500) 10.5 against 13.2-14.9 ms. On GPU and TPU the direct
-  dot needs no copy. The two forms may round differently.
+  YNNPACK ran the direct dot faster than the copy and the plain dot, or within
+  10% of them, except at fan-ins 25 to 30, where it took 1.04-2.0x as long
+  with 12 to 48 rows: the published HNET Permuted MNIST's fan-in is 25 (25
+  rows of 78,000: 2.8-3.6 ms against 1.7-2.1 ms). HNET Split MNIST's fan-in 10
+  (12 rows of 42,000) took 0.24-0.31 against 0.45-0.67 ms, Permuted
+  MNIST-100's 350 (372 rows of 7500) 10.5 against 13.2-14.9 ms. On GPU and TPU
+  the direct dot needs no copy. The two forms may round differently.
 
 The variables are read when a function is traced, so a process can switch
 between runs (tests do, with monkeypatch.setenv).
