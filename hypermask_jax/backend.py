@@ -34,22 +34,39 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   the direct dot needs no copy. The two forms may round differently.
 
 The variables are read when a function is traced, so a process can switch
-between runs (tests do, with monkeypatch.setenv).
+between runs (tests do, with monkeypatch.setenv); a run checks them all
+before it starts (`check_environment`), so a bad value stops it with one line.
 """
 
 import os
 
 import jax
 
+from hypermask_jax import errors
+
 CHOICES = {'HYPERMASK_CONV': ('im2col', 'xla'), 'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512'),
            'HYPERMASK_CHUNK_INPUT_GRAD': ('direct', 'transposed_copy')}
+
+
+class BadVariable(errors.BadInput, ValueError):
+  """One of CHOICES' variables is set to a value it does not allow."""
 
 
 def _forced(variable):
   value = os.environ.get(variable, '')
   if value and value not in CHOICES[variable]:
-    raise ValueError(f'{variable}={value!r}: must be one of {CHOICES[variable]} (or unset)')
+    raise BadVariable(f'{variable}={value!r}: must be one of {CHOICES[variable]} (or unset)')
   return value or None
+
+
+def check_environment():
+  """Raises BadVariable for the first variable of CHOICES set to a value it does not allow.
+
+  The choices are read when a function is traced, which may be after a run
+  has written to its workdir; a run checks them all before it starts.
+  """
+  for variable in CHOICES:
+    _forced(variable)
 
 
 def conv():

@@ -10,6 +10,7 @@ writing its tables (sweep_results.py).
 from absl import logging
 import jax
 
+from hypermask_jax import backend
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
 from hypermask_jax import devices
@@ -150,6 +151,7 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
   ends with the results an uninterrupted run would have produced. with_report:
   write the figures and report.md when the run or the sweep ends.
   """
+  backend.check_environment()
   workdir = paths.absolute(workdir)
   runs = sweep.expand(config)
   shard_index, shard_count = sweep.parse_shard(sweep_shard)

@@ -29,9 +29,10 @@ def env():
   return {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1'}
 
 
-def cli(*args, cwd=ROOT):
-  return subprocess.run([sys.executable, '-m', 'hypermask_jax.main', *args], cwd=cwd, env=env(),
-                        capture_output=True, text=True, timeout=600)
+def cli(*args, cwd=ROOT, variables=None):
+  return subprocess.run([sys.executable, '-m', 'hypermask_jax.main', *args], cwd=cwd,
+                        env={**env(), **(variables or {})}, capture_output=True, text=True,
+                        timeout=600)
 
 
 def tiny_run(workdir, data_dir, *extra, config='configs/permuted_mnist.py:small', cwd=ROOT):
@@ -104,6 +105,9 @@ BAD_INPUT = [
     ('batch-too-large', lambda d: ['--config.batch_size=5000'],
      'error: config.batch_size=5000: larger than the smallest task training set (300 '
      'examples); must be at most 300'),
+    ('bad-backend-variable', lambda d: ['ENV:HYPERMASK_CHUNK_INPUT_GRAD=copy'],
+     "error: HYPERMASK_CHUNK_INPUT_GRAD='copy': must be one of ('direct', 'transposed_copy') "
+     '(or unset)'),
 ]
 
 
@@ -128,7 +132,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(folders, tmp_path, case
     args = [a for a in args if not a.startswith('--config') and a != 'NO_CONFIG']
   if 'NO_WORKDIR' in args:
     args = [a for a in args if not a.startswith('--workdir') and a != 'NO_WORKDIR']
-  result = cli(*args)
+  variables = dict(a[len('ENV:'):].split('=', 1) for a in args if a.startswith('ENV:'))
+  result = cli(*[a for a in args if not a.startswith('ENV:')], variables=variables)
   assert result.returncode == 2, (case, result.stderr[-2000:])
   assert 'Traceback' not in result.stderr, result.stderr[-3000:]
   lines = error_lines(result.stderr)
