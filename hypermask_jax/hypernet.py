@@ -111,17 +111,18 @@ class HMLP(nn.Module):
   weight_init: str = 'torch'
 
   @nn.compact
-  def __call__(self, tasks, live_rows=None):
+  def __call__(self, tasks, live_rows=None, targets=None):
     """tasks: int [k] -> raw outputs [k, num_outputs], one batched matmul for all k rows.
 
     live_rows (default k, may be traced): only the first live_rows rows go
-    through the output layer's products; the others hold its bias.
+    through the output layer's products; the others hold its bias. With
+    targets, (outputs of tasks[0], squared distances), as `distances`.
     """
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
     x = _hidden(jnp.take(embeddings, tasks, axis=0), self.hidden, self.activation,
                 self.weight_init)
-    return WideDense(self.num_outputs, init=self.weight_init, name='out')(x, live_rows)
+    return WideDense(self.num_outputs, init=self.weight_init, name='out')(x, live_rows, targets)
 
 
 class ChunkedHMLP(nn.Module):
@@ -145,11 +146,13 @@ class ChunkedHMLP(nn.Module):
     return math.ceil(self.num_outputs / self.chunk_size)
 
   @nn.compact
-  def __call__(self, tasks, live_rows=None):
+  def __call__(self, tasks, live_rows=None, targets=None):
     """tasks: int [k] -> raw outputs [k, num_outputs]; all k * num_chunks rows in one batch.
 
-    live_rows is ignored (every row is computed): the output regulariser
-    sizes a chunked hypernetwork's rows by lax.switch (regularizers.py).
+    Every row is computed (the output regulariser sizes a chunked
+    hypernetwork's rows by lax.switch, regularizers.py); live_rows only masks
+    the squared distances. With targets, (outputs of tasks[0], squared
+    distances), as `distances`.
     """
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
@@ -161,7 +164,19 @@ class ChunkedHMLP(nn.Module):
                          jnp.broadcast_to(task_emb[:, None], (k, n, task_emb.shape[1]))], -1)
     out = _hidden(x, self.hidden, self.activation, self.weight_init)
     out = ChunkDense(self.chunk_size, self.weight_init, name='out')(out)
-    return out.reshape(k, n * self.chunk_size)[:, :self.num_outputs]
+    out = out.reshape(k, n * self.chunk_size)[:, :self.num_outputs]
+    return out if targets is None else distances(out, live_rows, *targets)
+
+
+def distances(out, live_rows, table, target_rows):
+  """(out[0], squared distances of out[1:] to table[target_rows], 0 from row live_rows on).
+
+  What a hypernetwork called with targets returns: HMLP computes the same in
+  its output layer (`wide_dense.wide_dense_distances`), over the live rows only.
+  """
+  live = jnp.arange(1, out.shape[0]) < (out.shape[0] if live_rows is None else live_rows)
+  diff = jnp.where(live[:, None], out[1:] - table[target_rows], 0.0)
+  return out[0], jnp.sum(jnp.square(diff), 1)
 
 
 def build(config, num_outputs):

@@ -8,8 +8,10 @@ and `lax.switch` runs only the smallest that covers the tasks seen, so at most
 twice the rows needed are computed and task 0 computes none. A full
 hypernetwork (HMLP) takes every previous task's row (masked until seen) with
 no lax.switch around it, so that its weight gradient fuses into Adam's
-update; its output layer runs its products over only the rows seen, by a
-lax.switch of its own (see wide_dense.py). With a random subset of K previous
+update; its output layer runs its products and the distances to the targets
+over only the rows seen, by a lax.switch of its own (see wide_dense.py). The
+hypernetwork returns the distances (hypernet.distances), so that HMLP never
+builds its outputs for the rows not seen. With a random subset of K previous
 tasks per step the row counts are {0, K} (chunked) or {K}: constant memory
 however long the task sequence.
 """
@@ -59,18 +61,24 @@ def _branch_index(task, sizes):
 
 def _mean_square_distance(out, rows, seen, targets_fn):
   """mean over the seen rows j of sum((out_j - h*_j)**2); 0 when none is seen."""
-  sq = jnp.sum(jnp.square(out - targets_fn(rows)), axis=1)
-  return jnp.sum(jnp.where(seen, sq, 0.0)) / jnp.maximum(jnp.sum(seen), 1)
+  return _mean_over_seen(jnp.sum(jnp.square(out - targets_fn(rows)), axis=1), seen)
 
 
-def outputs_and_output_reg(hnet_fn, targets_fn, task, sizes, rng=None, max_tasks=None):
+def _mean_over_seen(distances, seen):
+  """mean of distances [k] over the seen rows; 0 when none is seen."""
+  return jnp.sum(jnp.where(seen, distances, 0.0)) / jnp.maximum(jnp.sum(seen), 1)
+
+
+def outputs_and_output_reg(hnet_fn, task, sizes, rng=None, max_tasks=None):
   """Returns (h(e_task) [P], mean over regularised previous tasks j of sum((h(e_j) - h*_j)**2)).
 
-  hnet_fn(tasks, live_rows) maps int task indices [k] to raw outputs [k, P],
-  of which only the first live_rows are used (the current task and the seen
-  previous ones, which previous_rows puts first); targets_fn maps tasks to
-  the stored targets h*. The current task and the previous ones go through
-  the hypernetwork in one call, so its weights are read once per step.
+  hnet_fn(tasks, live_rows, rows) maps int task indices [1 + k] to (the raw
+  output of tasks[0] [P], the squared distances [k] of the other tasks'
+  outputs to the stored targets h* of `rows`), of which only the first
+  live_rows rows are used (the current task and the seen previous ones, which
+  previous_rows puts first): a hypernetwork called with targets
+  (hypernet.py). The current task and the previous ones go through the
+  hypernetwork in one call, so its weights are read once per step.
   """
 
   def branch(k):
@@ -79,11 +87,9 @@ def outputs_and_output_reg(hnet_fn, targets_fn, task, sizes, rng=None, max_tasks
       # The current task and the min(task, k) seen rows, counted from the task alone: with
       # a random subset per run, a count from `seen` would differ between vmapped runs and
       # turn the hypernetwork's own lax.switch into a select that runs every branch.
-      out = hnet_fn(jnp.concatenate([task[None], rows.astype(task.dtype)]),
-                    1 + jnp.minimum(task, k))
-      if k == 0:
-        return out[0], jnp.zeros((), out.dtype)
-      return out[0], _mean_square_distance(out[1:], rows, seen, targets_fn)
+      out, distances = hnet_fn(jnp.concatenate([task[None], rows.astype(task.dtype)]),
+                               1 + jnp.minimum(task, k), rows)
+      return out, _mean_over_seen(distances, seen)
     return rows_and_reg
 
   return jax.lax.switch(_branch_index(task, sizes), [branch(k) for k in sizes], task)

@@ -4,7 +4,12 @@ import gzip
 import os
 import pathlib
 
-import jax
+# What the entry points (main.py, data/prepare.py) set for themselves from a shell. Importing
+# JAX would set '1' here, which the commands the tests run as subprocesses would inherit, and
+# then TensorFlow's warnings would add lines to the one-line errors they check.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 import pytest

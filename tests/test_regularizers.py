@@ -21,18 +21,33 @@ def test_bucket_sizes():
   assert regularizers.row_sizes(100, subset=32, bucketed=False) == (32,)
 
 
+HNETS = {'hmlp': lambda max_tasks: hypernet.HMLP(num_outputs=37, max_tasks=max_tasks,
+                                                  embedding_size=5, hidden=(7,)),
+         'chunked': lambda max_tasks: hypernet.ChunkedHMLP(
+             num_outputs=37, max_tasks=max_tasks, embedding_size=5, hidden=(7,), chunk_size=10,
+             chunk_embedding_size=3)}
+
+
+@pytest.mark.parametrize('hnet', list(HNETS))
 @pytest.mark.parametrize('bucketed', [True, False])
 @pytest.mark.parametrize('max_tasks', [1, 6, 10])
-def test_batched_output_regulariser_equals_loop(max_tasks, bucketed):
-  """Both forms, outputs_and_output_reg and output_reg_and_grad (with its gradient)."""
-  model = hypernet.HMLP(num_outputs=37, max_tasks=max_tasks, embedding_size=5, hidden=(7,))
+def test_batched_output_regulariser_equals_loop(max_tasks, bucketed, hnet):
+  """Both forms, outputs_and_output_reg and output_reg_and_grad, with their gradients."""
+  model = HNETS[hnet](max_tasks)
   params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
   targets = jax.random.normal(jax.random.key(1), (max_tasks, 37))
   apply = lambda p, t, live_rows=None: model.apply({'params': p}, t, live_rows)
-  hnet_fn = lambda t, live_rows=None: apply(params, t, live_rows)  # only the seen rows' products
+  hnet_fn = lambda t, live_rows=None: apply(params, t, live_rows)
+  with_targets = lambda t, live_rows, rows: model.apply({'params': params}, t, live_rows,
+                                                        (targets, rows))
   buckets = regularizers.row_sizes(max_tasks, bucketed=bucketed)
-  fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(hnet_fn, lambda r: targets[r], t,
-                                                            buckets))
+  fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(with_targets, t, buckets))
+  # The gradient of a loss on the current output and the regulariser, against the loop's.
+  probe = jax.random.normal(jax.random.key(3), (37,))
+  loss = lambda out, reg: jnp.sum(jnp.tanh(out) * probe) + 3.0 * reg
+  loss_grad = jax.jit(jax.grad(lambda p, t: loss(*regularizers.outputs_and_output_reg(
+      lambda t, live_rows, rows: model.apply({'params': p}, t, live_rows, (targets, rows)),
+      t, buckets))))
   # A gradient to add to (as HNET's task gradient), scaled as by beta.
   base = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
   with_grad = jax.jit(lambda t: regularizers.output_reg_and_grad(
@@ -45,6 +60,10 @@ def test_batched_output_regulariser_equals_loop(max_tasks, bucketed):
     np.testing.assert_allclose(out, hnet_fn(jnp.array([task]))[0], rtol=1e-5, atol=1e-6)
     loop_reg = lambda p, task=task: sum(
         jnp.sum((apply(p, jnp.array([j]))[0] - targets[j]) ** 2) for j in range(task)) / max(task, 1)
+    want = jax.grad(lambda p: loss(apply(p, jnp.array([task]))[0], loop_reg(p)))(params)
+    got = loss_grad(params, jnp.int32(task))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
     reg, grads = with_grad(jnp.int32(task))
     np.testing.assert_allclose(float(reg), expected, rtol=1e-5)
     expected_grads = jax.tree.map(lambda b, r: b + 0.5 * r, base, jax.grad(loop_reg)(params))
@@ -64,8 +83,8 @@ def test_regulariser_gradient_reaches_previous_embeddings_only_through_reg(bucke
 
   def reg(p, task):
     return regularizers.outputs_and_output_reg(
-        lambda t, live_rows: model.apply({'params': p}, t, live_rows), lambda r: targets[r], task,
-        buckets)[1]
+        lambda t, live_rows, rows: model.apply({'params': p}, t, live_rows, (targets, rows)),
+        task, buckets)[1]
   grads = jax.grad(reg)(params, jnp.int32(2))['embeddings']
   assert np.all(np.abs(grads[:2]) > 0) and np.all(grads[2:] == 0)
 
@@ -82,8 +101,8 @@ def test_a_random_subset_keeps_the_hypernetworks_row_switch_across_runs():
 
   def reg(rng, task):
     return regularizers.outputs_and_output_reg(
-        lambda t, live_rows: model.apply({'params': params}, t, live_rows),
-        lambda r: targets[r], task, sizes, rng, max_tasks)[1]
+        lambda t, live_rows, rows: model.apply({'params': params}, t, live_rows, (targets, rows)),
+        task, sizes, rng, max_tasks)[1]
 
   runs = jax.vmap(reg, in_axes=(0, None))
   keys, task = jax.random.split(jax.random.key(2), 2), jnp.int32(6)

@@ -66,6 +66,51 @@ def test_rows_past_live_rows_count_as_zero_inputs():
   assert len(traces) == 1
 
 
+@pytest.mark.parametrize('rows', [10, wide_dense.FUSED_ROWS + 2])  # both gradient formulas
+def test_distances_equal_the_plain_layers_outputs_minus_targets(rows):
+  """wide_dense_distances, every live_rows value traced in one compiled function, against the
+  plain layer on x with its dead rows zeroed: row 0's output, the live rows' squared distances
+  to their targets (0 past live_rows), and the gradients of a loss on both."""
+  outputs = 4096
+  keys = jax.random.split(jax.random.key(2), 6)
+  x = jax.random.normal(keys[0], (rows, 7))
+  kernel = jax.random.normal(keys[1], (outputs, 7))
+  bias = jax.random.normal(keys[2], (outputs,))
+  table = jax.random.normal(keys[3], (rows + 3, outputs))
+  target_rows = jax.random.permutation(keys[4], rows + 3)[:rows - 1]
+  probe = jax.random.normal(keys[5], (outputs,))
+  weights = jnp.arange(1.0, rows)  # a loss that weights every distance differently
+
+  def loss(out, distances):
+    return jnp.sum(jnp.tanh(out) * probe) + jnp.sum(weights * distances) / outputs
+
+  def plain_distances(x, kernel, bias, live):
+    y = plain(jnp.where(jnp.arange(rows)[:, None] < live, x, 0), kernel, bias)
+    sq = jnp.sum((y[1:] - table[target_rows]) ** 2, 1)
+    return y[0], jnp.where(jnp.arange(1, rows) < live, sq, 0.0)
+
+  traces = []
+
+  @jax.jit
+  def value_and_grads(x, kernel, bias, live):
+    traces.append(live)
+    fn = lambda *a: wide_dense.wide_dense_distances(*a, live, table, target_rows)
+    return fn(x, kernel, bias), jax.grad(lambda *a: loss(*fn(*a)), argnums=(0, 1, 2))(
+        x, kernel, bias)
+
+  want_grads = jax.jit(jax.grad(lambda *a: loss(*plain_distances(*a)), argnums=(0, 1, 2)))
+  for live in range(1, rows + 1):
+    (out, distances), got = value_and_grads(x, kernel, bias, jnp.int32(live))
+    want_out, want_distances = plain_distances(x, kernel, bias, live)
+    np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(distances, want_distances, rtol=1e-5)
+    assert np.all(distances[live - 1:] == 0)
+    for g, w in zip(got, want_grads(x, kernel, bias, live)):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    assert np.all(got[0][live:] == 0)
+  assert len(traces) == 1
+
+
 def test_initial_kernel_is_the_plain_layers_transposed():
   """The published configs start from the numbers a plain nn.Dense output layer would hold."""
 

@@ -82,9 +82,13 @@ class HypernetworkMethod(Method):
     self.row_sizes = regularizers.row_sizes(config.max_tasks, config.reg_subset,
                                             bucketed=config.chunk_size > 0)
 
-  def hnet_outputs(self, hnet_params, tasks, live_rows=None):
-    """Raw hypernetwork outputs [k, P] for int task indices [k] (HMLP: the first live_rows)."""
-    return self.hnet.apply({'params': hnet_params}, tasks, live_rows)
+  def hnet_outputs(self, hnet_params, tasks, live_rows=None, targets=None):
+    """Raw hypernetwork outputs [k, P] for int task indices [k] (HMLP: the first live_rows).
+
+    With targets = (table [T, P], rows [k - 1]): (the output of tasks[0], the
+    other rows' squared distances to table[rows]), see hypernet.distances.
+    """
+    return self.hnet.apply({'params': hnet_params}, tasks, live_rows, targets)
 
   def step_rngs(self, rng):
     """(the regulariser's key, or None without a reg_subset; the target's dropout key)."""

@@ -50,9 +50,9 @@ class HyperMask(base.HypernetworkMethod):
     x, y, _ = batch
     rng_reg, rng_target = self.step_rngs(rng)
     output, reg = regularizers.outputs_and_output_reg(
-        lambda tasks, live_rows: self.hnet_outputs(params['hnet'], tasks, live_rows),
-        lambda rows: memory['hnet_outputs'][rows], task, self.row_sizes,
-        rng_reg, self.config.max_tasks)
+        lambda tasks, live_rows, rows: self.hnet_outputs(
+            params['hnet'], tasks, live_rows, (memory['hnet_outputs'], rows)),
+        task, self.row_sizes, rng_reg, self.config.max_tasks)
     sparsity = mask_lib.sparsity_at(hp['sparsity'], task, step, self.config.steps_per_task)
     masks = self.masks(params, output, sparsity)
     logits, batch_stats = self.run_target(self.masked_weights(params, masks), batch_stats, x,
