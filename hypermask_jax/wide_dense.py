@@ -153,7 +153,7 @@ def wide_dense_distances(x, kernel, bias, live_rows, table, target_rows):
   Permuted MNIST 262-296 ms per step against 286-317 ms, Split MNIST
   19.1-20.5 ms against 21.2-22.6 ms, ZenkeNet 200-216 ms against 219-232 ms,
   with the same parameters after 18-180 steps; at the last task Split MNIST
-  took 23.2-27.6 ms against 25.5-29.9 ms and Permuted MNIST about the same.
+  took 23.4-27.6 ms against 25.5-29.9 ms and Permuted MNIST about the same.
   Past the first task the numbers equal the former ones up to float rounding
   (the gradients to 2e-7 of their size), which Adam's first step of a task,
   an update of lr * sign(g), can turn into parameter differences of lr.
