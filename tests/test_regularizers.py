@@ -38,16 +38,15 @@ def test_batched_output_regulariser_equals_loop(max_tasks, bucketed, hnet):
   targets = jax.random.normal(jax.random.key(1), (max_tasks, 37))
   apply = lambda p, t, live_rows=None: model.apply({'params': p}, t, live_rows)
   hnet_fn = lambda t, live_rows=None: apply(params, t, live_rows)
-  with_targets = lambda t, live_rows, rows: model.apply({'params': params}, t, live_rows,
-                                                        (targets, rows))
+  with_targets = lambda p: lambda t, live_rows, rows: model.apply({'params': p}, t, live_rows,
+                                                                  (targets, rows))
   buckets = regularizers.row_sizes(max_tasks, bucketed=bucketed)
-  fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(with_targets, t, buckets))
+  fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(with_targets(params), t, buckets))
   # The gradient of a loss on the current output and the regulariser, against the loop's.
   probe = jax.random.normal(jax.random.key(3), (37,))
   loss = lambda out, reg: jnp.sum(jnp.tanh(out) * probe) + 3.0 * reg
   loss_grad = jax.jit(jax.grad(lambda p, t: loss(*regularizers.outputs_and_output_reg(
-      lambda t, live_rows, rows: model.apply({'params': p}, t, live_rows, (targets, rows)),
-      t, buckets))))
+      with_targets(p), t, buckets))))
   # A gradient to add to (as HNET's task gradient), scaled as by beta.
   base = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
   with_grad = jax.jit(lambda t: regularizers.output_reg_and_grad(
