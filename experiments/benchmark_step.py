@@ -2,6 +2,7 @@
 times, and the peak memory.
 
   python experiments/benchmark_step.py --config=configs/permuted_mnist.py
+  python experiments/benchmark_step.py --config=configs/permuted_mnist.py --tasks=1,2,4,10
   python experiments/benchmark_step.py --config=configs/split_mnist.py --steps=50
   python experiments/benchmark_step.py --config=configs/cifar100_resnet20.py --steps=5
   python experiments/benchmark_step.py --compare_torch   # also times a PyTorch step, same run
@@ -28,7 +29,7 @@ the compiled step with the task fixed (so only the regulariser branch that
 task runs counts), over the rate of a 1024 x 1024 float32 matmul (8192 x 8192
 on an accelerator, which a smaller one does not fill) measured in this
 process. The step can be no faster than the larger of the two; the share is
-that floor over the measured step time. Both tasks are timed, and the peak
+that floor over the measured step time. The tasks are timed, and the peak
 memory read, before the floors are measured: their arrays (256 MiB for the
 stream; 0.75 GiB for the accelerator's matmul) would otherwise count in the
 peak. The matmul rate is the best case: the thin products of a hypernetwork's
@@ -58,10 +59,14 @@ from hypermask_jax import wide_dense
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 from hypermask_jax.methods import base
+from experiments import shortened_runs
 
 config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per measurement (one compiled chunk).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Measurements per task; the best is reported.')
+_TASKS = flags.DEFINE_list(
+    'tasks', [], 'The tasks to time, numbered from 1 (task t has t - 1 previous tasks); '
+    'default: the first and the last.')
 _COMPARE_TORCH = flags.DEFINE_bool(
     'compare_torch', False, 'Also time the PyTorch step of experiments/torch_reference.py '
     '(needs `pip install -r requirements-torch.txt`) and print the ratio.')
@@ -129,17 +134,25 @@ def step_bytes(config, method, params, task):
   return optimizer, 4 * base.count(params['hnet']) + 4 * rows * method.layout.size
 
 
+def tasks_to_time(num_tasks):
+  """The 0-based task indices --tasks names (default: the first and the last), in order."""
+  if not _TASKS.value:
+    return sorted({0, num_tasks - 1})
+  if not all(t.isdigit() and 1 <= int(t) <= num_tasks for t in _TASKS.value):
+    raise app.UsageError(f'--tasks must list task numbers in [1, {num_tasks}], e.g. '
+                         f'--tasks=1,2,{num_tasks}; got {",".join(_TASKS.value)}')
+  return sorted({int(t) - 1 for t in _TASKS.value})
+
+
 def main(argv):
   del argv
   if not 1 <= _STEPS.value <= trainer_lib.MAX_STEPS_PER_CALL:
     raise app.UsageError(f'--steps must be in [1, {trainer_lib.MAX_STEPS_PER_CALL}]')
   config = flags.FLAGS.config
+  timed_tasks = tasks_to_time(config.num_tasks)
   snapshot = config.selection == 'best_val'
-  with config.unlocked():
-    config.log_every_steps = _STEPS.value
-    config.steps_per_task = max(config.steps_per_task or 0, _STEPS.value * (_REPEATS.value + 1))
-    config.epochs_per_task, config.lr_schedule, config.selection = 0, 'constant', 'last'
-  config = config_checks.resolve(config)
+  config = config_checks.resolve(
+      shortened_runs.for_step_timing(config, _STEPS.value, _REPEATS.value))
   data = tasks.synthetic_task_set(config)
   method = METHODS[config.method](config, data.input_shape, data.num_classes)
   trainer = trainer_lib.Trainer(config, method)
@@ -168,7 +181,7 @@ def main(argv):
     line += f'; its temporaries (XLA memory analysis): {analysis.temp_size_in_bytes / 2**30:.2f} GiB'
   print(line)
   timed = []
-  for task in (0, config.num_tasks - 1):
+  for task in timed_tasks:
     state = trainer.begin_task(state, task, hp)
     state, seconds = time_chunk(trainer, state, data, hp, _REPEATS.value)
     torch_step = (torch_reference.time_steps(config, data.input_shape, data.num_classes, task,

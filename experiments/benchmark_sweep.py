@@ -24,6 +24,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable
 from absl import app
 from absl import flags
 
+from experiments import shortened_runs
+
 DEFAULT_CONFIGS = ('configs/split_mnist.py', 'configs/permuted_mnist.py:small',
                    'configs/hnet_permuted_mnist.py')
 _CONFIGS = flags.DEFINE_list('configs', list(DEFAULT_CONFIGS), 'Configs to time.')
@@ -46,11 +48,7 @@ def measure(config_arg, num_runs, steps, repeats):
   from hypermask_jax import config_files  # pylint: disable=g-import-not-at-top
 
   config = config_files.load(config_arg)
-  with config.unlocked():
-    config.log_every_steps = steps
-    config.steps_per_task = max(config.steps_per_task or 0, steps * (repeats + 1))
-    config.epochs_per_task, config.lr_schedule, config.selection = 0, 'constant', 'last'
-  config = config_checks.resolve(config)
+  config = config_checks.resolve(shortened_runs.for_step_timing(config, steps, repeats))
   configs = []
   for seed in range(1, num_runs + 1):
     run = config.copy_and_resolve_references()

@@ -1,4 +1,5 @@
-"""The benchmarks' shortened runs of the published configs: which configs, and how shortened.
+"""The benchmarks' shortened runs of the published configs: which configs, and how shortened;
+and the settings the step benchmarks time a config under.
 
 Kept apart from experiments/benchmark_vs_torch.py (a script with command-line
 flags) so that tests can import it.
@@ -23,6 +24,17 @@ def shortened_config(name, num_tasks, steps):
       config.steps_per_task = steps
     config.checkpoint_every_steps = 10 ** 9  # the end-of-task checkpoints only
   return config_checks.resolve(config)
+
+
+def for_step_timing(config, steps, calls):
+  """The config, changed in place, as the step benchmarks time it: `calls` + 1 compiled calls
+  of `steps` steps (a log line each), steps instead of epochs (no end-of-epoch validation),
+  a constant rate and the last parameters kept (no best-validation check)."""
+  with config.unlocked():
+    config.log_every_steps = steps
+    config.steps_per_task = max(config.steps_per_task or 0, steps * (calls + 1))
+    config.epochs_per_task, config.lr_schedule, config.selection = 0, 'constant', 'last'
+  return config
 
 
 def with_steps(config):

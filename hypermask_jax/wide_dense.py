@@ -52,6 +52,8 @@ import jax.numpy as jnp
 from hypermask_jax import layers
 
 FUSED_ROWS = 16  # up to this many rows the kernel gradient is elementwise (fused into Adam)
+MATERIALISED_MAX_ROWS = 4  # _distance_rows_times_kernel: up to this many rows, for kernels
+MATERIALISED_MIN_SIZE = 2 ** 26  # of at least this many entries, the product is [m, r] transposed
 
 
 class WideDense(nn.Module):
@@ -166,9 +168,7 @@ def _distances_forward(x, kernel, bias, live_rows, table, target_rows):
   rows = x.shape[0]
 
   def branch(r):
-    # [r, m] straight from the dot, not _kernel_times' [m, r] transposed: that transpose fused
-    # into the subtraction below, which then read it strided (35 ms against 12 ms at 10 rows).
-    y = jax.lax.dot_general(x[:r], kernel, (((1,), (1,)), ((), ()))) + bias
+    y = _distance_rows_times_kernel(x[:r], kernel) + bias
     live = (jnp.arange(1, r) < live_rows)[:, None]
     diff = jnp.where(live, y[1:] - table[target_rows[:r - 1]], 0.0)
     return y[0], _pad_rows(jnp.sum(jnp.square(diff), 1), rows - 1), _pad_rows(diff, rows - 1)
@@ -219,6 +219,33 @@ def _kernel_times(x, kernel):
   """x [r, n] @ kernel [m, n]^T -> [r, m]."""
   # [m, r], then transposed: 1.8x faster than [r, m] at the PMNIST size on XLA:CPU.
   return jax.lax.dot_general(kernel, x, (((1,), (1,)), ((), ()))).T
+
+
+def _distance_rows_times_kernel(x, kernel):
+  """x [r, n] @ kernel [m, n]^T -> [r, m], for wide_dense_distances' row bucket.
+
+  [r, m] straight from the dot, not _kernel_times' [m, r] transposed: that
+  transpose fused into the regulariser's subtraction, which then read it
+  strided (35 ms against 12 ms at 10 rows). XLA compiles the dot to YNNPACK's
+  [r, m] product. For 2 to MATERIALISED_MAX_ROWS rows of a kernel of at least
+  MATERIALISED_MIN_SIZE entries, the product is computed as [m, r] instead
+  and transposed as a copy; barriers keep XLA from folding either back.
+  On the 2-core AMD EPYC (Zen 4), at the Permuted MNIST size (m = 2M,
+  n = 100), the product of 2 rows alone took 41-45 ms in this form against
+  51-53 ms; of 4 rows alone it was no faster (58-70 against 56 ms), but the
+  published Permuted MNIST step at task 4 took 12 ms less with it than
+  without (medians 270 and 282 ms, experiments/compare_checkouts.py). With 8
+  and 10 rows it was no faster, nor was Split MNIST's step (a 12.4M-entry
+  kernel, n = 25), where it rounded differently. The values equal the
+  [r, m] product's up to float rounding (tests/test_wide_dense.py); in the
+  published Permuted MNIST, ZenkeNet and ResNet-20 steps the parameters came
+  out the same to the bit.
+  """
+  rows = x.shape[0]
+  if 1 < rows <= MATERIALISED_MAX_ROWS and kernel.size >= MATERIALISED_MIN_SIZE:
+    y = jax.lax.optimization_barrier(jax.lax.dot_general(kernel, x, (((1,), (1,)), ((), ()))))
+    return jax.lax.optimization_barrier(y.T)
+  return jax.lax.dot_general(x, kernel, (((1,), (1,)), ((), ())))
 
 
 def _times_kernel(ct, kernel):

@@ -25,23 +25,35 @@ def test_shortened_configs_resolve_as_train_and_evaluate_takes_them(name):
     assert steps.steps_per_task == config.steps_per_task == 100
 
 
+def run_step_benchmark(*args):
+  return subprocess.run(
+      [sys.executable, 'experiments/benchmark_step.py', '--config=configs/hnet_split_mnist.py:small',
+       *args], capture_output=True, text=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+
+
 @pytest.mark.slow
 def test_step_benchmark_floors_follow_the_tasks_regularised():
-  """benchmark_step's floors are its own figures' quotients, and the FLOP count at task 5 holds
-  the 4 old tasks' regulariser rows that task 1 (no old task) does not compute."""
-  out = subprocess.run(
-      [sys.executable, 'experiments/benchmark_step.py', '--config=configs/hnet_split_mnist.py:small',
-       '--steps=2', '--repeats=1'], capture_output=True, text=True, check=True,
-      cwd=pathlib.Path(__file__).resolve().parents[1]).stdout
-  pattern = (r'jax +([\d.]+) ms/step \| moves >= ([\d.]+) GB .* at ([\d.]+) GB/s: ([\d.]+) ms \| '
-             r'computes ([\d.]+) GFLOP at ([\d.]+) GFLOP/s: ([\d.]+) ms \| floor ([\d.]+) ms, '
-             r'share (\d+)%')
+  """benchmark_step's floors are its own figures' quotients, and the FLOP count grows with the
+  old tasks' regulariser rows: none at task 1, 2 at task 3, 4 at task 5 (--tasks, any order)."""
+  run = run_step_benchmark('--steps=2', '--repeats=1', '--tasks=5,1,3')
+  assert run.returncode == 0, run.stderr
+  out = run.stdout
+  pattern = (r'task +(\d+) .* jax +([\d.]+) ms/step \| moves >= ([\d.]+) GB .* at ([\d.]+) GB/s: '
+             r'([\d.]+) ms \| computes ([\d.]+) GFLOP at ([\d.]+) GFLOP/s: ([\d.]+) ms \| floor '
+             r'([\d.]+) ms, share (\d+)%')
   rows = [[float(v) for v in m.groups()] for m in re.finditer(pattern, out)]
-  assert len(rows) == 2, out
-  for step, gb, bandwidth, memory, gflop, rate, compute, floor, share in rows:
+  assert [row[0] for row in rows] == [1, 3, 5], out
+  for _, step, gb, bandwidth, memory, gflop, rate, compute, floor, share in rows:
     assert memory == pytest.approx(gb / bandwidth * 1e3, rel=0.05, abs=0.02)
     assert compute == pytest.approx(gflop / rate * 1e3, rel=0.05, abs=0.02)
     assert floor == max(memory, compute)
     assert share == pytest.approx(100 * floor / step, abs=1)
-  # Task 5 regularises 4 old tasks: each is a full pass of the chunked hypernetwork.
-  assert rows[1][4] > 1.5 * rows[0][4]
+  # Each old task regularised is a full pass of the chunked hypernetwork.
+  assert rows[2][5] > rows[1][5] > 1.2 * rows[0][5]
+
+
+@pytest.mark.parametrize('tasks', ['0', '6', '2,x'])
+def test_step_benchmark_refuses_tasks_outside_the_config(tasks):
+  run = run_step_benchmark(f'--tasks={tasks}')
+  assert run.returncode != 0
+  assert f'--tasks must list task numbers in [1, 5], e.g. --tasks=1,2,5; got {tasks}' in run.stderr

@@ -33,9 +33,17 @@ def test_value_and_gradients_equal_the_plain_layer(rows, outputs):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
-def test_rows_past_live_rows_count_as_zero_inputs():
+def materialise_every_kernel(monkeypatch, materialised):
+  """With materialised, the distances' products of 2 to 4 rows take their [m, r] form here too."""
+  if materialised:
+    monkeypatch.setattr(wide_dense, 'MATERIALISED_MIN_SIZE', 0)
+
+
+@pytest.mark.parametrize('materialised', [False, True])
+def test_rows_past_live_rows_count_as_zero_inputs(monkeypatch, materialised):
   """Every live_rows value, traced in one compiled function, against the plain layer on x with
   its dead rows zeroed: outputs, and gradients (the dead rows' input gradient is 0)."""
+  materialise_every_kernel(monkeypatch, materialised)
   rows, outputs = 10, 4096
   keys = jax.random.split(jax.random.key(1), 4)
   x = jax.random.normal(keys[0], (rows, 7))
@@ -66,11 +74,13 @@ def test_rows_past_live_rows_count_as_zero_inputs():
   assert len(traces) == 1
 
 
+@pytest.mark.parametrize('materialised', [False, True])
 @pytest.mark.parametrize('rows', [10, wide_dense.FUSED_ROWS + 2])  # both gradient formulas
-def test_distances_equal_the_plain_layers_outputs_minus_targets(rows):
+def test_distances_equal_the_plain_layers_outputs_minus_targets(monkeypatch, rows, materialised):
   """wide_dense_distances, every live_rows value traced in one compiled function, against the
   plain layer on x with its dead rows zeroed: row 0's output, the live rows' squared distances
   to their targets (0 past live_rows), and the gradients of a loss on both."""
+  materialise_every_kernel(monkeypatch, materialised)
   outputs = 4096
   keys = jax.random.split(jax.random.key(2), 6)
   x = jax.random.normal(keys[0], (rows, 7))
@@ -109,6 +119,21 @@ def test_distances_equal_the_plain_layers_outputs_minus_targets(rows):
       np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
     assert np.all(got[0][live:] == 0)
   assert len(traces) == 1
+
+
+@pytest.mark.parametrize('rows', [1, 2, 3, 4, 8, 10])
+def test_only_large_kernels_take_the_product_as_m_by_r(rows):
+  """The [m, r] form (two barriers) for 2 to 4 rows of a kernel of 2^26 entries or more."""
+  def form(kernel_entries):
+    x = jax.ShapeDtypeStruct((rows, 100), jnp.float32)
+    kernel = jax.ShapeDtypeStruct((-(-kernel_entries // 100), 100), jnp.float32)  # at least
+    jaxpr = str(jax.make_jaxpr(wide_dense._distance_rows_times_kernel)(x, kernel))  # pylint: disable=protected-access
+    return jaxpr.count('optimization_barrier')
+
+  large = wide_dense.MATERIALISED_MIN_SIZE
+  assert large == 2 ** 26
+  assert form(large) == (2 if 2 <= rows <= 4 else 0)
+  assert form(large - 100) == 0
 
 
 def test_initial_kernel_is_the_plain_layers_transposed():

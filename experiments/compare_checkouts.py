@@ -1,0 +1,120 @@
+"""Times a config's train step in two checkouts of this repository, alternately in one process.
+
+  git worktree add ../before HEAD~1
+  python experiments/compare_checkouts.py --config=configs/permuted_mnist.py --task=2 \
+      --before=../before
+
+On a shared machine the same step's time drifts by 10-20% from one minute to
+the next (the 2-core AMD EPYC this project measures on), so two versions timed
+one after the other can differ by more than the change between them. Here both
+are compiled in one process (each checkout's `hypermask_jax` is imported in
+turn), set to the same task on the same synthetic data, and called
+alternately, `--calls` times each, so that both see the same drift (in the
+order ABBA ABBA ..., so that neither always runs right after the other). It
+prints each version's time per step for every call, their fastest and median,
+and the largest difference between the two versions' parameters after the same
+steps (0: the change left the numbers as they were). The version built first
+sometimes runs a few percent faster or slower than the other for that alone
+(where the two held the same code, 5% apart in one run and 1% in the next):
+run it with `--first=before` and `--first=this`.
+
+The config is read from this checkout and given to both, with the settings
+`benchmark_step.py` times under (`shortened_runs.for_step_timing`).
+"""
+
+import contextlib
+import pathlib
+import statistics
+import sys
+import time
+
+THIS_CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(THIS_CHECKOUT))  # runnable as a script
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+import numpy as np
+
+from experiments import shortened_runs
+
+config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
+_BEFORE = flags.DEFINE_string('before', None, 'The other checkout (a folder holding '
+                              'hypermask_jax/), e.g. a `git worktree` of an earlier commit.')
+_TASK = flags.DEFINE_integer('task', 1, 'The task to time, numbered from 1.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Steps per call (one compiled chunk).')
+_CALLS = flags.DEFINE_integer('calls', 8, 'Timed calls per version, alternating.')
+_FIRST = flags.DEFINE_enum('first', 'before', ['before', 'this'],
+                           'The version compiled (and its state allocated) first.')
+
+
+@contextlib.contextmanager
+def imported_from(checkout):
+  """`hypermask_jax` as `checkout` holds it, for the duration of the block."""
+  def forget():
+    for name in [m for m in sys.modules if m.split('.')[0] == 'hypermask_jax']:
+      del sys.modules[name]
+  forget()
+  sys.path.insert(0, str(checkout))
+  try:
+    yield
+  finally:
+    sys.path.remove(str(checkout))
+    forget()
+
+
+def build(checkout, config, task):
+  """[step chunk, state, data, hp] of `checkout`'s trainer at `task` (0-based), warmed up."""
+  with imported_from(checkout):
+    from hypermask_jax import config_checks  # pylint: disable=g-import-not-at-top
+    from hypermask_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+    from hypermask_jax.data import tasks  # pylint: disable=g-import-not-at-top
+    from hypermask_jax.methods import METHODS  # pylint: disable=g-import-not-at-top
+    config = config_checks.resolve(config)
+    task_set = tasks.synthetic_task_set(config)
+    method = METHODS[config.method](config, task_set.input_shape, task_set.num_classes)
+    trainer = trainer_lib.Trainer(config, method)
+    state, data, hp = trainer.fresh(task_set, [config])
+    for t in range(task + 1):  # each task's start, as a run passes through them
+      state = trainer.begin_task(state, t, hp)
+    chunk = lambda state: trainer.train_steps(state, data, hp, np.int32(_STEPS.value))[0]
+    return [chunk, jax.block_until_ready(chunk(state))]
+
+
+def main(argv):
+  del argv
+  before = pathlib.Path(_BEFORE.value or '').resolve()
+  if not _BEFORE.value or not (before / 'hypermask_jax' / '__init__.py').is_file():
+    raise app.UsageError(f'--before must name a checkout holding hypermask_jax/; got '
+                         f'{_BEFORE.value!r}')
+  config = flags.FLAGS.config
+  if not 1 <= _TASK.value <= config.num_tasks:
+    raise app.UsageError(f'--task must be in [1, {config.num_tasks}]; got {_TASK.value}')
+  shortened_runs.for_step_timing(config, _STEPS.value, _CALLS.value)
+  checkouts = {'before': before, 'this': THIS_CHECKOUT}
+  order = ('before', 'this') if _FIRST.value == 'before' else ('this', 'before')
+  versions = {name: build(checkouts[name], config, _TASK.value - 1) for name in order}
+  times = {name: [] for name in versions}
+  for call in range(_CALLS.value):
+    for name in order if call % 2 == 0 else order[::-1]:
+      version = versions[name]
+      chunk, state = version
+      tic = time.perf_counter()
+      version[1] = jax.block_until_ready(chunk(state))
+      times[name].append(1e3 * (time.perf_counter() - tic) / _STEPS.value)
+  print(f'task {_TASK.value}, {_CALLS.value} alternating calls of {_STEPS.value} steps each '
+        '(ms/step):')
+  for name, checkout in checkouts.items():
+    t = times[name]
+    print(f'{name:6s} {str(checkout):40s} fastest {min(t):9.2f}  median '
+          f'{statistics.median(t):9.2f}  calls {" ".join(f"{x:.1f}" for x in t)}')
+  params = [jax.tree.leaves(version[1].params) for version in versions.values()]
+  difference = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                   for a, b in zip(*params))
+  print(f'largest parameter difference after {_STEPS.value * (_CALLS.value + 1)} steps: '
+        f'{difference:.3g}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,49 @@
+"""compare_checkouts times two checkouts in one process: each trains with its own code."""
+
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def compare(before, *args):
+  return subprocess.run(
+      [sys.executable, 'experiments/compare_checkouts.py', '--config=configs/split_mnist.py:small',
+       f'--before={before}', '--task=2', '--steps=2', '--calls=2', *args],
+      capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('doubled_rate', [False, True])
+def test_each_checkout_trains_with_its_own_code(tmp_path, doubled_rate):
+  """A copy of this checkout trains the same parameters; a copy whose Adam step is doubled not
+  (built second, then first)."""
+  shutil.copytree(ROOT / 'hypermask_jax', tmp_path / 'hypermask_jax',
+                  ignore=shutil.ignore_patterns('__pycache__'))
+  if doubled_rate:
+    trainer = tmp_path / 'hypermask_jax' / 'trainer.py'
+    source = trainer.read_text()
+    assert source.count('return optax.adam(learning_rate)') == 1
+    trainer.write_text(source.replace('return optax.adam(learning_rate)',
+                                      'return optax.adam(2 * learning_rate)'))
+  run = compare(tmp_path, f'--first={"this" if doubled_rate else "before"}')
+  assert run.returncode == 0, run.stderr
+  rows = re.findall(r'^(before|this) +(\S+) +fastest +([\d.]+) +median +([\d.]+) +calls((?: [\d.]+)+)$',
+                    run.stdout, re.M)
+  assert [(name, len(calls.split())) for name, _, _, _, calls in rows] == [('before', 2),
+                                                                           ('this', 2)]
+  assert rows[0][1] == str(tmp_path) and rows[1][1] == str(ROOT)
+  difference = float(re.search(r'largest parameter difference after 6 steps: (\S+)',
+                               run.stdout).group(1))
+  assert (difference > 0) == doubled_rate
+
+
+def test_refuses_a_folder_without_the_library(tmp_path):
+  run = compare(tmp_path)
+  assert run.returncode != 0
+  assert f"--before must name a checkout holding hypermask_jax/; got '{tmp_path}'" in run.stderr
