@@ -65,7 +65,8 @@ def imported_from(checkout):
 
 
 def build(checkout, config, task):
-  """[step chunk, state, data, hp] of `checkout`'s trainer at `task` (0-based), warmed up."""
+  """[a function of the state that runs one compiled chunk, the state after one chunk] of
+  `checkout`'s trainer at `task` (0-based)."""
   with imported_from(checkout):
     from hypermask_jax import config_checks  # pylint: disable=g-import-not-at-top
     from hypermask_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
@@ -82,12 +83,26 @@ def build(checkout, config, task):
     return [chunk, jax.block_until_ready(chunk(state))]
 
 
+def parameter_difference(a, b):
+  """A line: the largest difference between two versions' parameters, if they have the same."""
+  steps = _STEPS.value * (_CALLS.value + 1)
+  shapes = lambda params: jax.tree.map(np.shape, params)
+  if shapes(a) != shapes(b):
+    return f'parameters after {steps} steps: not compared, the two versions have different ones'
+  difference = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+                   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return f'largest parameter difference after {steps} steps: {difference:.3g}'
+
+
 def main(argv):
   del argv
   before = pathlib.Path(_BEFORE.value or '').resolve()
   if not _BEFORE.value or not (before / 'hypermask_jax' / '__init__.py').is_file():
     raise app.UsageError(f'--before must name a checkout holding hypermask_jax/; got '
                          f'{_BEFORE.value!r}')
+  if _STEPS.value < 1 or _CALLS.value < 1:
+    raise app.UsageError(f'--steps and --calls must be at least 1; got {_STEPS.value} and '
+                         f'{_CALLS.value}')
   config = flags.FLAGS.config
   if not 1 <= _TASK.value <= config.num_tasks:
     raise app.UsageError(f'--task must be in [1, {config.num_tasks}]; got {_TASK.value}')
@@ -109,11 +124,7 @@ def main(argv):
     t = times[name]
     print(f'{name:6s} {str(checkout):40s} fastest {min(t):9.2f}  median '
           f'{statistics.median(t):9.2f}  calls {" ".join(f"{x:.1f}" for x in t)}')
-  params = [jax.tree.leaves(version[1].params) for version in versions.values()]
-  difference = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                   for a, b in zip(*params))
-  print(f'largest parameter difference after {_STEPS.value * (_CALLS.value + 1)} steps: '
-        f'{difference:.3g}')
+  print(parameter_difference(*(version[1].params for version in versions.values())))
 
 
 if __name__ == '__main__':

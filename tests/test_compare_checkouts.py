@@ -18,32 +18,50 @@ def compare(before, *args):
       capture_output=True, text=True, cwd=ROOT)
 
 
+CHANGES = {  # file in hypermask_jax/, the text changed, what it becomes
+    'same': None,
+    'doubled_rate': ('trainer.py', 'return optax.adam(learning_rate)',
+                     'return optax.adam(2 * learning_rate)'),
+    'more_params': ('hypernet.py', '(self.max_tasks, self.embedding_size))',
+                    '(self.max_tasks + 1, self.embedding_size))'),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('doubled_rate', [False, True])
-def test_each_checkout_trains_with_its_own_code(tmp_path, doubled_rate):
-  """A copy of this checkout trains the same parameters; a copy whose Adam step is doubled not
-  (built second, then first)."""
+@pytest.mark.parametrize('change', CHANGES)
+def test_each_checkout_trains_with_its_own_code(tmp_path, change):
+  """A copy of this checkout trains the same parameters; a copy whose Adam step is doubled
+  other values (built first); one with other parameters is not compared."""
   shutil.copytree(ROOT / 'hypermask_jax', tmp_path / 'hypermask_jax',
                   ignore=shutil.ignore_patterns('__pycache__'))
-  if doubled_rate:
-    trainer = tmp_path / 'hypermask_jax' / 'trainer.py'
-    source = trainer.read_text()
-    assert source.count('return optax.adam(learning_rate)') == 1
-    trainer.write_text(source.replace('return optax.adam(learning_rate)',
-                                      'return optax.adam(2 * learning_rate)'))
-  run = compare(tmp_path, f'--first={"this" if doubled_rate else "before"}')
+  if CHANGES[change]:
+    name, old, new = CHANGES[change]
+    source = (tmp_path / 'hypermask_jax' / name).read_text()
+    assert source.count(old) >= 1
+    (tmp_path / 'hypermask_jax' / name).write_text(source.replace(old, new))
+  run = compare(tmp_path, f'--first={"this" if change == "doubled_rate" else "before"}')
   assert run.returncode == 0, run.stderr
   rows = re.findall(r'^(before|this) +(\S+) +fastest +([\d.]+) +median +([\d.]+) +calls((?: [\d.]+)+)$',
                     run.stdout, re.M)
   assert [(name, len(calls.split())) for name, _, _, _, calls in rows] == [('before', 2),
                                                                            ('this', 2)]
   assert rows[0][1] == str(tmp_path) and rows[1][1] == str(ROOT)
+  if change == 'more_params':
+    assert 'parameters after 6 steps: not compared, the two versions have different ones' in (
+        run.stdout)
+    return
   difference = float(re.search(r'largest parameter difference after 6 steps: (\S+)',
                                run.stdout).group(1))
-  assert (difference > 0) == doubled_rate
+  assert (difference > 0) == (change == 'doubled_rate')
 
 
 def test_refuses_a_folder_without_the_library(tmp_path):
   run = compare(tmp_path)
   assert run.returncode != 0
   assert f"--before must name a checkout holding hypermask_jax/; got '{tmp_path}'" in run.stderr
+
+
+def test_refuses_no_calls():
+  run = compare(ROOT, '--calls=0')
+  assert run.returncode != 0
+  assert '--steps and --calls must be at least 1; got 2 and 0' in run.stderr
