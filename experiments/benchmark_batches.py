@@ -20,7 +20,6 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable as a script
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -29,6 +28,7 @@ import numpy as np
 from configs import hnet_permuted_mnist
 from configs import permuted_mnist
 from hypermask_jax import config_checks
+from hypermask_jax import errors
 from hypermask_jax import train
 from hypermask_jax.data import tasks
 
@@ -127,4 +127,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run_script(main)

@@ -44,7 +44,6 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable as a script
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -54,6 +53,7 @@ import numpy as np
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
 from hypermask_jax import environment
+from hypermask_jax import errors
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax import wide_dense
 from hypermask_jax.data import tasks
@@ -139,7 +139,7 @@ def tasks_to_time(num_tasks):
   if not _TASKS.value:
     return sorted({0, num_tasks - 1})
   if not all(t.isdigit() and 1 <= int(t) <= num_tasks for t in _TASKS.value):
-    raise app.UsageError(f'--tasks must list task numbers in [1, {num_tasks}], e.g. '
+    raise errors.BadInput(f'--tasks must list task numbers in [1, {num_tasks}], e.g. '
                          f'--tasks=1,2,{num_tasks}; got {",".join(_TASKS.value)}')
   return sorted({int(t) - 1 for t in _TASKS.value})
 
@@ -147,7 +147,7 @@ def tasks_to_time(num_tasks):
 def main(argv):
   del argv
   if not 1 <= _STEPS.value <= trainer_lib.MAX_STEPS_PER_CALL:
-    raise app.UsageError(f'--steps must be in [1, {trainer_lib.MAX_STEPS_PER_CALL}]')
+    raise errors.BadInput(f'--steps must be in [1, {trainer_lib.MAX_STEPS_PER_CALL}]')
   config = flags.FLAGS.config
   timed_tasks = tasks_to_time(config.num_tasks)
   snapshot = config.selection == 'best_val'
@@ -170,7 +170,7 @@ def main(argv):
     try:
       from experiments import torch_reference  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      raise app.UsageError(f'--compare_torch needs PyTorch and hypnettorch ({e}): '
+      raise errors.BadInput(f'--compare_torch needs PyTorch and hypnettorch ({e}): '
                            'pip install -r requirements-torch.txt')
   state = trainer.begin_task(state, 0, hp)
   tic = time.perf_counter()
@@ -246,4 +246,4 @@ def report_checkpoint_cost(trainer, state, data, hp, chunk_seconds):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run_script(main)

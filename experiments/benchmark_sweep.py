@@ -21,10 +21,10 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable as a script
 
-from absl import app
 from absl import flags
 
 from experiments import shortened_runs
+from hypermask_jax import errors
 
 DEFAULT_CONFIGS = ('configs/split_mnist.py', 'configs/permuted_mnist.py:small',
                    'configs/hnet_permuted_mnist.py')
@@ -81,6 +81,9 @@ def main(argv):
     config_arg, num_runs = _CHILD.value.rsplit('@', 1)
     print(json.dumps(measure(config_arg, int(num_runs), _STEPS.value, _REPEATS.value)))
     return
+  if not all(runs.isdigit() and int(runs) >= 1 for runs in _RUNS.value):
+    raise errors.BadInput(f'--runs must list run counts of 1 or more, e.g. --runs=1,2,4; got '
+                          f'{",".join(_RUNS.value)}')
   rows = []
   print(f"{'config':36s} {'R':>3s} {'run-steps/s':>12s} {'sequential':>11s} {'speed-up':>9s} "
         f"{'peak memory':>12s}")
@@ -109,4 +112,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run_script(main)

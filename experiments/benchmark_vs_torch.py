@@ -42,13 +42,13 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a script
 
-from absl import app
 from absl import flags
 import numpy as np
 
 from experiments.shortened_runs import CONFIGS
 from experiments.shortened_runs import shortened_config
 from experiments.shortened_runs import with_steps
+from hypermask_jax import errors
 
 _CONFIGS = flags.DEFINE_list('configs', list(CONFIGS), f'Published configs to run: {CONFIGS}.')
 _TASKS = flags.DEFINE_integer('tasks', 3, 'Tasks per run.')
@@ -251,7 +251,7 @@ def main(argv):
   del argv
   unknown = set(_CONFIGS.value) - set(CONFIGS)
   if unknown:
-    raise app.UsageError(f'unknown configs {sorted(unknown)}: choose from {CONFIGS}')
+    raise errors.BadInput(f'unknown configs {sorted(unknown)}: choose from {CONFIGS}')
   if _WORKER.value:
     return worker(_WORKER.value, _CONFIGS.value[0])
   rows = []
@@ -273,4 +273,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run_script(main)

@@ -31,13 +31,13 @@ import time
 THIS_CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(THIS_CHECKOUT))  # runnable as a script
 
-from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
 import numpy as np
 
 from experiments import shortened_runs
+from hypermask_jax import errors
 
 config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
 _BEFORE = flags.DEFINE_string('before', None, 'The other checkout (a folder holding '
@@ -98,14 +98,14 @@ def main(argv):
   del argv
   before = pathlib.Path(_BEFORE.value or '').resolve()
   if not _BEFORE.value or not (before / 'hypermask_jax' / '__init__.py').is_file():
-    raise app.UsageError(f'--before must name a checkout holding hypermask_jax/; got '
+    raise errors.BadInput(f'--before must name a checkout holding hypermask_jax/; got '
                          f'{_BEFORE.value!r}')
   if _STEPS.value < 1 or _CALLS.value < 1:
-    raise app.UsageError(f'--steps and --calls must be at least 1; got {_STEPS.value} and '
+    raise errors.BadInput(f'--steps and --calls must be at least 1; got {_STEPS.value} and '
                          f'{_CALLS.value}')
   config = flags.FLAGS.config
   if not 1 <= _TASK.value <= config.num_tasks:
-    raise app.UsageError(f'--task must be in [1, {config.num_tasks}]; got {_TASK.value}')
+    raise errors.BadInput(f'--task must be in [1, {config.num_tasks}]; got {_TASK.value}')
   shortened_runs.for_step_timing(config, _STEPS.value, _CALLS.value)
   checkouts = {'before': before, 'this': THIS_CHECKOUT}
   order = ('before', 'this') if _FIRST.value == 'before' else ('this', 'before')
@@ -128,4 +128,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run_script(main)

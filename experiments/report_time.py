@@ -17,12 +17,12 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable as a script
 
-from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
 
 from hypermask_jax import config_checks
+from hypermask_jax import errors
 from hypermask_jax import figures
 from hypermask_jax import model_stats
 from hypermask_jax import report
@@ -69,4 +69,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run_script(main)

@@ -3,7 +3,14 @@
 Every check that can refuse a run (a config field, the workdir, the dataset)
 raises a subclass of BadInput whose message names the field or path and what
 is allowed. Anything else that goes wrong is a bug and keeps its traceback.
+The scripts in experiments/ take the same path (`run_script`).
 """
+
+import re
+import sys
+
+from absl import app
+from absl import flags
 
 EXIT_BAD_INPUT = 2
 
@@ -13,3 +20,29 @@ class BadInput(Exception):
 
   def __init__(self, message):
     super().__init__(' '.join(str(message).split()))  # one line, whatever the caller built
+
+
+def exit_bad_input(message):
+  """The one exit for bad input: `error: message` as one line on stderr, exit status 2."""
+  print(f'error: {BadInput(message)}', file=sys.stderr, flush=True)
+  sys.exit(EXIT_BAD_INPUT)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, a bad flag value leaving through exit_bad_input: the remaining args."""
+  try:
+    return flags.FLAGS(argv)
+  except BadInput as e:  # a config file's own check
+    exit_bad_input(e)
+  except (flags.Error, ValueError, TypeError) as e:
+    exit_bad_input(re.sub(r'^flag ', '', str(e).strip().splitlines()[0]))
+
+
+def run_script(main):
+  """app.run(main) for a script: a bad flag, BadInput or absl's UsageError exits 2, one line."""
+  def checked_main(argv):
+    try:
+      return main(argv)
+    except (BadInput, app.UsageError) as e:
+      exit_bad_input(e)
+  app.run(checked_main, flags_parser=parse_flags)

@@ -68,12 +68,6 @@ class _QuietLibraries(std_logging.Filter):
         lib in record.pathname for lib in CHATTY_LIBRARIES)
 
 
-def fail(message):
-  """The one exit for bad input: one line on stderr, exit status 2."""
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  sys.exit(errors.EXIT_BAD_INPUT)
-
-
 def help_text():
   lines = ['usage: python -m hypermask_jax.main --config=configs/FILE.py[:VARIANT] --workdir=DIR '
            '[--config.FIELD=VALUE ...] [--config.sweep.FIELD=V1,V2,...] [--allow_config_change] '
@@ -158,15 +152,14 @@ def parse_flags(argv):
     sys.exit(0)
   try:
     check_config_flags(argv[1:])
-    rest = flags.FLAGS(argv)
   except errors.BadInput as e:
-    fail(e)
-  except (flags.Error, ValueError, TypeError) as e:
-    fail(errors.BadInput(re.sub(r'^flag ', '', str(e).strip().splitlines()[0])))
+    errors.exit_bad_input(e)
+  rest = errors.parse_flags(argv)
   if not _WORKDIR.value:
-    fail('--workdir: missing; name a folder for the results, e.g. --workdir=runs/my_run')
+    errors.exit_bad_input('--workdir: missing; name a folder for the results, e.g. '
+                          '--workdir=runs/my_run')
   if len(rest) > 1:
-    fail(f'unexpected arguments {rest[1:]}: flags are written --name=value')
+    errors.exit_bad_input(f'unexpected arguments {rest[1:]}: flags are written --name=value')
   return rest
 
 
@@ -183,7 +176,7 @@ def main(argv):
     print(f'preempted: {e}; run the same command again to resume.', file=sys.stderr)
     sys.exit(preemption.EXIT_PREEMPTED)
   except errors.BadInput as e:
-    fail(e)
+    errors.exit_bad_input(e)
 
 
 if __name__ == '__main__':

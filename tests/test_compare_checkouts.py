@@ -57,11 +57,20 @@ def test_each_checkout_trains_with_its_own_code(tmp_path, change):
 
 def test_refuses_a_folder_without_the_library(tmp_path):
   run = compare(tmp_path)
-  assert run.returncode != 0
-  assert f"--before must name a checkout holding hypermask_jax/; got '{tmp_path}'" in run.stderr
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1] == (
+      f"error: --before must name a checkout holding hypermask_jax/; got '{tmp_path}'")
 
 
 def test_refuses_no_calls():
   run = compare(ROOT, '--calls=0')
-  assert run.returncode != 0
-  assert '--steps and --calls must be at least 1; got 2 and 0' in run.stderr
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1] == (
+      'error: --steps and --calls must be at least 1; got 2 and 0')
+
+
+def test_a_bad_flag_value_is_one_line_and_exit_2():
+  run = compare(ROOT, '--task=two')
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines() == [
+      "error: --task=two: invalid literal for int() with base 10: 'two'"]

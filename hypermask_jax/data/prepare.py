@@ -433,8 +433,7 @@ def main(argv):
   try:
     done = prepare(name, _SOURCE_DIR.value, _DATA_DIR.value, _FORCE.value)
   except errors.BadInput as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(errors.EXIT_BAD_INPUT)
+    errors.exit_bad_input(e)
   counts = ', '.join(f'{split} {n}' for split, n in sorted(done['counts'].items(),
                                                             key=lambda item: -item[1]))
   if done['written']:
