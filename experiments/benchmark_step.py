@@ -140,7 +140,7 @@ def tasks_to_time(num_tasks):
     return sorted({0, num_tasks - 1})
   if not all(t.isdigit() and 1 <= int(t) <= num_tasks for t in _TASKS.value):
     raise errors.BadInput(f'--tasks must list task numbers in [1, {num_tasks}], e.g. '
-                         f'--tasks=1,2,{num_tasks}; got {",".join(_TASKS.value)}')
+                          f'--tasks=1,2,{num_tasks}; got {",".join(_TASKS.value)}')
   return sorted({int(t) - 1 for t in _TASKS.value})
 
 
@@ -171,7 +171,7 @@ def main(argv):
       from experiments import torch_reference  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise errors.BadInput(f'--compare_torch needs PyTorch and hypnettorch ({e}): '
-                           'pip install -r requirements-torch.txt')
+                            'pip install -r requirements-torch.txt')
   state = trainer.begin_task(state, 0, hp)
   tic = time.perf_counter()
   compiled = trainer.train_steps.lower(state, data, hp, np.int32(_STEPS.value)).compile()

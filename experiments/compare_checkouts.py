@@ -99,10 +99,10 @@ def main(argv):
   before = pathlib.Path(_BEFORE.value or '').resolve()
   if not _BEFORE.value or not (before / 'hypermask_jax' / '__init__.py').is_file():
     raise errors.BadInput(f'--before must name a checkout holding hypermask_jax/; got '
-                         f'{_BEFORE.value!r}')
+                          f'{_BEFORE.value!r}')
   if _STEPS.value < 1 or _CALLS.value < 1:
     raise errors.BadInput(f'--steps and --calls must be at least 1; got {_STEPS.value} and '
-                         f'{_CALLS.value}')
+                          f'{_CALLS.value}')
   config = flags.FLAGS.config
   if not 1 <= _TASK.value <= config.num_tasks:
     raise errors.BadInput(f'--task must be in [1, {config.num_tasks}]; got {_TASK.value}')
