@@ -189,7 +189,8 @@ def test_the_task_ends_with_the_parameters_of_its_best_validation_epoch(syntheti
   assert float(state.schedule['best_val_accuracy'][0]) == max(vals)
   for got, want in zip(jax.tree.leaves(snapshots[2]), jax.tree.leaves(snapshots[best])):
     np.testing.assert_array_equal(got, want)
-  assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1}
+  assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'train_step': 1,
+                            'end_chunk': 1}
 
 
 @pytest.fixture(scope='module')
@@ -225,8 +226,8 @@ def test_small_configs_learn_three_synthetic_image_tasks(module, small_run):
   if module is cifar100_resnet20:  # and, with lambda = 1, remembered
     assert acc[-1].min() >= 90.0, acc
   # One compile for all tasks and epochs.
-  assert summary['traces'] == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
-                               'evaluate_test': 1, 'evaluate_val': 1}
+  assert summary['traces'] == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'train_step': 1,
+                               'end_chunk': 1, 'evaluate_test': 1, 'evaluate_val': 1}
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   epochs = module.get_config('small').epochs_per_task
   assert [r['epoch'] for r in records] == list(range(1, epochs + 1)) * 3
@@ -333,8 +334,8 @@ def test_hnet_with_per_task_running_statistics(synthetic_cifar_task_set):
   assert np.all(means[:2] != 0) and np.all(means[2] == 0)  # tasks 0 and 1; task 2 untouched
   assert not np.allclose(means[0], means[1])
   assert not np.allclose(state.params['target']['bn_stem']['scale'][0], scale)
-  assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
-                            'evaluate_test': 1}
+  assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'train_step': 1,
+                            'end_chunk': 1, 'evaluate_test': 1}
 
 
 def test_the_cpu_convolution_equals_xla_convolution():

@@ -6,6 +6,7 @@ Every case runs `python -m hypermask_jax.main` as a subprocess on a small synthe
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -153,6 +154,24 @@ def test_a_refused_start_leaves_a_workdir_the_corrected_command_can_use(folders,
   done = tiny_run(workdir, folders['data'])
   assert done.returncode == 0, done.stderr[-3000:]
   assert (workdir / 'summary.json').exists()
+
+
+@pytest.mark.slow
+def test_a_second_process_loads_the_programs_from_the_compilation_cache(folders, tmp_path):
+  """Everything but JAX's eager operations is kept: the training step, and also the state's
+  initialisation, the evaluation and the chunk end (0.1-2 s to compile each on a 2-core CPU)."""
+  cache = tmp_path / 'compiled'
+  hits, summaries = [], []
+  for run in ('first', 'second'):
+    result = cli('--config=configs/permuted_mnist.py:small', *TINY,
+                 f'--config.data_dir={folders["data"]}', f'--workdir={tmp_path / run}',
+                 f'--config.compilation_cache={cache}', variables={'JAX_LOG_COMPILES': '1'})
+    assert result.returncode == 0, result.stderr[-3000:]
+    hits.append(set(re.findall(r"Persistent compilation cache hit for '(\w+)'", result.stderr)))
+    summaries.append(json.loads((tmp_path / run / 'summary.json').read_text()))
+  assert not hits[0]
+  assert {'jit__init_state', 'jit__train_steps', 'jit__evaluate', 'jit__end_chunk'} <= hits[1]
+  assert summaries[1]['accuracy_matrix'] == summaries[0]['accuracy_matrix']
 
 
 @pytest.mark.slow

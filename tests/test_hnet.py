@@ -157,7 +157,7 @@ def test_current_embedding_only_leaves_previous_ones_bit_identical(synthetic_tas
     after = np.asarray(state.params['hnet']['embeddings'][0])
     assert not np.array_equal(after[2], before[2])
     assert np.array_equal(after[:2], before[:2]) != previous_move
-    assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1,
+    assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'train_step': 1,
                               'end_chunk': 1}
 
 

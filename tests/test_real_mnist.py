@@ -40,8 +40,8 @@ def test_small_permuted_mnist_learns_and_remembers(permuted_runs):
   assert summary['mean_accuracy'] >= 90.0, summary
   assert summary['bwt'] >= -2.0, summary
   # One program per function for the whole run.
-  assert summary['traces'] == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
-                               'evaluate_test': 1, 'evaluate_val': 1}
+  assert summary['traces'] == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'train_step': 1,
+                               'end_chunk': 1, 'evaluate_test': 1, 'evaluate_val': 1}
 
 
 def test_without_regularisers_it_forgets_clearly_more(permuted_runs):

@@ -46,8 +46,8 @@ def test_train_step_traces_once_across_tasks(synthetic_task_set):
     assert int(state.step) == 7
     for j in range(task + 1):
       trainer.evaluate(state.params, state.batch_stats, data, 'test', j, hp)
-  assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'end_chunk': 1,
-                            'evaluate_test': 1}
+  assert trainer.traces == {'init_state': 1, 'begin_task': 1, 'train_steps': 1, 'train_step': 1,
+                            'end_chunk': 1, 'evaluate_test': 1}
 
 
 @pytest.mark.parametrize('overrides', [
