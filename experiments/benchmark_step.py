@@ -111,7 +111,7 @@ def step_flops(trainer, state, data, hp, task):
   step is compiled here with only the branches that `task` runs: the
   regulariser's row count, and the row bucket of HMLP's output layer.
   """
-  method, sizes = trainer.method, trainer.method.row_sizes
+  method, sizes, traced = trainer.method, trainer.method.row_sizes, trainer.traces['train_step']
   method.row_sizes = (next((k for k in sizes if k >= task), sizes[-1]),)
   buckets = wide_dense.live_row_buckets
   live = 1 + min(task, sizes[-1])
@@ -122,6 +122,7 @@ def step_flops(trainer, state, data, hp, task):
     cost = jax.jit(step).lower(state, data, hp).compile().cost_analysis()
   finally:
     method.row_sizes, wide_dense.live_row_buckets = sizes, buckets
+    trainer.traces['train_step'] = traced  # the traces printed are those of the training program
   return (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
 
 

@@ -2,6 +2,7 @@
 
 from functools import partial
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from configs import hnet_permuted_mnist
 from hypermask_jax import config_checks
+from hypermask_jax import layers
 from hypermask_jax import layout
 from hypermask_jax import regularizers
 from hypermask_jax import targets
@@ -49,6 +51,44 @@ def test_generates_every_target_weight_and_every_tasks_head(synthetic_task_set):
   all_heads = hidden @ weights['head']['kernel'] + weights['head']['bias']
   np.testing.assert_allclose(method.predict(weights, {}, x, jnp.int32(2)), all_heads[:, 20:30],
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('generated', [False, True])
+def test_one_task_for_the_batch_multiplies_only_its_head_and_changes_no_number(generated):
+  """targets.Head: a scalar task (the published steps) against the same task given per
+  example (joint training's path, every head computed), in value and gradient; its params are
+  nn.Dense's with PyTorch's init, as before it existed."""
+  target = targets.MLP(hidden=(12,), num_classes=4, num_heads=3, generated=generated)
+  params = target.init(jax.random.key(0), jnp.zeros((1, 20)))['params']
+
+  class Before(nn.Module):  # the output layer as it was: torch_dense, every head, then picked
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(layers.torch_dense(12, 20, name='dense_0')(x))
+      return layers.torch_dense(12, 12, name='head')(x)
+
+  before = Before().init(jax.random.key(0), jnp.zeros((1, 20)))['params']
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(got, want)
+  x = jax.random.normal(jax.random.key(2), (6, 20))
+  y = jnp.array([0, 1, 2, 3, 0, 1])
+
+  def loss(params, tasks):
+    logits = target.apply({'params': params}, x, tasks)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+  for task in range(3):
+    (want, want_logits), want_grad = jax.value_and_grad(loss, has_aux=True)(
+        params, jnp.full((6,), task, jnp.int32))
+    (got, got_logits), got_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        params, jnp.int32(task))
+    np.testing.assert_allclose(got_logits, want_logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    head_grad = np.asarray(got_grad['head']['kernel'])
+    assert np.all(np.delete(head_grad, np.s_[4 * task:4 * task + 4], axis=1) == 0)
+    assert np.abs(head_grad).max() > 0
+    for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
 
 
 def test_a_generated_target_equals_the_plain_target_in_value_and_gradient():
