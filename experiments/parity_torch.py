@@ -133,7 +133,7 @@ def build_ours(config):
 
 
 def our_step(method, start, params, x, y, config):
-  """Regularisation targets, loss terms, gradients and one Adam step, as the trainer does them."""
+  """Loss terms, gradients and one Adam step, as the trainer does them."""
   hp = jax.tree.map(lambda v: jnp.asarray(v, x.dtype) if v.dtype == np.float32 else v,
                   trainer_lib.run_hyperparams(config))
   tx = optax.adam(config.learning_rate)
@@ -146,7 +146,7 @@ def our_step(method, start, params, x, y, config):
     grads, terms, _ = method.gradients(params, {}, opt_state, tx, (x, y, task), task,
                                        config.steps_per_task - 1, memory, hp, jax.random.key(0))
     updates, _ = tx.update(grads, opt_state, params)
-    return memory, terms, grads, optax.apply_updates(params, updates)
+    return terms, grads, optax.apply_updates(params, updates)
   return jax.tree.map(np.asarray, step(start, params, x, y))
 
 
@@ -336,15 +336,16 @@ def evaluate(config, built, dtype):
   """{quantity: (our tensors, torch's tensors)} for one case in dtype (np.float32 / float64)."""
   method, start, moved, x, y = built
   start, moved, x = jax.tree.map(lambda a: np.asarray(a, dtype), (start, moved, x))
-  memory, terms, grads, stepped = our_step(method, start, moved, x, y, config)
+  terms, grads, stepped = our_step(method, start, moved, x, y, config)
   side = TorchSide(config, method, start, torch.float64 if dtype == np.float64 else torch.float32)
   out = {}
   with torch.no_grad():
     targets = side.outputs(range(config.max_tasks))
     start_target = [t.detach().clone() for t in side.target]
-  out['hypernetwork outputs (all tasks)'] = ([memory['hnet_outputs']], [targets])
+  ours_targets = method.hnet_outputs(start['hnet'], np.arange(config.max_tasks))  # at the start
+  out['hypernetwork outputs (all tasks)'] = ([ours_targets], [targets])
   if config.method == 'hypermask':
-    ours_out = memory['hnet_outputs'][TASK]
+    ours_out = ours_targets[TASK]
     for s in (0.0, 30.0):
       masks = traverse_util.flatten_dict(
           mask_lib.masks_from_output(method.layout, start['target'], ours_out, s, s > 0))

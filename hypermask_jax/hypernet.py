@@ -145,14 +145,20 @@ class ChunkedHMLP(nn.Module):
   def num_chunks(self):
     return math.ceil(self.num_outputs / self.chunk_size)
 
+  @property
+  def last_chunk_size(self):
+    """How many of the last chunk's outputs are used (the rest is cut)."""
+    return self.num_outputs - (self.num_chunks - 1) * self.chunk_size
+
   @nn.compact
-  def __call__(self, tasks, live_rows=None, targets=None):
+  def __call__(self, tasks, live_rows=None, targets=None, hidden_only=False):
     """tasks: int [k] -> raw outputs [k, num_outputs]; all k * num_chunks rows in one batch.
 
     Every row is computed (the output regulariser sizes a chunked
     hypernetwork's rows by lax.switch, regularizers.py); live_rows only masks
     the squared distances. With targets, (outputs of tasks[0], squared
-    distances), as `distances`.
+    distances), as `distances`. hidden_only: the output layer's inputs
+    [k, num_chunks, hidden[-1]] instead (for `chunked_distances`).
     """
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
@@ -163,6 +169,8 @@ class ChunkedHMLP(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(chunks, (k, n, chunks.shape[1])),
                          jnp.broadcast_to(task_emb[:, None], (k, n, task_emb.shape[1]))], -1)
     out = _hidden(x, self.hidden, self.activation, self.weight_init)
+    if hidden_only:
+      return out
     out = ChunkDense(self.chunk_size, self.weight_init, name='out')(out)
     out = out.reshape(k, n * self.chunk_size)[:, :self.num_outputs]
     return out if targets is None else distances(out, live_rows, *targets)
@@ -177,6 +185,43 @@ def distances(out, live_rows, table, target_rows):
   live = jnp.arange(1, out.shape[0]) < (out.shape[0] if live_rows is None else live_rows)
   diff = jnp.where(live[:, None], out[1:] - table[target_rows], 0.0)
   return out[0], jnp.sum(jnp.square(diff), 1)
+
+
+def chunked_distances(hidden, out, hidden0, out0, last_chunk_size):
+  """Squared distances [k] of a chunked hypernetwork's outputs to those of a snapshot.
+
+  hidden, hidden0 [k, n, h]: the output layer's inputs for k tasks' n chunks
+  (ChunkedHMLP with hidden_only) under the params and under the snapshot;
+  out, out0: the output layer's params ({'kernel' [h, m], 'bias' [m]}).
+  Distance i: sum over chunks c of ||y_ic - y0_ic||^2 over the chunk's used
+  outputs (the last chunk's first last_chunk_size), y = hidden @ kernel +
+  bias: the output regulariser's distances to targets made by the snapshot
+  (HNET's targets are the hypernetwork's outputs at the task's start).
+
+  Written as y - y0 = d K + u0 D, with u = [hidden, 1], K = [kernel; bias],
+  d = u - u0 and D = K - K0, the distance is d (K K^T) d + 2 d (K D^T) u0 +
+  u0 (D D^T) u0: three [h + 1, h + 1] Gram matrices over the m outputs, then
+  products over the k * n rows, instead of the [k * n, m] outputs. Published
+  HNET Permuted MNIST-100 at task 100 (36,828 rows, h = 350, m = 7500): about
+  40 GFLOP instead of 200 in the forward pass. Each term is of second order in
+  the small d and D, so no large terms cancel: the values equal the direct
+  sums to float rounding (tests/test_hypernet.py).
+  """
+  with_one = lambda h: jnp.concatenate([h, jnp.ones((*h.shape[:-1], 1), h.dtype)], -1)
+  u, u0 = with_one(hidden), with_one(hidden0)
+  kernel = jnp.concatenate([out['kernel'], out['bias'][None]])  # [h + 1, m]
+  diff = kernel - jnp.concatenate([out0['kernel'], out0['bias'][None]])
+  d = u - u0
+
+  def per_chunk(kernel, diff, d, u0):
+    gram = lambda a, b: jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+    quad = lambda x, g, y: jnp.sum((x @ g) * y, -1)
+    return (quad(d, gram(kernel, kernel), d) + 2.0 * quad(d, gram(kernel, diff), u0)
+            + quad(u0, gram(diff, diff), u0))
+
+  full = per_chunk(kernel, diff, d[:, :-1], u0[:, :-1])  # [k, n - 1]
+  last = per_chunk(kernel[:, :last_chunk_size], diff[:, :last_chunk_size], d[:, -1], u0[:, -1])
+  return jnp.sum(full, 1) + last
 
 
 def build(config, num_outputs):

@@ -59,11 +59,6 @@ def _branch_index(task, sizes):
                      len(sizes) - 1)
 
 
-def _mean_square_distance(out, rows, seen, targets_fn):
-  """mean over the seen rows j of sum((out_j - h*_j)**2); 0 when none is seen."""
-  return _mean_over_seen(jnp.sum(jnp.square(out - targets_fn(rows)), axis=1), seen)
-
-
 def _mean_over_seen(distances, seen):
   """mean of distances [k] over the seen rows; 0 when none is seen."""
   return jnp.sum(jnp.where(seen, distances, 0.0)) / jnp.maximum(jnp.sum(seen), 1)
@@ -95,21 +90,23 @@ def outputs_and_output_reg(hnet_fn, task, sizes, rng=None, max_tasks=None):
   return jax.lax.switch(_branch_index(task, sizes), [branch(k) for k in sizes], task)
 
 
-def output_reg_and_grad(hnet_fn, targets_fn, params_fn, grads, scale, task, sizes, rng=None,
+def output_reg_and_grad(distances_fn, params_fn, grads, scale, task, sizes, rng=None,
                         max_tasks=None):
-  """(R, grads + scale * dR / d params): R the output regulariser of outputs_and_output_reg.
+  """(R, grads + scale * dR / d params): R the mean over the regularised previous tasks of
+  their squared distances to their targets.
 
-  hnet_fn(params, rows) -> raw outputs [k, P]. params_fn() gives the
-  hypernetwork params to regularise at (HNET's lookahead point), and grads a
-  gradient of their structure. Only the branches that regularise some rows
-  call params_fn and add to grads: at task 0 neither the lookahead's optimizer
-  step nor a gradient of zeros is computed, and grads passes through (for the
-  published HNET PMNIST step these took 2.2 of its 20 ms at task 1). Each
-  lax.switch branch takes its own gradient, so the switch returns gradients
-  and carries no residuals. Differentiated from outside, the switch keeps
-  every branch's residuals and the branches not taken fill theirs with zeros:
-  [k, P] floats for every k in sizes, at every step (for the published HNET
-  PMNIST step, about 180 MB written and 10 of its 51 ms at task 0).
+  distances_fn(params, rows) -> the squared distances [k] of the rows' outputs
+  to their targets. params_fn() gives the hypernetwork params to regularise
+  at (HNET's lookahead point), and grads a gradient of their structure. Only
+  the branches that regularise some rows call params_fn and add to grads: at
+  task 0 neither the lookahead's optimizer step nor a gradient of zeros is
+  computed, and grads passes through (for the published HNET PMNIST step
+  these took 2.2 of its 20 ms at task 1). Each lax.switch branch takes its
+  own gradient, so the switch returns gradients and carries no residuals.
+  Differentiated from outside, the switch keeps every branch's residuals and
+  the branches not taken fill theirs with zeros: [k, P] floats for every k in
+  sizes, at every step (for the published HNET PMNIST step, about 180 MB
+  written and 10 of its 51 ms at task 0).
   """
 
   def branch(k):
@@ -118,7 +115,7 @@ def output_reg_and_grad(hnet_fn, targets_fn, params_fn, grads, scale, task, size
         return jnp.zeros((), jax.tree.leaves(grads)[0].dtype), grads
       rows, seen = previous_rows(task, k, rng, max_tasks)
       reg, reg_grads = jax.value_and_grad(
-          lambda p: _mean_square_distance(hnet_fn(p, rows), rows, seen, targets_fn))(params_fn())
+          lambda p: _mean_over_seen(distances_fn(p, rows), seen))(params_fn())
       return reg, jax.tree.map(lambda g, r: g + scale * r, grads, reg_grads)
     return reg_and_grads
 

@@ -49,8 +49,9 @@ def test_batched_output_regulariser_equals_loop(max_tasks, bucketed, hnet):
       with_targets(p), t, buckets))))
   # A gradient to add to (as HNET's task gradient), scaled as by beta.
   base = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
+  distances = lambda p, rows: jnp.sum(jnp.square(apply(p, rows) - targets[rows]), 1)
   with_grad = jax.jit(lambda t: regularizers.output_reg_and_grad(
-      apply, lambda r: targets[r], lambda: params, base, 0.5, t, buckets))
+      distances, lambda: params, base, 0.5, t, buckets))
   for task in range(max_tasks):
     out, reg = fn(jnp.int32(task))
     loop = [float(jnp.sum((hnet_fn(jnp.array([j]))[0] - targets[j]) ** 2)) for j in range(task)]

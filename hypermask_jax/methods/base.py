@@ -90,6 +90,10 @@ class HypernetworkMethod(Method):
     """
     return self.hnet.apply({'params': hnet_params}, tasks, live_rows, targets)
 
+  def hnet_hidden(self, hnet_params, tasks):
+    """A chunked hypernetwork's output-layer inputs [k, chunks, h] for task indices [k]."""
+    return self.hnet.apply({'params': hnet_params}, tasks, hidden_only=True)
+
   def step_rngs(self, rng):
     """(the regulariser's key, or None without a reg_subset; the target's dropout key)."""
     rng_reg, rng_target = jax.random.split(rng)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hypermask_jax import hypernet
 from hypermask_jax import layout
 from hypermask_jax import regularizers
 from hypermask_jax.methods import base
@@ -33,15 +34,40 @@ class HNET(base.HypernetworkMethod):
     return {**params, 'target': traverse_util.unflatten_dict(own)} if own else params
 
   def begin_task(self, params):
-    """Regularisation targets: every embedding's output now, or a snapshot to recompute them."""
-    if self.config.reg_targets == 'snapshot':
-      return {'hnet': params['hnet']}
-    return {'hnet_outputs': self.hnet_outputs(params['hnet'], jnp.arange(self.config.max_tasks))}
+    """The regularisation targets: the hypernetwork's outputs now, for every task.
 
-  def _targets_fn(self, memory):
-    if self.config.reg_targets == 'snapshot':
-      return lambda rows: jax.lax.stop_gradient(self.hnet_outputs(memory['hnet'], rows))
-    return lambda rows: memory['hnet_outputs'][rows]
+    A full hypernetwork (HMLP) stores them ([max_tasks, P]), or with
+    reg_targets='snapshot' keeps a snapshot of its params to recompute them. A
+    chunked one always keeps the snapshot, and `hypernet.chunked_distances`
+    measures the distances from its output layer; 'stored' also keeps every
+    task's inputs to that layer ([max_tasks, chunks, h]), 'snapshot'
+    recomputes them.
+    """
+    tasks = jnp.arange(self.config.max_tasks)
+    stored = self.config.reg_targets == 'stored'
+    if self.config.chunk_size > 0:
+      return {'hnet': params['hnet'],
+              **({'hidden': self.hnet_hidden(params['hnet'], tasks)} if stored else {})}
+    if stored:
+      return {'hnet_outputs': self.hnet_outputs(params['hnet'], tasks)}
+    return {'hnet': params['hnet']}
+
+  def _distances_fn(self, memory):
+    """(hnet params, rows [k]) -> the rows' squared distances [k] to their targets."""
+    if self.config.chunk_size > 0:
+      def distances(hnet_params, rows):
+        hidden0 = (memory['hidden'][rows] if 'hidden' in memory
+                   else self.hnet_hidden(memory['hnet'], rows))
+        return hypernet.chunked_distances(self.hnet_hidden(hnet_params, rows), hnet_params['out'],
+                                          hidden0, memory['hnet']['out'],
+                                          self.hnet.last_chunk_size)
+      return distances
+    if 'hnet_outputs' in memory:
+      targets = lambda rows: memory['hnet_outputs'][rows]
+    else:
+      targets = lambda rows: self.hnet_outputs(memory['hnet'], rows)
+    return lambda hnet_params, rows: jnp.sum(
+        jnp.square(self.hnet_outputs(hnet_params, rows) - targets(rows)), 1)
 
   def _weights(self, params, output):
     """The target params: the generated tensors plus the target's own (BatchNorm) params."""
@@ -86,8 +112,8 @@ class HNET(base.HypernetworkMethod):
       return jax.tree.map(jnp.add, params['hnet'], delta['hnet'])
 
     reg, hnet_grads = regularizers.output_reg_and_grad(
-        self.hnet_outputs, self._targets_fn(memory), reg_params, grads['hnet'], hp['beta'], task,
-        self.row_sizes, rng_reg, self.config.max_tasks)
+        self._distances_fn(memory), reg_params, grads['hnet'], hp['beta'], task, self.row_sizes,
+        rng_reg, self.config.max_tasks)
     grads = {**grads, 'hnet': hnet_grads}
     loss = ce + hp['beta'] * reg
     metrics = {'loss': loss, 'ce': ce, 'reg': reg, 'accuracy': base.accuracy(logits, batch[1])}
