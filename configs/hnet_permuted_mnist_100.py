@@ -5,8 +5,9 @@ regulariser's rows grow with the tasks seen, up to 99 old rows plus the
 current one at task 100 (the memory this needs is in the README).
 reg_subset=K > 0 regularises a random subset of K previous tasks per step
 instead (hypercl did so only from 250 tasks on; K=32 keeps the memory per
-step constant). `reg_targets='snapshot'` recomputes the targets from a
-hypernetwork snapshot instead of storing one target-sized row per task.
+step constant). The regulariser keeps a snapshot of the hypernetwork and
+every task's inputs to its chunk layer (52 MB); `reg_targets='snapshot'`
+recomputes those inputs at every step instead.
 
 Variants (configs/variants.py): published, `:small` (a smoke run on a 2-core CPU,
 with a random subset of 8 old tasks per step so that its memory stays flat), `:seeds`.

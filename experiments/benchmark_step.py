@@ -131,7 +131,10 @@ def step_bytes(config, method, params, task):
   optimizer = 8 * 4 * base.count(params)  # param, gradient, 2 moments: read once, written once
   if 'hnet' not in params:  # no hypernetwork: the target's weights are read once
     return optimizer, 4 * base.count(params)
-  rows = 1 + min(task, config.reg_subset or task)  # the current task and those regularised
+  # The outputs of the current task and of those regularised, but a chunked HNET's old tasks'
+  # outputs: with many old tasks it needs none (hypernet.chunked_distances).
+  chunked_hnet = config.method == 'hnet' and config.chunk_size > 0
+  rows = 1 + (0 if chunked_hnet else min(task, config.reg_subset or task))
   return optimizer, 4 * base.count(params['hnet']) + 4 * rows * method.layout.size
 
 

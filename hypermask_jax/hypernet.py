@@ -198,15 +198,28 @@ def chunked_distances(hidden, out, hidden0, out0, last_chunk_size):
   bias: the output regulariser's distances to targets made by the snapshot
   (HNET's targets are the hypernetwork's outputs at the task's start).
 
-  Written as y - y0 = d K + u0 D, with u = [hidden, 1], K = [kernel; bias],
-  d = u - u0 and D = K - K0, the distance is d (K K^T) d + 2 d (K D^T) u0 +
-  u0 (D D^T) u0: three [h + 1, h + 1] Gram matrices over the m outputs, then
-  products over the k * n rows, instead of the [k * n, m] outputs. Published
-  HNET Permuted MNIST-100 at task 100 (36,828 rows, h = 350, m = 7500): about
-  40 GFLOP instead of 200 in the forward pass. Each term is of second order in
-  the small d and D, so no large terms cancel: the values equal the direct
-  sums to float rounding (tests/test_hypernet.py).
+  For many rows they come from Gram matrices, without the outputs. Written
+  as y - y0 = d K + u0 D, with u = [hidden, 1], K = [kernel; bias], d = u -
+  u0 and D = K - K0, the distance is d (K K^T) d + 2 d (K D^T) u0 +
+  u0 (D D^T) u0: three [h + 1, h + 1] Gram matrices over the m outputs (and
+  three over the last chunk's), then products over the k * n rows. Each term
+  is of second order in the small d and D, so no large terms cancel. Counting
+  the forward and backward passes, that is about 9 (m + last) (h + 1)^2 +
+  9 k n (h + 1)^2 multiply-adds against 4 k n (h + 1) m for the outputs
+  themselves (the current ones forward and backward, the snapshot's forward):
+  published HNET Permuted MNIST-100 at task 100 (36,828 rows, h = 350,
+  m = 7500) 144 GFLOP per step against 627. With fewer rows the outputs are
+  the cheaper (up to 3 of its old tasks there, 2 on HNET Permuted MNIST), and
+  they are computed. Both forms equal the direct sums to float rounding
+  (tests/test_hypernet.py).
   """
+  k, n, h = hidden.shape
+  m = out['kernel'].shape[1]
+  if 4 * k * n * (h + 1) * m < 9 * (m + last_chunk_size + k * n) * (h + 1) ** 2:
+    outputs = lambda hidden, out: chunk_dense(hidden.reshape(k * n, h), out['kernel'],
+                                              out['bias']).reshape(k, n, m)
+    square = jnp.square(outputs(hidden, out) - outputs(hidden0, out0))
+    return jnp.sum(square[:, :-1], (1, 2)) + jnp.sum(square[:, -1, :last_chunk_size], 1)
   with_one = lambda h: jnp.concatenate([h, jnp.ones((*h.shape[:-1], 1), h.dtype)], -1)
   u, u0 = with_one(hidden), with_one(hidden0)
   kernel = jnp.concatenate([out['kernel'], out['bias'][None]])  # [h + 1, m]

@@ -29,34 +29,39 @@ def test_chunked_output_equals_a_per_chunk_loop():
     np.testing.assert_allclose(out[row], loop, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('num_outputs', [23, 25])  # a cut last chunk, and a whole one
-def test_chunked_distances_equal_the_direct_sums_in_value_and_gradient(num_outputs):
-  """hypernet.chunked_distances against sum((h(e_j) - h0(e_j))**2) over the used outputs."""
+@pytest.mark.parametrize('num_outputs', [230, 240])  # a cut last chunk, and a whole one
+@pytest.mark.parametrize('rows,gram', [([3, 0, 2], True), ([1], False)])
+def test_chunked_distances_equal_the_direct_sums_in_value_and_gradient(num_outputs, rows, gram):
+  """hypernet.chunked_distances against sum((h(e_j) - h0(e_j))**2) over the used outputs: from
+  Gram matrices (3 rows of 6 chunks of 40 outputs from 2 hidden units), or from the outputs."""
   model = hypernet.ChunkedHMLP(num_outputs=num_outputs, max_tasks=4, embedding_size=4,
-                               hidden=(6, 5), chunk_size=5, chunk_embedding_size=2)
+                               hidden=(6, 2), chunk_size=40, chunk_embedding_size=2)
   init = lambda key: model.init(key, jnp.zeros((1,), jnp.int32))['params']
   snapshot = init(jax.random.key(0))
   params = jax.tree.map(lambda a, b: a + 0.01 * b, snapshot, init(jax.random.key(1)))
-  rows = jnp.array([3, 0, 2])
+  rows = jnp.array(rows)
   hidden = lambda p: model.apply({'params': p}, rows, hidden_only=True)
 
   def direct(p):
     outputs = lambda p: model.apply({'params': p}, rows)
     return jnp.sum(jnp.square(outputs(p) - outputs(snapshot)), 1)
 
-  def gram(p):
+  def distances(p):
     return hypernet.chunked_distances(hidden(p), p['out'], hidden(snapshot), snapshot['out'],
                                       model.last_chunk_size)
 
-  assert hidden(params).shape == (3, 5, 5)
-  want, got = direct(params), jax.jit(gram)(params)
+  assert hidden(params).shape == (len(rows), 6, 2)
+  shapes = {v.aval.shape for e in jax.make_jaxpr(distances)(params).jaxpr.eqns for v in e.outvars}
+  assert ((len(rows), 6, 40) not in shapes) == gram  # the Gram form never builds the outputs
+  want, got = direct(params), jax.jit(distances)(params)
   assert float(want.min()) > 0
   np.testing.assert_allclose(got, want, rtol=2e-5)
-  want_grad = jax.grad(lambda p: jnp.sum(direct(p) * jnp.arange(1.0, 4.0)))(params)
-  got_grad = jax.grad(lambda p: jnp.sum(gram(p) * jnp.arange(1.0, 4.0)))(params)
+  weights = jnp.arange(1.0, len(rows) + 1.0)
+  want_grad = jax.grad(lambda p: jnp.sum(direct(p) * weights))(params)
+  got_grad = jax.grad(lambda p: jnp.sum(distances(p) * weights))(params)
   for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
     np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-6 * float(jnp.abs(w).max()))
-  np.testing.assert_array_equal(gram(snapshot), 0.0)
+  np.testing.assert_array_equal(distances(snapshot), 0.0)
 
 
 def test_chunks_split_into_target_shapes_with_an_odd_remainder():
