@@ -87,8 +87,8 @@ class Checkpointer:
         if mismatch is not None:
           raise CheckpointMismatch(
               f'checkpoint {step} in {self.workdir / CHECKPOINTS} holds a train state of other '
-              f'shapes than this config makes ({mismatch}); resume with the config it was '
-              'saved with, or use another --workdir') from None
+              f'shapes than this config makes ({mismatch}); resume with the config (and the '
+              'hypermask_jax version) it was saved with, or use another --workdir') from None
         aside = self._unreadable_folder(step)
         logging.warning('Checkpoint %d is unreadable (%s: %s); moving it to %s and trying an '
                         'older one.', step, type(e).__name__, str(e).splitlines()[0][:200], aside)

@@ -246,6 +246,22 @@ def test_a_second_unreadable_checkpoint_at_the_same_step_gets_its_own_name(tmp_p
   assert aside == ['5', '5.1']
 
 
+def test_a_checkpoint_of_another_state_layout_is_refused_and_kept(tmp_path):
+  """As one saved by an older version (HNET's memory before chunked_distances) would be."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  checkpointer = checkpoints.Checkpointer(tmp_path, keep=3)
+  checkpointer.save(5, {'memory': {'hnet_outputs': jnp.zeros((3, 7))}}, {})
+  checkpointer.wait()
+  template = {'memory': {'hidden': jnp.zeros((3, 2, 4)), 'hnet': jnp.zeros((5,))}}
+  with pytest.raises(checkpoints.CheckpointMismatch, match=(
+      r'checkpoint 5 in .* holds a train state of other shapes than this config makes '
+      r'\(memory/hidden: saved nothing, this config \[3, 2, 4\]\); resume with the config '
+      r'\(and the hypermask_jax version\) it was saved with')):
+    checkpointer.restore_latest(template)
+  checkpointer.close()
+  assert [p.name for p in (tmp_path / 'checkpoints').iterdir()] == ['5']  # nothing moved aside
+
+
 LONG = ['--config.steps_per_task=1000000', '--config.log_every_steps=1000000']
 
 
