@@ -66,7 +66,7 @@ def use_compilation_cache(folder):
   so a resumed or repeated run of the same config skips compiling. Entries are keyed by the
   program and the backend, so a changed config or machine compiles anew. Programs that took
   0.1 s or more to compile are kept: the evaluation and the task start, which XLA:CPU compiles
-  in 0.15-0.35 s for the HNET MNIST configs, as well as the training step; below that, JAX's
+  in 0.12-0.35 s for the MNIST configs, as well as the training step; below that, JAX's
   eager operations, which cost as much to load as to compile."""
   if not folder:
     return
