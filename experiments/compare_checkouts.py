@@ -69,14 +69,18 @@ def build(checkout, config, task):
   `checkout`'s trainer at `task` (0-based)."""
   with imported_from(checkout):
     from hypermask_jax import config_checks  # pylint: disable=g-import-not-at-top
+    from hypermask_jax import errors as its_errors  # pylint: disable=g-import-not-at-top
     from hypermask_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
     from hypermask_jax.data import tasks  # pylint: disable=g-import-not-at-top
     from hypermask_jax.methods import METHODS  # pylint: disable=g-import-not-at-top
-    config = config_checks.resolve(config)
-    task_set = tasks.synthetic_task_set(config)
-    method = METHODS[config.method](config, task_set.input_shape, task_set.num_classes)
-    trainer = trainer_lib.Trainer(config, method)
-    state, data, hp = trainer.fresh(task_set, [config])
+    try:  # its BadInput is another class than this checkout's
+      config = config_checks.resolve(config)
+      task_set = tasks.synthetic_task_set(config)
+      method = METHODS[config.method](config, task_set.input_shape, task_set.num_classes)
+      trainer = trainer_lib.Trainer(config, method)
+      state, data, hp = trainer.fresh(task_set, [config])
+    except its_errors.BadInput as e:
+      raise errors.BadInput(f'the checkout {checkout} refuses the config: {e}') from None
     for t in range(task + 1):  # each task's start, as a run passes through them
       state = trainer.begin_task(state, t, hp)
     chunk = lambda state: trainer.train_steps(state, data, hp, np.int32(_STEPS.value))[0]

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 EXIT_BAD_INPUT = 2
+HELP_FLAGS = ('-h', '-help', '--help', '--helpshort', '--helpfull', '-?')
 
 
 class BadInput(Exception):
@@ -38,8 +39,19 @@ def parse_flags(argv):
     exit_bad_input(re.sub(r'^flag ', '', str(e).strip().splitlines()[0]))
 
 
+def print_script_help():
+  """A script's --help: its docstring and its flags, exit status 0 (absl's own exits 1)."""
+  print((sys.modules['__main__'].__doc__ or '').strip(), end='\n\n')
+  print(flags.FLAGS.main_module_help())
+  sys.exit(0)
+
+
 def run_script(main):
-  """app.run(main) for a script: a bad flag, BadInput or absl's UsageError exits 2, one line."""
+  """app.run(main) for a script: --help exits 0; a bad flag, BadInput or absl's UsageError
+  exits 2, one line."""
+  if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    print_script_help()
+
   def checked_main(argv):
     try:
       return main(argv)

@@ -41,7 +41,6 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs
                                 lock_config=False, accept_new_attributes=True)
 
 CHATTY_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
-HELP_FLAGS = ('-h', '-help', '--help', '--helpshort', '--helpfull', '-?')
 MOST_USED_FIELDS = (
     ('data_dir', "TFDS data dir ('' = TFDS's default); prepare MNIST offline with "
                  'python -m hypermask_jax.data.prepare'),
@@ -147,7 +146,7 @@ def check_config_flags(argv):
 
 def parse_flags(argv):
   """absl's flag parsing with our error path: --help exits 0, bad flags exit 2 with one line."""
-  if any(arg in HELP_FLAGS for arg in argv[1:]):
+  if any(arg in errors.HELP_FLAGS for arg in argv[1:]):
     print(help_text())
     sys.exit(0)
   try:

@@ -74,3 +74,27 @@ def test_a_bad_flag_value_is_one_line_and_exit_2():
   assert run.returncode == 2
   assert run.stderr.strip().splitlines() == [
       "error: --task=two: invalid literal for int() with base 10: 'two'"]
+
+
+def test_a_config_the_other_checkout_refuses_is_one_line_and_exit_2(tmp_path):
+  """The other checkout's BadInput is another class than this one's: still one line, exit 2."""
+  shutil.copytree(ROOT / 'hypermask_jax', tmp_path / 'hypermask_jax',
+                  ignore=shutil.ignore_patterns('__pycache__'))
+  checks = tmp_path / 'hypermask_jax' / 'config_checks.py'
+  old = '  validate(config)\n  return config\n'
+  assert checks.read_text().count(old) == 1
+  checks.write_text(checks.read_text().replace(
+      old, "  raise errors.BadInput('--config.sparsity: not in this version')\n"))
+  run = compare(tmp_path)
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1] == (
+      f'error: the checkout {tmp_path} refuses the config: --config.sparsity: not in this '
+      'version')
+
+
+def test_help_prints_the_docstring_and_the_flags_and_exits_0():
+  run = subprocess.run([sys.executable, 'experiments/compare_checkouts.py', '--help'],
+                       capture_output=True, text=True, cwd=ROOT)
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.startswith("Times a config's train step in two checkouts")
+  assert '--before: The other checkout' in run.stdout
