@@ -36,7 +36,12 @@ class Head(nn.Module):
   and the evaluation), only that head's columns are multiplied; the other
   heads' logits, computed and then dropped, took 0.6 ms of the 14-18 ms
   published HNET Permuted MNIST step (10 heads of a 1000-unit layer, in its
-  forward, input gradient and kernel gradient).
+  forward, input gradient and kernel gradient). A generated kernel (the
+  transpose of the hypernetwork's [out, in] tensor) is sliced on that tensor's
+  rows, so that the gradient's transposes cancel: sliced on the kernel's
+  columns, the head's gradient was written into zeros of the kernel's shape
+  and then transposed for the hypernetwork's layout, element by element
+  (Permuted MNIST-100: 100 heads of 10 x 1000, 4 of the 28 ms step at task 1).
   """
   num_classes: int
   num_heads: int = 1
@@ -50,7 +55,10 @@ class Head(nn.Module):
     one_head = self.num_heads > 1 and jnp.ndim(tasks) == 0
     if one_head:
       start = jnp.asarray(tasks, jnp.int32) * self.num_classes
-      kernel = jax.lax.dynamic_slice_in_dim(kernel, start, self.num_classes, axis=1)
+      if self.generated:
+        kernel = jax.lax.dynamic_slice_in_dim(kernel.T, start, self.num_classes, axis=0).T
+      else:
+        kernel = jax.lax.dynamic_slice_in_dim(kernel, start, self.num_classes, axis=1)
       bias = jax.lax.dynamic_slice_in_dim(bias, start, self.num_classes)
     logits = (dot_generated_kernel(x, kernel) if self.generated else x @ kernel) + bias
     if self.num_heads == 1 or one_head:

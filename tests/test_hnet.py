@@ -1,6 +1,7 @@
 """HNET: the lookahead step, the random subset of old tasks, current-embedding-only training."""
 
 from functools import partial
+import re
 
 import flax.linen as nn
 import jax
@@ -112,6 +113,29 @@ def test_a_generated_target_equals_the_plain_target_in_value_and_gradient():
   np.testing.assert_allclose(got, want, rtol=1e-6)
   assert float(jnp.abs(want_grad).max()) > 0
   np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_a_generated_heads_gradient_is_written_in_the_hypernetworks_layout_without_a_copy():
+  """targets.Head slices a generated kernel on the [out, in] tensor's rows: the compiled
+  gradient of the flat output has no transpose or copy of the head's kernel (sliced on the
+  kernel's columns, it had both), and equals the gradient of every head computed."""
+  target = targets.MLP(hidden=(12, 9), num_classes=4, num_heads=3, generated=True)
+  shapes = jax.eval_shape(target.init, jax.random.key(0), jnp.zeros((1, 20)))['params']
+  flat_layout = layout.Layout.of(shapes, layout.is_weight)
+  flat = jax.random.normal(jax.random.key(1), (flat_layout.size,))
+  x = jax.random.normal(jax.random.key(2), (6, 20))
+  y = jnp.array([0, 1, 2, 3, 0, 1])
+
+  def loss(flat, tasks):
+    logits = target.apply({'params': flat_layout.unflatten(flat)}, x, tasks)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  grad = jax.jit(jax.grad(loss))
+  hlo = grad.lower(flat, jnp.int32(1)).compile().as_text()
+  head_copies = re.findall(r'f32\[(?:12,9|9,12)\][^ ]* (?:transpose|copy)\(', hlo)
+  assert not head_copies, head_copies
+  np.testing.assert_allclose(grad(flat, jnp.int32(1)), jax.grad(loss)(flat, jnp.ones(6, jnp.int32)),
+                             rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.slow
