@@ -55,11 +55,11 @@ class ChunkDense(nn.Module):
   0.3 of the 9 ms published HNET Permuted MNIST step at task 1 on a Zen 5
   EPYC; no change on Split MNIST and Permuted MNIST-100); the input
   gradient is the output gradient times the kernel's transpose, in the form
-  `backend.chunk_input_grad` picks for the fan-in. The values equal nn.Dense's and its gradients up to
-  float rounding (tests/test_hypernet.py). HMLP's `wide_dense.WideDense` does
-  not fit here: it stores the kernel transposed (not nn.Dense's params, which
-  the chunked parity with hypnettorch maps), and above 16 rows its bias
-  gradient is the row sum this layer avoids.
+  `backend.chunk_input_grad` picks for the fan-in. The values equal nn.Dense's
+  and its gradients up to float rounding (tests/test_hypernet.py). HMLP's
+  `wide_dense.WideDense` does not fit here: it stores the kernel transposed
+  (not nn.Dense's params, which the chunked parity with hypnettorch maps), and
+  above 16 rows its bias gradient is the row sum this layer avoids.
   """
   features: int
   weight_init: str = 'torch'

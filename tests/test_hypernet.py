@@ -1,5 +1,7 @@
 """Hypernetworks: the chunked one equals an explicit per-chunk loop and fills odd remainders right."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,4 +157,21 @@ def test_the_chunk_output_layer_is_a_dense_layer_with_a_hand_written_gradient(
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(grad['bias'], ct.sum((0, 1)), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(grad['kernel'], jnp.einsum('abi,abo->io', x, ct), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_the_chunk_layers_kernel_and_bias_gradients_are_matmuls_written_as_the_params():
+  """Compiled, the kernel gradient comes out of its own matmul as [fan_in, m] and the bias
+  gradient out of another: no slice of a [fan_in + 1, m] product (a copy of the layer's
+  gradient, as one matmul of [x, 1] made) and no reduction over the rows (YNNPACK's, slow)."""
+  x = jax.random.normal(jax.random.key(1), (12, 10))
+  layer = hypernet.ChunkDense(4200)
+  params = layer.init(jax.random.key(0), x)
+  ct = jax.random.normal(jax.random.key(2), (12, 4200))
+  grad = jax.jit(jax.grad(lambda p, x, ct: jnp.sum(layer.apply(p, x) * ct)))
+  hlo = grad.lower(params, x, ct).compile().as_text()  # arguments: nothing folds as a constant
+  assert not re.findall(r'f32\[10,4200\][^ ]* (?:slice|copy)\(', hlo)
+  assert not re.findall(r'f32\[4200\][^ ]* reduce\(', hlo)
+  assert len(re.findall(r'f32\[(?:1,)?4200\][^ ]* dot\(', hlo)) == 1
+  np.testing.assert_allclose(grad(params, x, ct)['params']['bias'], ct.sum(0), rtol=1e-5,
                              atol=1e-5)
