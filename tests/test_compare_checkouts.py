@@ -87,6 +87,7 @@ def test_a_config_the_other_checkout_refuses_is_one_line_and_exit_2(tmp_path):
       old, "  raise errors.BadInput('--config.sparsity: not in this version')\n"))
   run = compare(tmp_path)
   assert run.returncode == 2
+  assert 'Traceback' not in run.stderr, run.stderr
   assert run.stderr.strip().splitlines()[-1] == (
       f'error: the checkout {tmp_path} refuses the config: --config.sparsity: not in this '
       'version')
