@@ -165,3 +165,20 @@ def test_hmlp_output_layer_is_wide():
   np.testing.assert_allclose(model.apply({'params': params}, jnp.array([0, 1])),
                              plain(hidden, params['out']['kernel'], params['out']['bias']),
                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('m, fold', [(4096, 8), (1001, 7), (993, 3), (997, None)])
+def test_one_rows_input_gradient_is_its_vector_matrix_product(m, fold):
+  """One row times the kernel, folded into a matmul of `fold` rows (the largest of ROW_FOLDS
+  dividing m; none for a prime m: two rows), equals the float64 product."""
+  keys = jax.random.split(jax.random.key(5), 2)
+  c = jax.random.normal(keys[0], (m,))
+  kernel = jax.random.normal(keys[1], (m, 13))
+  got = jax.jit(wide_dense._row_times_kernel)(c, kernel)  # pylint: disable=protected-access
+  want = np.asarray(c, np.float64) @ np.asarray(kernel, np.float64)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+  jaxpr = str(jax.make_jaxpr(wide_dense._row_times_kernel)(c, kernel))  # pylint: disable=protected-access
+  if fold:
+    assert f'f32[{m // fold},{fold}]' in jaxpr and 'pad' not in jaxpr
+  else:
+    assert 'pad' in jaxpr
