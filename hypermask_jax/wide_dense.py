@@ -269,12 +269,14 @@ def _row_times_kernel(c, kernel):
   reshapes) makes it a matmul whose result [s, s * n] holds c @ kernel as
   the sum of its s diagonal [n] blocks: one pass over the kernel, s times the
   multiply-adds. In the published steps at their first task (one row), on the
-  2-core AMD EPYC (Zen 5), against the two-row product it replaces
-  (experiments/compare_checkouts.py): Permuted MNIST (m = 2,036,010, s = 6)
-  152 -> 138 ms and 155 -> 139 ms per step, Split MNIST (m = 475,202, s = 2)
-  15.6 -> 14.5 ms. The sum is closer to the float64 one (6.7e-7 of the
-  largest output against 1.9e-6 at the Permuted MNIST size). Where no fold
-  divides m, the row goes through as two rows (the second zero).
+  2-core AMD EPYC (Zen 5), against the two-row product it replaces (medians,
+  experiments/compare_checkouts.py): Permuted MNIST (m = 2,036,010, s = 6)
+  152 -> 138 and 155 -> 139 ms per step (183 -> 179 ms while the machine's
+  memory ran slow), Split MNIST (m = 475,202, s = 7) 15.5 -> 13.9 ms,
+  ZenkeNet (s = 7) 143 -> 136 ms, ResNet-20 (s = 5) 332 -> 321 ms. The sum
+  is closer to the float64 one (6.7e-7 of the largest output against 1.9e-6
+  at the Permuted MNIST size). Where no fold divides m, the row goes through
+  as two rows (the second zero).
   """
   m, n = kernel.shape
   s = next((s for s in ROW_FOLDS if m % s == 0), None)
