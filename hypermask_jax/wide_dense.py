@@ -36,6 +36,9 @@ a hand-written gradient:
   published Permuted MNIST step at its first task took 321-361 ms against
   496-579 ms with all 10 rows computed, and 407-434 ms against 507-544 ms
   at its last (one sitting, alternating the two).
+- one row's input gradient (the first task's) is a matmul of a few rows
+  over the kernel viewed as [m / s, s * n] (`_row_times_kernel`), which
+  XLA:CPU runs faster than its product of one row.
 
 For the output regulariser, `wide_dense_distances` returns the first row's
 outputs and the other rows' squared distances to their targets, so that no
