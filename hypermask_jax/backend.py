@@ -8,6 +8,7 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 | HYPERMASK_CONV | `im2col`, `xla` | `im2col` on CPU, `xla` elsewhere |
 | HYPERMASK_CPU_VECTOR_WIDTH | `256`, `512` | `512` on CPUs with AVX-512, else XLA's own |
 | HYPERMASK_CHUNK_INPUT_GRAD | `direct`, `transposed_copy` | `transposed_copy` on CPU for fan-in 25-30, else `direct` |
+| HYPERMASK_ROW_INPUT_GRAD | `fold`, `two_rows` | `fold` on CPU, `two_rows` elsewhere |
 
 - HYPERMASK_CONV: how layers.Conv3x3 computes its convolution. XLA:CPU runs
   the gradient convolutions of a training step 15-40x slower than their
@@ -34,6 +35,16 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   the direct dot needs no copy; on an H200 the HNET steps took the same time
   in both forms (0.20-0.21 ms on Split MNIST, 0.29 ms on Permuted MNIST, at
   task 1). The two forms may round differently.
+- HYPERMASK_ROW_INPUT_GRAD: how `wide_dense.WideDense` computes one row's
+  input gradient, the row times its [m, n] kernel (the HyperMask steps at
+  their first task): `fold`, a matmul of s rows over the kernel viewed as
+  [m / s, s * n] (`wide_dense._row_times_kernel`), or `two_rows`, the row and
+  a zero row times the kernel. On the 2-core AMD EPYC (Zen 5) the fold made
+  the published steps at task 1 3-11% faster (Permuted MNIST 152 -> 138 ms,
+  Split MNIST 15.5 -> 13.9 ms). On TPU the kernel's view as [m / s, s * n]
+  would change its tiled layout, a copy of the whole kernel at every step,
+  and the GPU steps were measured with the two-row product, so accelerators
+  keep it. The two forms round differently.
 
 The variables are read when a function is traced, so a process can switch
 between runs (tests do, with monkeypatch.setenv); a run checks them all
@@ -47,7 +58,8 @@ import jax
 from hypermask_jax import errors
 
 CHOICES = {'HYPERMASK_CONV': ('im2col', 'xla'), 'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512'),
-           'HYPERMASK_CHUNK_INPUT_GRAD': ('direct', 'transposed_copy')}
+           'HYPERMASK_CHUNK_INPUT_GRAD': ('direct', 'transposed_copy'),
+           'HYPERMASK_ROW_INPUT_GRAD': ('fold', 'two_rows')}
 
 
 class BadVariable(errors.BadInput, ValueError):
@@ -80,6 +92,12 @@ def chunk_input_grad(fan_in):
   """'direct' or 'transposed_copy': how chunk_dense's input gradient is computed (see above)."""
   slow_direct = jax.default_backend() == 'cpu' and 25 <= fan_in <= 30
   return _forced('HYPERMASK_CHUNK_INPUT_GRAD') or ('transposed_copy' if slow_direct else 'direct')
+
+
+def row_input_grad():
+  """'fold' or 'two_rows': how WideDense computes one row's input gradient (see above)."""
+  return _forced('HYPERMASK_ROW_INPUT_GRAD') or ('fold' if jax.default_backend() == 'cpu'
+                                                 else 'two_rows')
 
 
 def cpu_has_avx512():

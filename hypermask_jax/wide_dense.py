@@ -36,8 +36,8 @@ a hand-written gradient:
   published Permuted MNIST step at its first task took 321-361 ms against
   496-579 ms with all 10 rows computed, and 407-434 ms against 507-544 ms
   at its last (one sitting, alternating the two).
-- one row's input gradient (the first task's) is a matmul of a few rows
-  over the kernel viewed as [m / s, s * n] (`_row_times_kernel`), which
+- on CPU, one row's input gradient (the first task's) is a matmul of a few
+  rows over the kernel viewed as [m / s, s * n] (`_row_times_kernel`), which
   XLA:CPU runs faster than its product of one row.
 
 For the output regulariser, `wide_dense_distances` returns the first row's
@@ -52,6 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hypermask_jax import backend
 from hypermask_jax import layers
 
 FUSED_ROWS = 16  # up to this many rows the kernel gradient is elementwise (fused into Adam)
@@ -264,6 +265,9 @@ def _times_kernel(ct, kernel):
 def _row_times_kernel(c, kernel):
   """c [m] @ kernel [m, n] -> [n], as a matmul of `s` rows: the largest of ROW_FOLDS dividing m.
 
+  The fold is the CPU's form (`backend.row_input_grad`); elsewhere, or where
+  no fold divides m, the row goes through as two rows (the second zero).
+
   XLA:CPU's one-row product over a long contraction is slow: as [1, m] x
   [m, n] YNNPACK took twice as long as its two-row product at the Permuted
   MNIST size (94 ms against 40-45 ms on a Zen 4 EPYC), and the same sum
@@ -278,11 +282,11 @@ def _row_times_kernel(c, kernel):
   memory ran slow), Split MNIST (m = 475,202, s = 7) 15.5 -> 13.9 ms,
   ZenkeNet (s = 7) 143 -> 136 ms, ResNet-20 (s = 5) 332 -> 321 ms. The sum
   is closer to the float64 one (6.7e-7 of the largest output against 1.9e-6
-  at the Permuted MNIST size). Where no fold divides m, the row goes through
-  as two rows (the second zero).
+  at the Permuted MNIST size).
   """
   m, n = kernel.shape
-  s = next((s for s in ROW_FOLDS if m % s == 0), None)
+  folds = ROW_FOLDS if backend.row_input_grad() == 'fold' else ()
+  s = next((s for s in folds if m % s == 0), None)
   if s is None:
     return (jnp.pad(c[None], ((0, 1), (0, 0))) @ kernel)[0]
   folded = jax.lax.dot_general(c.reshape(m // s, s), kernel.reshape(m // s, s * n),

@@ -40,6 +40,17 @@ def test_the_chunk_input_gradient_copies_the_kernel_only_where_ynnpack_is_slow(m
   assert backend.chunk_input_grad(10) == 'transposed_copy'
 
 
+def test_one_rows_input_gradient_is_folded_on_cpu_only_unless_forced(monkeypatch):
+  monkeypatch.delenv('HYPERMASK_ROW_INPUT_GRAD', raising=False)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  assert backend.row_input_grad() == 'fold'
+  for accelerator in ('gpu', 'tpu'):
+    monkeypatch.setattr(jax, 'default_backend', lambda accelerator=accelerator: accelerator)
+    assert backend.row_input_grad() == 'two_rows'
+  monkeypatch.setenv('HYPERMASK_ROW_INPUT_GRAD', 'fold')
+  assert backend.row_input_grad() == 'fold'
+
+
 def test_512_bit_vectors_on_avx512_cpus_unless_forced(monkeypatch):
   monkeypatch.delenv('HYPERMASK_CPU_VECTOR_WIDTH', raising=False)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')

@@ -167,17 +167,21 @@ def test_hmlp_output_layer_is_wide():
                              rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('m, fold', [(4096, 8), (1001, 7), (993, 3), (997, None)])
-def test_one_rows_input_gradient_is_its_vector_matrix_product(m, fold):
+@pytest.mark.parametrize('m, fold, form', [(4096, 8, 'fold'), (1001, 7, 'fold'), (993, 3, 'fold'),
+                                           (997, None, 'fold'), (4096, None, 'two_rows')])
+def test_one_rows_input_gradient_is_its_vector_matrix_product(monkeypatch, m, fold, form):
   """One row times the kernel, folded into a matmul of `fold` rows (the largest of ROW_FOLDS
-  dividing m; none for a prime m: two rows), equals the float64 product."""
+  dividing m; none for a prime m, or with the accelerators' form: two rows), equals the
+  float64 product."""
+  monkeypatch.setenv('HYPERMASK_ROW_INPUT_GRAD', form)
   keys = jax.random.split(jax.random.key(5), 2)
   c = jax.random.normal(keys[0], (m,))
   kernel = jax.random.normal(keys[1], (m, 13))
-  got = jax.jit(wide_dense._row_times_kernel)(c, kernel)  # pylint: disable=protected-access
+  product = lambda c, kernel: wide_dense._row_times_kernel(c, kernel)  # pylint: disable=protected-access
+  got = jax.jit(product)(c, kernel)  # a new function: traced with this test's form
   want = np.asarray(c, np.float64) @ np.asarray(kernel, np.float64)
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
-  jaxpr = str(jax.make_jaxpr(wide_dense._row_times_kernel)(c, kernel))  # pylint: disable=protected-access
+  jaxpr = str(jax.make_jaxpr(product)(c, kernel))
   if fold:
     assert f'f32[{m // fold},{fold}]' in jaxpr and 'pad' not in jaxpr
   else:
