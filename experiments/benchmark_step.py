@@ -38,6 +38,7 @@ compute-bound step stays below 100%.
 """
 
 import pathlib
+import resource
 import sys
 import tempfile
 import time
@@ -76,6 +77,25 @@ def time_chunk(trainer, state, data, hp, repeats):
   """(state, the fastest of `repeats` chunks of --steps steps, after one untimed chunk)."""
   steps = np.int32(_STEPS.value)
   return fastest(lambda state: trainer.train_steps(state, data, hp, steps)[0], state, repeats)
+
+
+def call_cost(trainer, state, data, hp, repeats, chunk_seconds):
+  """(state, a call's fixed cost and a step's time past it in seconds, a call's page faults).
+
+  From the fastest one-step call and the fastest chunk of --steps steps (> 1):
+  the step is the chunk's time past the one-step call's, per extra step; the
+  fixed cost, the one-step call's time less one step. On CPU it is mostly
+  XLA:CPU mapping the chunk's temporaries afresh at every call (the page
+  faults, counted over one more one-step call). A run spreads it over its
+  calls' steps: as many as take about max_call_seconds / 2 (host_loop.CallPacer).
+  """
+  one_step = lambda state: trainer.train_steps(state, data, hp, np.int32(1))[0]
+  state, seconds = fastest(one_step, state, repeats)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  state = jax.block_until_ready(one_step(state))
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+  step = (chunk_seconds - seconds) / (_STEPS.value - 1)
+  return state, seconds - step, step, faults
 
 
 def fastest(fn, x, repeats):
@@ -155,8 +175,9 @@ def main(argv):
   config = flags.FLAGS.config
   timed_tasks = tasks_to_time(config.num_tasks)
   snapshot = config.selection == 'best_val'
+  # Calls per task: 1 + repeats chunks, then 2 + repeats one-step calls (call_cost).
   config = config_checks.resolve(
-      shortened_runs.for_step_timing(config, _STEPS.value, _REPEATS.value))
+      shortened_runs.for_step_timing(config, _STEPS.value, 2 * _REPEATS.value + 2))
   data = tasks.synthetic_task_set(config)
   method = METHODS[config.method](config, data.input_shape, data.num_classes)
   trainer = trainer_lib.Trainer(config, method)
@@ -188,13 +209,20 @@ def main(argv):
   for task in timed_tasks:
     state = trainer.begin_task(state, task, hp)
     state, seconds = time_chunk(trainer, state, data, hp, _REPEATS.value)
+    call = None
+    if _STEPS.value > 1:
+      state, *call = call_cost(trainer, state, data, hp, _REPEATS.value, seconds)
     torch_step = (torch_reference.time_steps(config, data.input_shape, data.num_classes, task,
                                              _STEPS.value, _REPEATS.value)
                   if _COMPARE_TORCH.value else None)
-    timed.append((task, seconds / _STEPS.value, torch_step))
+    timed.append((task, seconds / _STEPS.value, torch_step, call))
   peak, kind = environment.peak_memory()  # before the floors' measurements add their arrays
-  for task, step, torch_step in timed:
+  for task, step, torch_step, call in timed:
     line = f'task {task + 1:3d} ({task:3d} previous tasks): jax {1e3 * step:9.2f} ms/step'
+    if call:
+      fixed, marginal, faults = call
+      line += (f' (a call: {1e3 * fixed:.1f} ms, {faults} page faults, + '
+               f'{1e3 * marginal:.2f} ms per step)')
     bandwidth = stream_bandwidth()
     optimizer_bytes, forward_bytes = step_bytes(config, method, params, task)
     memory_floor = (optimizer_bytes + forward_bytes) / bandwidth

@@ -33,16 +33,23 @@ def run_step_benchmark(*args):
 
 @pytest.mark.slow
 def test_step_benchmark_floors_follow_the_tasks_regularised():
-  """benchmark_step's floors are its own figures' quotients, and the FLOP count grows with the
-  old tasks' regulariser rows: none at task 1, 2 at task 3, 4 at task 5 (--tasks, any order)."""
+  """benchmark_step's floors are its own figures' quotients, its step a call's fixed cost spread
+  over the call's steps plus the step past it, and the FLOP count grows with the old tasks'
+  regulariser rows: none at task 1, 2 at task 3, 4 at task 5 (--tasks, any order)."""
   run = run_step_benchmark('--steps=2', '--repeats=1', '--tasks=5,1,3')
   assert run.returncode == 0, run.stderr
   out = run.stdout
-  pattern = (r'task +(\d+) .* jax +([\d.]+) ms/step \| moves >= ([\d.]+) GB .* at ([\d.]+) GB/s: '
+  pattern = (r'task +(\d+) .* jax +([\d.]+) ms/step \(a call: (-?[\d.]+) ms, (\d+) page faults, '
+             r'\+ (-?[\d.]+) ms per step\) \| moves >= ([\d.]+) GB .* at ([\d.]+) GB/s: '
              r'([\d.]+) ms \| computes ([\d.]+) GFLOP at ([\d.]+) GFLOP/s: ([\d.]+) ms \| floor '
              r'([\d.]+) ms, share (\d+)%')
   rows = [[float(v) for v in m.groups()] for m in re.finditer(pattern, out)]
   assert [row[0] for row in rows] == [1, 3, 5], out
+  for row in rows:
+    _, step, fixed, _, marginal = row[:5]
+    # --steps=2: a call's fixed cost over its 2 steps (printed to 0.1, 0.01 and 0.01 ms)
+    assert step == pytest.approx(marginal + fixed / 2, abs=0.05)
+  rows = [row[:2] + row[5:] for row in rows]
   for _, step, gb, bandwidth, memory, gflop, rate, compute, floor, share in rows:
     assert memory == pytest.approx(gb / bandwidth * 1e3, rel=0.05, abs=0.02)
     assert compute == pytest.approx(gflop / rate * 1e3, rel=0.05, abs=0.02)
