@@ -5,15 +5,19 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 
 | variable | values | default |
 |---|---|---|
-| HYPERMASK_CONV | `im2col`, `xla` | `im2col` on CPU, `xla` elsewhere |
+| HYPERMASK_CONV | `nhwc_vjp`, `im2col`, `xla` | `nhwc_vjp` on CPU, `xla` elsewhere |
 | HYPERMASK_CPU_VECTOR_WIDTH | `256`, `512` | `512` on CPUs with AVX-512, else XLA's own |
 | HYPERMASK_CHUNK_INPUT_GRAD | `direct`, `transposed_copy` | `transposed_copy` on CPU for fan-in 25-30, else `direct` |
 | HYPERMASK_ROW_INPUT_GRAD | `fold`, `two_rows` | `fold` on CPU, `two_rows` elsewhere |
 
-- HYPERMASK_CONV: how layers.Conv3x3 computes its convolution. XLA:CPU runs
-  the gradient convolutions of a training step 15-40x slower than their
-  im2col form inside a loop (jax-ml/jax#12868); on GPU and TPU XLA's own
-  convolution (cuDNN, the MXU) is the fast one.
+- HYPERMASK_CONV: how layers.Conv3x3 computes its convolution. Inside a loop
+  XLA:CPU runs the gradient convolutions JAX derives 15-40x slower than their
+  im2col form (jax-ml/jax#12868); `nhwc_vjp` writes them as convolutions in
+  the form XLA:CPU hands to its convolution library (strided convs stay
+  im2col), which made the published ResNet-20 HyperMask step at task 1 on the
+  2-core AMD EPYC (Zen 5) 16-24% faster than `im2col` (`layers.Conv3x3`,
+  `layers.nhwc_vjp_conv3x3`). On GPU and TPU XLA's own convolution and
+  gradient (cuDNN, the MXU) are the fast ones.
 - HYPERMASK_CPU_VECTOR_WIDTH: the vector width XLA:CPU compiles for (its
   `xla_cpu_prefer_vector_width`). XLA emits 256-bit vectors even where the
   CPU has 512-bit ones (LLVM's default, against the clock drop of older Intel
@@ -57,7 +61,7 @@ import jax
 
 from hypermask_jax import errors
 
-CHOICES = {'HYPERMASK_CONV': ('im2col', 'xla'), 'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512'),
+CHOICES = {'HYPERMASK_CONV': ('nhwc_vjp', 'im2col', 'xla'), 'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512'),
            'HYPERMASK_CHUNK_INPUT_GRAD': ('direct', 'transposed_copy'),
            'HYPERMASK_ROW_INPUT_GRAD': ('fold', 'two_rows')}
 
@@ -84,8 +88,8 @@ def check_environment():
 
 
 def conv():
-  """'im2col' or 'xla': how 3x3 convolutions are computed."""
-  return _forced('HYPERMASK_CONV') or ('im2col' if jax.default_backend() == 'cpu' else 'xla')
+  """'nhwc_vjp', 'im2col' or 'xla': how 3x3 convolutions are computed (layers.Conv3x3)."""
+  return _forced('HYPERMASK_CONV') or ('nhwc_vjp' if jax.default_backend() == 'cpu' else 'xla')
 
 
 def chunk_input_grad(fan_in):

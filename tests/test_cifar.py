@@ -1,6 +1,7 @@
 """Split CIFAR-100: targets, masks, BatchNorm, augmentation, plateau schedule, best-val selection."""
 
 import json
+import re
 import warnings
 
 import flax
@@ -343,9 +344,35 @@ def test_the_cpu_convolution_equals_xla_convolution():
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 5, 4))
   for stride, padding in ((1, 1), (2, 1), (1, 0)):
     want = jax.lax.conv_general_dilated(x, kernel, (stride,) * 2, ((padding, padding),) * 2,
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                        dimension_numbers=layers.NHWC)
     np.testing.assert_allclose(layers.im2col_conv3x3(x, kernel, stride, padding), want,
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('padding', [1, 0])
+def test_the_nhwc_vjp_convolutions_gradients_are_the_convolutions_gradients(padding):
+  """Its hand-written gradients equal JAX's gradient of the same convolution, in float64, and
+  the training step's loop runs them as convolutions in the form input NHWC, kernel HWIO."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (3, 8, 7, 5), jnp.float64)
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 5, 4), jnp.float64)
+    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((padding, padding),) * 2,
+                                                     dimension_numbers=layers.NHWC)
+    out, vjp = jax.vjp(conv, x, kernel)
+    got, got_vjp = jax.vjp(lambda x, k: layers.nhwc_vjp_conv3x3(x, k, padding), x, kernel)
+    ct = jax.random.normal(jax.random.key(2), out.shape, jnp.float64)
+    np.testing.assert_array_equal(got, out)
+    for g, want in zip(got_vjp(ct), vjp(ct)):
+      np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
+
+  def steps(kernel, x):  # a scan of training steps, as the trainer's
+    grad = jax.grad(lambda k, x: jnp.sum(jnp.sin(layers.nhwc_vjp_conv3x3(x, k, padding))),
+                    argnums=(0, 1))
+    return jax.lax.scan(lambda k, _: (k - 0.1 * grad(k, x)[0], grad(k, x)[1]), kernel, None, 2)
+
+  hlo = jax.jit(steps).lower(kernel.astype(jnp.float32), x.astype(jnp.float32)).compile()
+  labels = re.findall(r'convolution\(.*dim_labels=(\S+?),', hlo.as_text())
+  assert len(labels) == 3 and set(labels) == {'b01f_01io->b01f'}, labels
 
 
 class ConvStack(flax.linen.Module):
@@ -360,15 +387,18 @@ class ConvStack(flax.linen.Module):
 
 @pytest.mark.slow
 def test_both_convolution_branches_give_the_same_numbers(monkeypatch):
-  """HYPERMASK_CONV=xla runs on CPU what GPUs and TPUs run: outputs and gradients agree."""
+  """HYPERMASK_CONV=xla runs on CPU what GPUs and TPUs run, =im2col the CPU's form before
+  nhwc_vjp: outputs and gradients agree with the CPU default's."""
   x = jax.random.normal(jax.random.key(0), (2, 11, 11, 3))
   params = ConvStack().init(jax.random.key(1), x)['params']
   results = {}
-  for branch in ('im2col', 'xla'):
+  for branch in ('nhwc_vjp', 'im2col', 'xla'):
     monkeypatch.setenv('HYPERMASK_CONV', branch)
     loss = lambda p, x: jnp.sum(jnp.sin(ConvStack().apply({'params': p}, x)))  # a new function:
     results[branch] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)  # traced anew
-  (value, grads), (xla_value, xla_grads) = results['im2col'], results['xla']
-  np.testing.assert_allclose(value, xla_value, rtol=1e-5)
-  for g, want in zip(jax.tree.leaves(grads), jax.tree.leaves(xla_grads)):
-    np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
+  value, grads = results['nhwc_vjp']
+  for other in ('im2col', 'xla'):
+    other_value, other_grads = results[other]
+    np.testing.assert_allclose(other_value, value, rtol=1e-5)
+    for g, want in zip(jax.tree.leaves(other_grads), jax.tree.leaves(grads)):
+      np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
