@@ -15,7 +15,7 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   im2col form (jax-ml/jax#12868); `nhwc_vjp` writes them as convolutions in
   the form XLA:CPU hands to its convolution library (strided convs stay
   im2col), which made the published ResNet-20 HyperMask step at task 1 on the
-  2-core AMD EPYC (Zen 5) 16-24% faster than `im2col` (`layers.Conv3x3`,
+  2-core AMD EPYC (Zen 5) 13-24% faster than `im2col` (`layers.Conv3x3`,
   `layers.nhwc_vjp_conv3x3`). On GPU and TPU XLA's own convolution and
   gradient (cuDNN, the MXU) are the fast ones.
 - HYPERMASK_CPU_VECTOR_WIDTH: the vector width XLA:CPU compiles for (its

@@ -130,10 +130,13 @@ def nhwc_vjp_conv3x3(x, kernel, padding):
     examples as the features) convolved with the output gradient as
     [H', W', N, F] (a window the output's size), giving [C, 3, 3, F].
   On the 2-core AMD EPYC (Zen 5), four training steps of one conv (forward,
-  both gradients) took 21 against 57 ms as im2col at 32 x 32 x 32 channels,
-  17 against 27-35 ms at 16 x 16 x 64, 8.6 against 11 ms at 8 x 8 x 128. A
-  strided conv stays im2col (Conv3x3): its input gradient, a convolution of
-  the output gradient dilated by the stride, took 1.0-1.3x im2col's time.
+  both gradients, `experiments/benchmark_conv.py`, two runs) took 19-21
+  against 48-60 ms as im2col at 32 x 32 x 32 channels, 15-17 against 22-31
+  ms at 16 x 16 x 64, 7.9-8.9 against 10-12 ms at 8 x 8 x 128 (with JAX's
+  own gradient: 794-813, 421-467 and 321-335 ms). A strided conv stays
+  im2col (Conv3x3): written this way, its input gradient is a convolution of
+  the output gradient dilated by the stride, which took 1.0-1.3x im2col's
+  time where it was tried, alone.
   """
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((padding, padding),) * 2,
                                       dimension_numbers=NHWC)

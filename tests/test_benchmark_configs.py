@@ -65,3 +65,33 @@ def test_step_benchmark_refuses_tasks_outside_the_config(tasks):
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1] == (
       f'error: --tasks must list task numbers in [1, 5], e.g. --tasks=1,2,5; got {tasks}')
+
+
+def run_conv_benchmark(*args):
+  return subprocess.run([sys.executable, 'experiments/benchmark_conv.py', *args],
+                        capture_output=True, text=True,
+                        cwd=pathlib.Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.slow
+def test_conv_benchmark_times_every_form_and_they_agree():
+  """Every ResNet-20 conv shape in each HYPERMASK_CONV form, the forms' results within float
+  rounding of the first's (0 for the strided convs, which nhwc_vjp runs as im2col)."""
+  run = run_conv_benchmark('--batch=2', '--steps=2', '--repeats=1')
+  assert run.returncode == 0, run.stderr
+  pattern = (r'(\d+) x +\d+ x +(\d+) -> +(\d+), stride (\d): \| nhwc_vjp +[\d.]+ ms \(difference '
+             r'0\.0e\+00\) \| im2col +[\d.]+ ms \(difference (\S+)\) \| xla +[\d.]+ ms '
+             r'\(difference (\S+)\)')
+  rows = re.findall(pattern, run.stdout)
+  assert [tuple(map(int, row[:4])) for row in rows] == [
+      (32, 32, 32, 1), (16, 64, 64, 1), (8, 128, 128, 1), (32, 32, 64, 2), (16, 64, 128, 2)]
+  for *_, stride, im2col, xla in rows:
+    assert float(xla) < 1e-4
+    assert float(im2col) < 1e-4 and (float(im2col) == 0) == (stride == '2')
+
+
+def test_conv_benchmark_refuses_an_unknown_form():
+  run = run_conv_benchmark('--forms=nhwc_vjp,cudnn')
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1] == (
+      'error: --forms must list some of nhwc_vjp,im2col,xla; got nhwc_vjp,cudnn')
