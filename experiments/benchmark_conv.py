@@ -33,7 +33,8 @@ from hypermask_jax import layers
 _FORMS = flags.DEFINE_list('forms', list(backend.CHOICES['HYPERMASK_CONV']),
                            'The forms to time, in order (HYPERMASK_CONV values).')
 _STEPS = flags.DEFINE_integer('steps', 4, 'Training steps per compiled call.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per form and shape; the fastest is shown.')
+_REPEATS = flags.DEFINE_integer('repeats', 3,
+                                'Timed calls per form and shape; the fastest is shown.')
 _BATCH = flags.DEFINE_integer('batch', 32, 'Examples per step (the published batch: 32).')
 
 # (pixels, input channels, output channels, stride) of the published ResNet-20's convs.

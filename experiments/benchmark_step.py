@@ -33,8 +33,8 @@ that floor over the measured step time. The tasks are timed, and the peak
 memory read, before the floors are measured: their arrays (256 MiB for the
 stream; 0.75 GiB for the accelerator's matmul) would otherwise count in the
 peak. The matmul rate is the best case: the thin products of a hypernetwork's
-output layer and the convolutions' im2col products run slower, so a
-compute-bound step stays below 100%.
+output layer and the convolutions run slower, so a compute-bound step stays
+below 100%.
 """
 
 import pathlib

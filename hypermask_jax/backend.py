@@ -61,7 +61,8 @@ import jax
 
 from hypermask_jax import errors
 
-CHOICES = {'HYPERMASK_CONV': ('nhwc_vjp', 'im2col', 'xla'), 'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512'),
+CHOICES = {'HYPERMASK_CONV': ('nhwc_vjp', 'im2col', 'xla'),
+           'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512'),
            'HYPERMASK_CHUNK_INPUT_GRAD': ('direct', 'transposed_copy'),
            'HYPERMASK_ROW_INPUT_GRAD': ('fold', 'two_rows')}
 
