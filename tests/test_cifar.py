@@ -366,9 +366,11 @@ def test_the_nhwc_vjp_convolutions_gradients_are_the_convolutions_gradients(padd
       np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
 
   def steps(kernel, x):  # a scan of training steps, as the trainer's
-    grad = jax.grad(lambda k, x: jnp.sum(jnp.sin(layers.nhwc_vjp_conv3x3(x, k, padding))),
-                    argnums=(0, 1))
-    return jax.lax.scan(lambda k, _: (k - 0.1 * grad(k, x)[0], grad(k, x)[1]), kernel, None, 2)
+    def step(k, _):
+      d_k, d_x = jax.grad(lambda k, x: jnp.sum(jnp.sin(layers.nhwc_vjp_conv3x3(x, k, padding))),
+                          argnums=(0, 1))(k, x)
+      return k - 0.1 * d_k, d_x
+    return jax.lax.scan(step, kernel, None, 2)
 
   hlo = jax.jit(steps).lower(kernel.astype(jnp.float32), x.astype(jnp.float32)).compile()
   labels = re.findall(r'convolution\(.*dim_labels=(\S+?),', hlo.as_text())
