@@ -2,6 +2,7 @@
 
 import gzip
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -124,6 +125,49 @@ def test_permuted_position_is_a_permutation(n):
     assert not np.array_equal(perm, other)
     assert abs(np.corrcoef(np.arange(n), perm)[0, 1]) < 0.1
     assert np.sum(perm == np.arange(n)) < 10  # about 1 fixed point expected
+
+
+def swap_or_not_written_out(key, positions, n, rounds):
+  """permuted_position's rounds in NumPy, one at a time: partner (K - x) mod n, swap on F's bit."""
+  key_offsets, key_salts = jax.random.split(key)
+  offsets = np.asarray(jax.random.randint(key_offsets, (rounds,), 0, n)).astype(np.uint64)
+  salts = np.asarray(jax.random.bits(key_salts, (rounds,), jnp.uint32)).astype(np.uint64)
+
+  def mix(x):  # murmur3's finaliser, modulo 2^32
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) % 2 ** 32
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) % 2 ** 32
+    return x ^ (x >> 16)
+
+  x = np.asarray(positions).astype(np.uint64)
+  for r in range(rounds):
+    partner = (offsets[r] + n - x) % n
+    x = np.where(mix(np.maximum(x, partner) ^ salts[r]) & 1 == 1, partner, x)
+  return x
+
+
+@pytest.mark.parametrize('n', [1, 7, 4500, 60000])
+def test_permuted_position_equals_the_rounds_written_out(n):
+  rounds = tasks.permutation_rounds(n)
+  positions = np.arange(0, n, max(1, n // 300))
+  key = jax.random.key(n)
+  np.testing.assert_array_equal(tasks.permuted_position(key, jnp.asarray(positions), n, rounds),
+                                swap_or_not_written_out(key, positions, n, rounds))
+
+
+def test_the_shuffle_compiles_to_few_fusions_and_the_image_gather_reads_a_stored_index():
+  """XLA:CPU compiles and runs each fusion on its own: the shuffle's rounds (2 x 84 for an MNIST
+  task) were once one fusion each; and the rounds fused into the image gather ran again for every
+  pixel. A fusion holding the round function holds murmur3's constant 0x85EBCA6B."""
+  split = id_split([12000, 11000]).replace(images=jnp.zeros((23000, 28, 28, 1), jnp.uint8))
+  draw = jax.jit(tasks.draw_batch, static_argnums=4)
+  hlo = draw.lower(split, 1, jax.random.key(0), 5, 128).compile().as_text()
+  computations = re.findall(r'^%[\w.-]+ \(.*?^}', hlo, re.S | re.M)
+  rounds = [c for c in computations if f'constant({0x85EBCA6B})' in c]
+  assert 1 <= len(rounds) <= 2  # the two epochs' chains
+  gathers = [c for c in computations if c.splitlines()[0].endswith('-> u8[128,28,28,1] {')]
+  assert len(gathers) == 1 and gathers[0] not in rounds
 
 
 def test_batches_visit_each_example_once_per_epoch():
