@@ -172,19 +172,20 @@ def permuted_position(key, positions, n, rounds):
   the whole is a bijection of range(n) for any n; computing one element costs
   `rounds` steps, so a batch needs no sort of the whole set (a sort-based
   jax.random.permutation of 60k indices took 70 ms per call on CPU). The rounds
-  are unrolled into straight-line code: as a loop, each of a GPU's 2 x 78
-  rounds per Permuted MNIST step waited for the host to test the loop's end,
-  1.8 ms per loop.
+  are unrolled into straight-line code: as a loop, each of a GPU's 2 x 96
+  rounds per Permuted MNIST step (two epochs' chains) waited for the host to
+  test the loop's end, 1.8 ms per loop.
 
   A round wraps K + n - x (in (0, 2n)) by one subtraction, not `% n`: XLA
   does not fuse a remainder into a consumer that reads its result more than
   once, as the next round does, so with `% n` every round became a fusion of
-  its own, each compiled and run on its own (2 x 96 in a Permuted MNIST
-  step, which compiled in 6.3-6.5 s against 4.2-4.3 s now on the 2-core AMD
-  EPYC). The remainder at the end (a no-op, x < n) keeps the
-  index a stored array for the same reason: without it, XLA:CPU fused all
-  the rounds into the image gather and ran them again for every pixel (the
-  HNET Permuted MNIST step took 17.6 ms instead of 8).
+  its own, each compiled and run on its own (the published Permuted MNIST
+  train chunk compiled in 8.9-10.2 s against 7.0-7.2 s now, as
+  experiments/benchmark_step.py times it on the 2-core AMD EPYC). The
+  remainder at the end (a no-op, x < n) keeps the index a stored array for
+  the same reason: without it, XLA:CPU fused all the rounds into the image
+  gather and ran them again for every pixel (the HNET Permuted MNIST step
+  took 17.6 ms instead of 8).
   """
   key_offsets, key_salts = jax.random.split(key)
   offsets = jax.random.randint(key_offsets, (rounds,), 0, n).astype(jnp.uint32)
