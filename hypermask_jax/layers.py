@@ -19,51 +19,49 @@ def torch_bias_init(fan_in):
       key, shape, dtype, -bound, bound)
 
 
-def torch_dense(features, fan_in, name=None, generated=False):
-  """nn.Dense with PyTorch's nn.Linear init.
-
-  generated: the kernel is a hypernetwork's output, the transpose of a tensor
-  in PyTorch's [out, in] layout (layout.split); it is multiplied by
-  `dot_generated_kernel`, which never transposes it back.
-  """
+def torch_dense(features, fan_in, name=None):
+  """nn.Dense ('kernel' [in, out]) with PyTorch's nn.Linear init: the hypernetworks' own layers."""
   return nn.Dense(features, name=name, kernel_init=TORCH_KERNEL_INIT,
-                  bias_init=torch_bias_init(fan_in),
-                  dot_general=_dense_dot_generated_kernel if generated else None)
+                  bias_init=torch_bias_init(fan_in))
 
 
-def _dense_dot_generated_kernel(x, kernel, dimension_numbers, precision=None,
-                                preferred_element_type=None):
-  """nn.Dense's dot_general hook: x [..., in] @ kernel [in, out] by dot_generated_kernel."""
-  del dimension_numbers, precision, preferred_element_type  # nn.Dense's: contract x's last axis
-  return dot_generated_kernel(x, kernel)
+def torch_weight_init(key, shape, dtype=jnp.float32):
+  """PyTorch's nn.Linear init of a 'weight' [out, in]: TORCH_KERNEL_INIT's [in, out], transposed.
 
-
-@jax.custom_vjp
-def dot_generated_kernel(x, kernel):
-  """x [..., in] @ kernel [in, out], for a kernel that is the transpose of an [out, in] tensor.
-
-  Every product runs on kernel.T, so the transposes cancel and no copy of the
-  kernel or of its gradient is made. With nn.Dense's own dot, XLA:CPU (jax
-  0.10.2) copied each generated kernel to [in, out] and copied its gradient
-  back: 1.2 of the 16 ms of the published HNET Permuted MNIST step at task 1,
-  0.2 of 3.4 ms for HNET Split MNIST (A/B in one process). Values and
-  gradients equal nn.Dense's up to float rounding (tests/test_hnet.py).
+  The values are those `torch_dense` gives its [in, out] kernel from the same key.
   """
-  return jax.lax.dot_general(x, kernel.T, (((x.ndim - 1,), (1,)), ((), ())))
+  return TORCH_KERNEL_INIT(key, shape[::-1], dtype).T
 
 
-def _dot_generated_kernel_forward(x, kernel):
-  return dot_generated_kernel(x, kernel), (x, kernel.T)
+class Linear(nn.Module):
+  """A target's Dense layer, laid out as PyTorch's nn.Linear: 'weight' [out, in], 'bias' [out].
+
+  The hypernetworks' flat outputs hold every target tensor in PyTorch's
+  layout (layout.py), so HyperMask's masks and HNET's generated weights are
+  [out, in] tensors. Stored as Flax's [in, out] kernel, the target made
+  XLA:CPU (jax 0.10.2) transpose them: HyperMask's masks were transposed in
+  their fusions, the kernel gradient was copied back to [out, in] for the
+  hypernetwork and Adam read the target's own gradient transposed; HNET's
+  generated kernels needed a hand-written product to avoid copies. With the
+  weight in [out, in], every product reads it as it is (x @ weight^T, and
+  autodiff's gradients ct @ weight and ct^T @ x, both laid out as their
+  operands). The param is named 'weight', not 'kernel', so that a checkpoint
+  of the [in, out] layout is refused by its path instead of being read
+  transposed.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    weight = self.param('weight', torch_weight_init, (self.features, fan_in))
+    bias = self.param('bias', torch_bias_init(fan_in), (self.features,))
+    return linear(x, weight) + bias
 
 
-def _dot_generated_kernel_backward(residuals, ct):
-  x, kernel_t = residuals  # kernel_t: [out, in]
-  batch = tuple(range(x.ndim - 1))
-  d_kernel_t = jax.lax.dot_general(ct, x, ((batch, batch), ((), ())))  # [out, in]
-  return ct @ kernel_t, d_kernel_t.T
-
-
-dot_generated_kernel.defvjp(_dot_generated_kernel_forward, _dot_generated_kernel_backward)
+def linear(x, weight):
+  """x [..., in] @ weight [out, in]^T -> [..., out]."""
+  return jax.lax.dot_general(x, weight, (((x.ndim - 1,), (1,)), ((), ())))
 
 
 class Conv3x3(nn.Module):

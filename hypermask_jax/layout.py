@@ -7,7 +7,9 @@ The flat output is laid out as PyTorch lays out the same network (the order
 hypnettorch's targets list their parameters, which the reference
 hypernetworks fill): layers in the order the network runs them, a layer's
 weight before its bias, and each tensor in PyTorch's shape ([out, in] for a
-Dense kernel, [out, in, kh, kw] for a conv kernel), row-major. For a full
+Dense layer's weight, [out, in, kh, kw] for a conv kernel), row-major. The
+targets' Dense layers store their 'weight' in that shape already
+(`layers.Linear`); only a conv kernel is reordered, to Flax's HWIO. For a full
 hypernetwork the order is immaterial (its output rows are exchangeable), but a
 chunked one ignores layer boundaries: with this layout, the same hypernetwork
 weights generate the same target weights as in the reference, chunk for
@@ -26,8 +28,9 @@ NORM_PREFIXES = ('BatchNorm', 'LayerNorm', 'GroupNorm', 'norm', 'bn')
 
 
 def is_weight(path):
-  """Kernels and biases of the target, outside normalisation layers (what hypernetworks make)."""
-  return path[-1] in ('kernel', 'bias') and not any(p.startswith(NORM_PREFIXES) for p in path[:-1])
+  """The target's weights, kernels and biases outside normalisation layers (hypernetworks make these)."""
+  return (path[-1] in ('weight', 'kernel', 'bias')
+          and not any(p.startswith(NORM_PREFIXES) for p in path[:-1]))
 
 
 def is_output_bias(path):
@@ -40,7 +43,7 @@ def is_masked(path):
 
 
 def network_order(path):
-  """Sort key: the order the targets (targets.py) run their layers, the head last, kernel first.
+  """Sort key: the order the targets (targets.py) run their layers, the head last, bias last.
 
   Layer names compare with their numbers as numbers ('dense_2' < 'dense_10');
   'conv_stem' < 'stage0_block0' < ... and 'conv0_0' < 'conv1_1' < 'dense'
@@ -48,13 +51,14 @@ def network_order(path):
   """
   natural = tuple(tuple(int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name))
                   for name in path[:-1])
-  return (path[:-1][:1] == (HEAD,), natural, path[-1] != 'kernel')
+  return (path[:-1][:1] == (HEAD,), natural, path[-1] == 'bias')
 
 
 def torch_layout(shape):
-  """(the tensor's shape in PyTorch, the axes that turn that into Flax's shape)."""
-  if len(shape) == 2:  # Dense: Flax [in, out], PyTorch [out, in]
-    return (shape[1], shape[0]), (1, 0)
+  """(the tensor's shape in PyTorch, the axes that turn that into Flax's shape).
+
+  Only a conv kernel differs; a Dense layer's weight is stored as PyTorch's.
+  """
   if len(shape) == 4:  # conv: Flax HWIO, PyTorch OIHW
     return (shape[3], shape[2], shape[0], shape[1]), (2, 3, 1, 0)
   return tuple(shape), tuple(range(len(shape)))

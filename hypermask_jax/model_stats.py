@@ -102,7 +102,7 @@ def load_model(run, data=None):
 
 @dataclasses.dataclass
 class MaskStats:
-  layers: list  # 'dense_0/kernel', ...
+  layers: list  # 'dense_0/weight', ...
   zero_fraction: np.ndarray  # [L, T], % of entries at 0
   mean_value: np.ndarray  # [L, T]
   layer_overlap: np.ndarray  # [L, T]: mean overlap with the other tasks' masks of that layer

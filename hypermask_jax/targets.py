@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from hypermask_jax.layers import Conv3x3
-from hypermask_jax.layers import dot_generated_kernel
+from hypermask_jax.layers import linear
+from hypermask_jax.layers import Linear
 from hypermask_jax.layers import torch_bias_init
-from hypermask_jax.layers import torch_dense
-from hypermask_jax.layers import TORCH_KERNEL_INIT
+from hypermask_jax.layers import torch_weight_init
 
 TARGETS = ('mlp', 'resnet20', 'zenkenet')
 BATCH_NORM_MODES = ('batch', 'running')
@@ -29,38 +29,32 @@ ZENKENET_DROPOUT = ('architecture', 'off')
 class Head(nn.Module):
   """The output layer: num_heads heads of num_classes outputs side by side, picked by `tasks`.
 
-  nn.Dense's params ('kernel' [in, num_heads * num_classes], 'bias') with
-  PyTorch's init, as `layers.torch_dense` (generated: multiplied by
-  `layers.dot_generated_kernel`). When one task picks the head for the whole
-  batch (`tasks` a scalar: every method's training step but joint training's,
-  and the evaluation), only that head's columns are multiplied; the other
+  `layers.Linear`'s params ('weight' [num_heads * num_classes, in], 'bias')
+  and init. When one task picks the head for the whole batch (`tasks` a
+  scalar: every method's training step but joint training's, and the
+  evaluation), only that head's rows of the weight are multiplied; the other
   heads' logits, computed and then dropped, took 0.6 ms of the 14-18 ms
   published HNET Permuted MNIST step (10 heads of a 1000-unit layer, in its
-  forward, input gradient and kernel gradient). A generated kernel (the
-  transpose of the hypernetwork's [out, in] tensor) is sliced on that tensor's
-  rows, so that the gradient's transposes cancel: sliced on the kernel's
-  columns, the head's gradient was written into zeros of the kernel's shape
-  and then transposed for the hypernetwork's layout, element by element
-  (Permuted MNIST-100: 100 heads of 10 x 1000, 4 of the 28 ms step at task 1).
+  forward, input gradient and kernel gradient). The rows are the weight's
+  leading axis, so the head's gradient is written as a slice of the [out, in]
+  tensor the hypernetwork generates (sliced on the columns of an [in, out]
+  kernel, it was written into zeros and transposed element by element:
+  Permuted MNIST-100, 100 heads of 10 x 1000, 4 of the 28 ms step at task 1).
   """
   num_classes: int
   num_heads: int = 1
-  generated: bool = False
 
   @nn.compact
   def __call__(self, x, tasks):
     fan_in, features = x.shape[-1], self.num_classes * self.num_heads
-    kernel = self.param('kernel', TORCH_KERNEL_INIT, (fan_in, features))
+    weight = self.param('weight', torch_weight_init, (features, fan_in))
     bias = self.param('bias', torch_bias_init(fan_in), (features,))
     one_head = self.num_heads > 1 and jnp.ndim(tasks) == 0
     if one_head:
       start = jnp.asarray(tasks, jnp.int32) * self.num_classes
-      if self.generated:
-        kernel = jax.lax.dynamic_slice_in_dim(kernel.T, start, self.num_classes, axis=0).T
-      else:
-        kernel = jax.lax.dynamic_slice_in_dim(kernel, start, self.num_classes, axis=1)
+      weight = jax.lax.dynamic_slice_in_dim(weight, start, self.num_classes, axis=0)
       bias = jax.lax.dynamic_slice_in_dim(bias, start, self.num_classes)
-    logits = (dot_generated_kernel(x, kernel) if self.generated else x @ kernel) + bias
+    logits = linear(x, weight) + bias
     if self.num_heads == 1 or one_head:
       return logits
     logits = logits.reshape(x.shape[0], self.num_heads, self.num_classes)
@@ -73,16 +67,14 @@ class MLP(nn.Module):
   hidden: Sequence[int]
   num_classes: int
   num_heads: int = 1
-  generated: bool = False  # Dense kernels come from a hypernetwork (layers.torch_dense)
 
   @nn.compact
   def __call__(self, x, tasks=0, train=False, valid=None):
     del train, valid
     x = x.reshape(x.shape[0], -1)
     for i, features in enumerate(self.hidden):
-      x = nn.relu(torch_dense(features, x.shape[-1], name=f'dense_{i}',
-                              generated=self.generated)(x))
-    return Head(self.num_classes, self.num_heads, self.generated, name='head')(x, tasks)
+      x = nn.relu(Linear(features, name=f'dense_{i}')(x))
+    return Head(self.num_classes, self.num_heads, name='head')(x, tasks)
 
 
 class BatchNorm(nn.Module):
@@ -154,7 +146,6 @@ class ResNet20(nn.Module):
   width: int = 2
   running_stats: bool = False
   max_tasks: int = 1
-  generated: bool = False  # the head's kernel comes from a hypernetwork (layers.torch_dense)
 
   @nn.compact
   def __call__(self, x, tasks=0, train=False, valid=None):
@@ -166,8 +157,7 @@ class ResNet20(nn.Module):
         stride = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(base * self.width, stride, norm, name=f'stage{stage}_block{block}')(
             x, tasks, train, valid)
-    return Head(self.num_classes, self.num_heads, self.generated, name='head')(
-        jnp.mean(x, axis=(1, 2)), tasks)
+    return Head(self.num_classes, self.num_heads, name='head')(jnp.mean(x, axis=(1, 2)), tasks)
 
 
 class ZenkeNet(nn.Module):
@@ -179,7 +169,7 @@ class ZenkeNet(nn.Module):
   were produced (the reference left the network in evaluation mode after the
   first validation, so its dropout acted only in each task's first step).
   The conv features are flattened channel-major (C, H, W), as PyTorch does, so
-  that the dense kernel is laid out as the reference's.
+  that the dense weight is laid out as the reference's.
 
   The reference's 64x64 variant (Tiny ImageNet) has 64 channels in both stages
   and no hidden Dense layer: the head reads the 14 x 14 x 64 = 12,544 features.
@@ -189,7 +179,6 @@ class ZenkeNet(nn.Module):
   dropout: str = 'off'
   channels: Sequence[int] = (32, 64)  # of the two conv stages
   dense: int = 512  # the hidden Dense layer's width; 0: none
-  generated: bool = False  # Dense kernels come from a hypernetwork (layers.torch_dense)
 
   @nn.compact
   def __call__(self, x, tasks=0, train=False, valid=None):
@@ -202,17 +191,17 @@ class ZenkeNet(nn.Module):
       x = nn.Dropout(0.25, broadcast_dims=(1, 2), deterministic=not drop)(x)  # whole channels
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
     if self.dense:
-      x = nn.relu(torch_dense(self.dense, x.shape[-1], name='dense', generated=self.generated)(x))
+      x = nn.relu(Linear(self.dense, name='dense')(x))
       x = nn.Dropout(0.5, deterministic=not drop)(x)
-    return Head(self.num_classes, self.num_heads, self.generated, name='head')(x, tasks)
+    return Head(self.num_classes, self.num_heads, name='head')(x, tasks)
 
 
 ZENKENET_64 = {'channels': (64, 64), 'dense': 0}  # the reference's ZenkeNet for 64x64 inputs
 
 
-def build(config, num_classes, num_heads=1, generated=False):
-  """The target network config.target names; generated: a hypernetwork makes its weights."""
-  common = dict(num_classes=num_classes, num_heads=num_heads, generated=generated)
+def build(config, num_classes, num_heads=1):
+  """The target network config.target names."""
+  common = dict(num_classes=num_classes, num_heads=num_heads)
   if config.target == 'mlp':
     return MLP(hidden=tuple(config.target_hidden), **common)
   if config.target == 'resnet20':

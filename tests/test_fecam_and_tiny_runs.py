@@ -77,5 +77,5 @@ def test_the_64x64_zenkenet_has_the_references_shapes():
   conv = lambda cin: {'bias': (64,), 'kernel': (3, 3, cin, 64)}
   assert jax.tree.map(lambda s: s.shape, shapes) == {
       'conv0_0': conv(3), 'conv0_1': conv(64), 'conv1_0': conv(64), 'conv1_1': conv(64),
-      'head': {'bias': (5,), 'kernel': (14 * 14 * 64, 5)}}  # no hidden Dense layer
+      'head': {'bias': (5,), 'weight': (5, 14 * 14 * 64)}}  # no hidden Dense layer
   assert method.layout.size == 1792 + 3 * 36928 + 12544 * 5 + 5  # all, the head's bias too

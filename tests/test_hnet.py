@@ -47,18 +47,17 @@ def test_generates_every_target_weight_and_every_tasks_head(synthetic_task_set):
   counts = method.param_counts(params)
   assert counts['compression'] == counts['hnet'] / counts['target']
   # Task t reads its own slice of the 40 outputs.
-  hidden = jax.nn.relu(x @ weights['dense_0']['kernel'] + weights['dense_0']['bias'])
-  all_heads = hidden @ weights['head']['kernel'] + weights['head']['bias']
+  hidden = jax.nn.relu(x @ weights['dense_0']['weight'].T + weights['dense_0']['bias'])
+  all_heads = hidden @ weights['head']['weight'].T + weights['head']['bias']
   np.testing.assert_allclose(method.predict(weights, {}, x, jnp.int32(2)), all_heads[:, 20:30],
                              rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('generated', [False, True])
-def test_one_task_for_the_batch_multiplies_only_its_head_and_changes_no_number(generated):
+def test_one_task_for_the_batch_multiplies_only_its_head_and_changes_no_number():
   """targets.Head: a scalar task (the published steps) against the same task given per
   example (joint training's path, every head computed), in value and gradient; its params are
-  nn.Dense's with PyTorch's init, as before it existed."""
-  target = targets.MLP(hidden=(12,), num_classes=4, num_heads=3, generated=generated)
+  nn.Dense's with PyTorch's init, as before it existed, laid out as nn.Linear's [out, in]."""
+  target = targets.MLP(hidden=(12,), num_classes=4, num_heads=3)
   params = target.init(jax.random.key(0), jnp.zeros((1, 20)))['params']
 
   class Before(nn.Module):  # the output layer as it was: torch_dense, every head, then picked
@@ -68,8 +67,9 @@ def test_one_task_for_the_batch_multiplies_only_its_head_and_changes_no_number(g
       return layers.torch_dense(12, 12, name='head')(x)
 
   before = Before().init(jax.random.key(0), jnp.zeros((1, 20)))['params']
-  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(before)):
-    np.testing.assert_array_equal(got, want)
+  for name in ('dense_0', 'head'):
+    np.testing.assert_array_equal(params[name]['weight'], before[name]['kernel'].T)
+    np.testing.assert_array_equal(params[name]['bias'], before[name]['bias'])
   x = jax.random.normal(jax.random.key(2), (6, 20))
   y = jnp.array([0, 1, 2, 3, 0, 1])
 
@@ -84,8 +84,8 @@ def test_one_task_for_the_batch_multiplies_only_its_head_and_changes_no_number(g
         params, jnp.int32(task))
     np.testing.assert_allclose(got_logits, want_logits, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    head_grad = np.asarray(got_grad['head']['kernel'])
-    assert np.all(np.delete(head_grad, np.s_[4 * task:4 * task + 4], axis=1) == 0)
+    head_grad = np.asarray(got_grad['head']['weight'])
+    assert np.all(np.delete(head_grad, np.s_[4 * task:4 * task + 4], axis=0) == 0)
     assert np.abs(head_grad).max() > 0
     for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
@@ -106,15 +106,26 @@ def flat_output_loss(target):
   return loss, jax.random.normal(jax.random.key(1), (flat_layout.size,))
 
 
-def test_a_generated_target_equals_the_plain_target_in_value_and_gradient():
-  """layers.dot_generated_kernel (HNET's targets) against nn.Dense's own dot, from a flat output."""
-  plain = targets.MLP(hidden=(12, 9), num_classes=4, num_heads=3)
-  generated = plain.clone(generated=True)
-  loss, flat = flat_output_loss(plain)
-  value_and_grad = lambda target: jax.value_and_grad(
-      lambda flat: loss(target, flat, jnp.int32(1)), has_aux=True)
-  (want, want_logits), want_grad = value_and_grad(plain)(flat)
-  (got, got_logits), got_grad = jax.jit(value_and_grad(generated))(flat)
+def test_a_target_from_a_flat_output_equals_the_dense_layers_written_out():
+  """A target whose weights a flat output holds (HNET's) equals, in value and gradient, the
+  same MLP written with each [out, in] tensor cut from the flat output as PyTorch's
+  nn.Linear reads it (x @ W^T + b): layout.split hands the tensors over without reordering."""
+  target = targets.MLP(hidden=(12, 9), num_classes=4, num_heads=3)
+  loss, flat = flat_output_loss(target)
+  x = jax.random.normal(jax.random.key(2), (6, 20))  # flat_output_loss's batch
+  y = jnp.array([0, 1, 2, 3, 0, 1])
+
+  def written_out(flat):
+    sizes = np.cumsum([12 * 20, 12, 9 * 12, 9, 12 * 9])
+    w0, b0, w1, b1, w2, b2 = jnp.split(flat, sizes)
+    h = jax.nn.relu(x @ w0.reshape(12, 20).T + b0)
+    h = jax.nn.relu(h @ w1.reshape(9, 12).T + b1)
+    logits = (h @ w2.reshape(12, 9).T + b2)[:, 4:8]  # task 1's head
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+  (want, want_logits), want_grad = jax.value_and_grad(written_out, has_aux=True)(flat)
+  (got, got_logits), got_grad = jax.jit(jax.value_and_grad(
+      lambda flat: loss(target, flat, jnp.int32(1)), has_aux=True))(flat)
   np.testing.assert_allclose(got_logits, want_logits, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   assert float(jnp.abs(want_grad).max()) > 0
@@ -122,10 +133,10 @@ def test_a_generated_target_equals_the_plain_target_in_value_and_gradient():
 
 
 def test_a_generated_heads_gradient_is_written_in_the_hypernetworks_layout_without_a_copy():
-  """targets.Head slices a generated kernel on the [out, in] tensor's rows: the compiled
-  gradient of the flat output has no transpose or copy of the head's kernel (sliced on the
-  kernel's columns, it had both), and equals the gradient of every head computed."""
-  target = targets.MLP(hidden=(12, 9), num_classes=4, num_heads=3, generated=True)
+  """targets.Head slices its [out, in] weight on its rows: the compiled gradient of the flat
+  output has no transpose or copy of the head's weight (sliced on the columns of an [in, out]
+  kernel, it had both), and equals the gradient of every head computed."""
+  target = targets.MLP(hidden=(12, 9), num_classes=4, num_heads=3)
   loss, flat = flat_output_loss(target)
   grad = jax.grad(lambda flat, tasks: loss(target, flat, tasks)[0])
   hlo = jax.jit(grad).lower(flat, jnp.int32(1)).compile().as_text()

@@ -78,7 +78,7 @@ def test_chunks_split_into_target_shapes_with_an_odd_remainder():
   weights = layout.unflatten(flat)
   assert jax.tree.map(jnp.shape, weights) == jax.tree.map(jnp.shape, shapes)
   # PyTorch's layout and layer order: dense_0 [7, 5] then its bias, head [3, 7] then its bias.
-  assert layout.paths == (('dense_0', 'kernel'), ('dense_0', 'bias'), ('head', 'kernel'),
+  assert layout.paths == (('dense_0', 'weight'), ('dense_0', 'bias'), ('head', 'weight'),
                           ('head', 'bias'))
   offset = 0
   for path, torch_shape in zip(layout.paths, ((7, 5), (7,), (3, 7), (3,))):
@@ -86,7 +86,7 @@ def test_chunks_split_into_target_shapes_with_an_odd_remainder():
     got = weights
     for key in path:
       got = got[key]
-    np.testing.assert_array_equal(got.T, flat[offset:offset + size].reshape(torch_shape))
+    np.testing.assert_array_equal(got, flat[offset:offset + size].reshape(torch_shape))
     offset += size
   assert offset == flat.shape[0]
   target.apply({'params': weights}, jnp.ones((2, 5)))  # the target consumes it as is
@@ -103,7 +103,8 @@ def test_layout_follows_the_order_the_networks_run_their_layers():
   convs = [p[:-1] for p in paths[::2]]
   assert convs == [('conv_stem',)] + [(f'stage{s}_block{b}', f'conv{c}') for s in range(3)
                                       for b in range(3) for c in range(2)] + [('head',)]
-  assert all(p[-1] == 'kernel' for p in paths[::2]) and all(p[-1] == 'bias' for p in paths[1::2])
+  assert all(p[-1] == 'kernel' for p in paths[:-2:2]) and paths[-2] == ('head', 'weight')
+  assert all(p[-1] == 'bias' for p in paths[1::2])
   zenke = targets.ZenkeNet(num_classes=10)
   shapes = jax.eval_shape(zenke.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
   layout = layout_lib.Layout.of(shapes, layout_lib.is_weight)

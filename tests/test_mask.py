@@ -60,7 +60,7 @@ def test_masks_cover_every_weight_and_the_forward_pass_leaves_the_head_bias_unma
   _, params = small_target((2,) * 11)
   layout = layout_lib.Layout.of(params, layout_lib.is_weight)  # HyperMask's
   assert layout.size == sum(x.size for x in jax.tree.leaves(params))
-  assert layout.paths[-2:] == (('head', 'kernel'), ('head', 'bias'))
+  assert layout.paths[-2:] == (('head', 'weight'), ('head', 'bias'))
   flat = jnp.arange(layout.size, dtype=jnp.float32) / layout.size
   masks = mask_lib.masks_from_output(layout, params, flat, 0.0, sparse=False)
   pieces = layout.split(flat)
@@ -73,8 +73,8 @@ def test_masks_cover_every_weight_and_the_forward_pass_leaves_the_head_bias_unma
   np.testing.assert_allclose(masks['head']['bias'], np.abs(np.tanh(flat[-3:])), rtol=1e-6)
   masked = mask_lib.apply_masks(params, masks, layout_lib.is_masked)
   np.testing.assert_array_equal(masked['head']['bias'], params['head']['bias'])
-  np.testing.assert_allclose(masked['head']['kernel'],
-                             params['head']['kernel'] * masks['head']['kernel'])
+  np.testing.assert_allclose(masked['head']['weight'],
+                             params['head']['weight'] * masks['head']['weight'])
 
 
 @pytest.mark.slow
@@ -87,14 +87,14 @@ def test_sparsity_cuts_every_mask_but_the_output_biass():
   pieces = layout.split(flat)
   np.testing.assert_allclose(masks['head']['bias'], np.abs(np.tanh(pieces[('head', 'bias')])),
                              rtol=1e-6)
-  for path in (('dense_0', 'kernel'), ('head', 'kernel'), ('dense_0', 'bias')):
+  for path in (('dense_0', 'weight'), ('head', 'weight'), ('dense_0', 'bias')):
     got = masks[path[0]][path[1]]
     assert 0.3 < np.mean(got == 0) <= 0.5, path  # the lower half is cut
 
 
 @pytest.mark.parametrize('path,masked', [
-    (('dense_0', 'kernel'), True), (('dense_0', 'bias'), True), (('head', 'kernel'), True),
-    (('head', 'bias'), False), (('BatchNorm_0', 'scale'), False), (('BatchNorm_0', 'bias'), False),
+    (('dense_0', 'weight'), True), (('dense_0', 'bias'), True), (('head', 'weight'), True),
+    (('conv0_0', 'kernel'), True), (('head', 'bias'), False), (('BatchNorm_0', 'scale'), False), (('BatchNorm_0', 'bias'), False),
 ])
 def test_is_masked(path, masked):
   assert layout_lib.is_masked(path) == masked

@@ -199,12 +199,12 @@ def test_the_model_figures_of_a_trained_hypermask_run(tmp_path, monkeypatch, syn
   for t in range(3):
     weights = eval_weights(model.params, jnp.int32(t), model.hp)
     masks.append({name: np.asarray(weights[layer][kind]) / model.params['target'][layer][kind]
-                  for name, layer, kind in (('dense_0/kernel', 'dense_0', 'kernel'),
+                  for name, layer, kind in (('dense_0/weight', 'dense_0', 'weight'),
                                             ('dense_0/bias', 'dense_0', 'bias'),
-                                            ('head/kernel', 'head', 'kernel'))})
+                                            ('head/weight', 'head', 'weight'))})
   zeros, means, _ = heatmap_axes(figs['mask_statistics.png'].figure)
   layers = [t.get_text() for t in zeros.get_yticklabels()]
-  assert layers == ['dense_0/kernel', 'dense_0/bias', 'head/kernel']  # no mask on the output bias
+  assert layers == ['dense_0/weight', 'dense_0/bias', 'head/weight']  # no mask on the output bias
   for i, name in enumerate(layers):
     np.testing.assert_allclose(shown(zeros)[i], [100 * np.mean(m[name] == 0) for m in masks])
     np.testing.assert_allclose(shown(means)[i], [np.mean(m[name]) for m in masks], rtol=1e-5)

@@ -70,7 +70,7 @@ def test_fecam_statistics_and_distances_follow_the_formulas():
 
 
 class Lookup:
-  """A stand-in method whose task t is a linear classifier of the input (kernel t, bias t), so
+  """A stand-in method whose task t is a linear classifier of the input (weight t, bias t), so
   its penultimate features are the inputs themselves: tests can set each task's network."""
 
   def __init__(self, num_classes):
@@ -78,7 +78,7 @@ class Lookup:
 
   def eval_weights(self, params, task, hp):
     del hp
-    return {'head': {'kernel': params['kernel'][task], 'bias': params['bias'][task]}}
+    return {'head': {'weight': params['weight'][task], 'bias': params['bias'][task]}}
 
   def predict(self, weights, batch_stats, x, tasks_, valid=None):
     del batch_stats, tasks_, valid
@@ -100,19 +100,19 @@ def split_data():
 
 
 def lookup_program(data, mode, confuse, runs=2):
-  """(inference, params, hp, program data): task t's kernel reads the blocks of its two digits;
+  """(inference, params, hp, program data): task t's weight reads the blocks of its two digits;
   with `confuse`, task 2 also answers digit 0 (task 0's class 0) with twice the weight."""
   config = split_mnist.get_config('small')
   config.update(num_tasks=3, task_inference=mode, eval_batch_size=64)
   config = config_checks.resolve(config)
   trainer = trainer_lib.Trainer(config, Lookup(2))
-  kernel = np.zeros((3, 784, 2), np.float32)
+  weight = np.zeros((3, 2, 784), np.float32)  # [task, out, in]
   for t in range(3):
     for c in range(2):
-      kernel[t, digit_pixels(2 * t + c), c] = 1.0
+      weight[t, c, digit_pixels(2 * t + c)] = 1.0
   if confuse:
-    kernel[2, digit_pixels(0), 0] = 2.0
-  params = {'kernel': jnp.asarray(np.stack([kernel] * runs)),
+    weight[2, 0, digit_pixels(0)] = 2.0
+  params = {'weight': jnp.asarray(np.stack([weight] * runs)),
             'bias': jnp.zeros((runs, 3, 2))}
   hp = trainer_lib.hyperparams([config] * runs)
   return task_inference.TaskInference(trainer), params, hp, tasks.for_runs(data, [1] * runs)

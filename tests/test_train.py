@@ -116,7 +116,7 @@ def test_eval_uses_each_tasks_own_embedding(synthetic_task_set):
   hp = trainer_lib.run_hyperparams(config)
   w0 = method.eval_weights(params, np.int32(0), hp)
   w1 = method.eval_weights(params, np.int32(1), hp)
-  assert not np.allclose(w0['dense_0']['kernel'], w1['dense_0']['kernel'])
+  assert not np.allclose(w0['dense_0']['weight'], w1['dense_0']['weight'])
   np.testing.assert_array_equal(w0['head']['bias'], params['target']['head']['bias'])
 
 

@@ -22,7 +22,6 @@ class Method:
   """
   fresh_optimizer_per_task = True
   one_head_per_task = False
-  generates_target_weights = False  # a hypernetwork's output is the target's weights (HNET)
 
   def __init__(self, config, input_shape, num_classes):
     self.config = config
@@ -30,7 +29,7 @@ class Method:
     self.num_classes = num_classes
     per_task = self.one_head_per_task or config.output_heads == 'per_task'
     num_heads = config.max_tasks if per_task else 1
-    self.target = targets.build(config, num_classes, num_heads, self.generates_target_weights)
+    self.target = targets.build(config, num_classes, num_heads)
     self.target_shapes = jax.eval_shape(self.init_target, jax.random.key(0))
 
   def init_target(self, rng):

@@ -19,10 +19,9 @@ from hypermask_jax.methods import base
 class HNET(base.HypernetworkMethod):
   """A target network whose weights a (chunked) hypernetwork makes.
 
-  Only kernels and biases are generated; BatchNorm's scale and offset, if the
-  target has them, are the target's own params ('target'), shared by all tasks.
+  Only weights, kernels and biases are generated; BatchNorm's scale and offset, if
+  the target has them, are the target's own params ('target'), shared by all tasks.
   """
-  generates_target_weights = True
 
   def __init__(self, config, input_shape, num_classes):
     super().__init__(config, input_shape, num_classes, layout.is_weight)
