@@ -28,7 +28,7 @@ NORM_PREFIXES = ('BatchNorm', 'LayerNorm', 'GroupNorm', 'norm', 'bn')
 
 
 def is_weight(path):
-  """The target's weights, kernels and biases outside normalisation layers (hypernetworks make these)."""
+  """What hypernetworks make: the target's weights, kernels and biases, not normalisation's."""
   return (path[-1] in ('weight', 'kernel', 'bias')
           and not any(p.startswith(NORM_PREFIXES) for p in path[:-1]))
 

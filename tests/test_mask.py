@@ -94,7 +94,8 @@ def test_sparsity_cuts_every_mask_but_the_output_biass():
 
 @pytest.mark.parametrize('path,masked', [
     (('dense_0', 'weight'), True), (('dense_0', 'bias'), True), (('head', 'weight'), True),
-    (('conv0_0', 'kernel'), True), (('head', 'bias'), False), (('BatchNorm_0', 'scale'), False), (('BatchNorm_0', 'bias'), False),
+    (('conv0_0', 'kernel'), True), (('head', 'bias'), False), (('BatchNorm_0', 'scale'), False),
+    (('BatchNorm_0', 'bias'), False),
 ])
 def test_is_masked(path, masked):
   assert layout_lib.is_masked(path) == masked

@@ -216,14 +216,14 @@ def test_the_model_figures_of_a_trained_hypermask_run(tmp_path, monkeypatch, syn
   np.testing.assert_allclose(shown(ax)[0, 2], by_hand, rtol=1e-5)
   np.testing.assert_allclose(np.diag(shown(ax)), 1.0)
 
-  # Penultimate features of the MLP (one hidden layer): relu(x W0 + b0) with each task's weights,
+  # Penultimate features of the MLP (one hidden layer): relu(x W0^T + b0) with each task's weights,
   # for the 200 test samples of each task, as the figure shows them.
   features, task_ids = report.model_stats.penultimate_features(model, 3, 200)
   data = synthetic_task_set
   for t in range(3):
     w = eval_weights(model.params, jnp.int32(t), model.hp)['dense_0']
     x = data.inputs(data.test.images[:200], t, None, train=False)
-    np.testing.assert_allclose(features[task_ids == t], jax.nn.relu(x @ w['kernel'] + w['bias']),
+    np.testing.assert_allclose(features[task_ids == t], jax.nn.relu(x @ w['weight'].T + w['bias']),
                                rtol=1e-4, atol=1e-5)
   projected, _ = report.model_stats.pca(features)
   scatters = figs['features_pca.png'].figure.axes[0].collections
