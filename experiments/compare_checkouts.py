@@ -13,7 +13,8 @@ alternately, `--calls` times each, so that both see the same drift (in the
 order ABBA ABBA ..., so that neither always runs right after the other). It
 prints each version's time per step for every call, their fastest and median,
 and the largest difference between the two versions' parameters after the same
-steps (0: the change left the numbers as they were). The version built first
+steps (0: the change left the numbers as they were; a checkout from before the
+targets' Dense layers took PyTorch's [out, in] layout is compared transposed). The version built first
 sometimes runs a few percent faster or slower than the other for that alone
 (where the two held the same code, 5% apart in one run and 1% in the next):
 run it with `--first=before` and `--first=this`.
@@ -87,14 +88,37 @@ def build(checkout, config, task):
     return [chunk, jax.block_until_ready(chunk(state))]
 
 
-def parameter_difference(a, b):
+def by_path(params):
+  """{path as a tuple of names: array} of a params pytree."""
+  name = lambda k: str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+  return {tuple(map(name, path)): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def as_weights_of(a, b):
+  """a's {path: array}, each 'kernel' that b holds as a 'weight' transposed to it.
+
+  A checkout from before the targets' Dense layers took PyTorch's layout
+  (`layers.Linear`) holds a Dense 'kernel' [..., in, out] where later ones hold
+  the 'weight' [..., out, in]: the same numbers.
+  """
+  out = {}
+  for path, array in a.items():
+    weight = path[:-1] + ('weight',)
+    if path[-1] == 'kernel' and path not in b and weight in b:
+      out[weight] = np.swapaxes(array, -1, -2)
+    else:
+      out[path] = array
+  return out
+
+
+def parameter_difference(a, b, steps):
   """A line: the largest difference between two versions' parameters, if they have the same."""
-  steps = _STEPS.value * (_CALLS.value + 1)
-  shapes = lambda params: jax.tree.map(np.shape, params)
-  if shapes(a) != shapes(b):
+  a, b = by_path(a), by_path(b)
+  a, b = as_weights_of(a, b), as_weights_of(b, a)
+  if {p: x.shape for p, x in a.items()} != {p: x.shape for p, x in b.items()}:
     return f'parameters after {steps} steps: not compared, the two versions have different ones'
-  difference = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-                   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  difference = max(float(np.max(np.abs(a[p] - b[p]), initial=0.0)) for p in a)
   return f'largest parameter difference after {steps} steps: {difference:.3g}'
 
 
@@ -128,7 +152,8 @@ def main(argv):
     t = times[name]
     print(f'{name:6s} {str(checkout):40s} fastest {min(t):9.2f}  median '
           f'{statistics.median(t):9.2f}  calls {" ".join(f"{x:.1f}" for x in t)}')
-  print(parameter_difference(*(version[1].params for version in versions.values())))
+  print(parameter_difference(*(version[1].params for version in versions.values()),
+                             steps=_STEPS.value * (_CALLS.value + 1)))
 
 
 if __name__ == '__main__':

@@ -99,3 +99,30 @@ def test_help_prints_the_docstring_and_the_flags_and_exits_0():
   assert run.returncode == 0, run.stderr
   assert run.stdout.startswith("Times a config's train step in two checkouts")
   assert '--before: The other checkout' in run.stdout
+
+
+def test_a_dense_kernel_is_compared_with_the_weight_it_became():
+  """A checkout from before layers.Linear holds a target's Dense 'kernel' [in, out]; later ones
+  the 'weight' [out, in]. Their parameters are compared transposed, the hypernetwork's own
+  'kernel' as it is, either checkout first. (In a process of its own: the script defines
+  absl flags that other experiments' scripts define too.)"""
+  code = """
+import numpy as np
+from experiments import compare_checkouts
+kernel = np.arange(6.0).reshape(1, 2, 3)  # [runs, in, out]
+hnet = {'out': {'kernel': np.ones((1, 4, 5))}}
+target = lambda name, array: {'dense_0': {name: array, 'bias': np.zeros((1, 3))}}
+old = {'hnet': hnet, 'target': target('kernel', kernel)}
+new = {'hnet': hnet, 'target': target('weight', np.swapaxes(kernel, 1, 2))}
+moved = {'hnet': hnet, 'target': target('weight', np.swapaxes(kernel, 1, 2) + 0.5)}
+untransposed = {'hnet': hnet, 'target': target('weight', kernel)}
+for a, b in ((old, new), (new, old), (old, moved), (old, untransposed)):
+  print(compare_checkouts.parameter_difference(a, b, 6))
+"""
+  run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.splitlines() == [
+      'largest parameter difference after 6 steps: 0',
+      'largest parameter difference after 6 steps: 0',
+      'largest parameter difference after 6 steps: 0.5',
+      'parameters after 6 steps: not compared, the two versions have different ones']
