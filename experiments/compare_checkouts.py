@@ -14,10 +14,10 @@ order ABBA ABBA ..., so that neither always runs right after the other). It
 prints each version's time per step for every call, their fastest and median,
 and the largest difference between the two versions' parameters after the same
 steps (0: the change left the numbers as they were; a checkout from before the
-targets' Dense layers took PyTorch's [out, in] layout is compared transposed). The version built first
-sometimes runs a few percent faster or slower than the other for that alone
-(where the two held the same code, 5% apart in one run and 1% in the next):
-run it with `--first=before` and `--first=this`.
+targets' Dense layers took PyTorch's [out, in] layout is compared transposed).
+The version built first sometimes runs a few percent faster or slower than
+the other for that alone (where the two held the same code, 5% apart in one
+run and 1% in the next): run it with `--first=before` and `--first=this`.
 
 The config is read from this checkout and given to both, with the settings
 `benchmark_step.py` times under (`shortened_runs.for_step_timing`).
@@ -33,6 +33,7 @@ THIS_CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(THIS_CHECKOUT))  # runnable as a script
 
 from absl import flags
+from flax import traverse_util
 import jax
 from ml_collections import config_flags
 import numpy as np
@@ -88,13 +89,6 @@ def build(checkout, config, task):
     return [chunk, jax.block_until_ready(chunk(state))]
 
 
-def by_path(params):
-  """{path as a tuple of names: array} of a params pytree."""
-  name = lambda k: str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
-  return {tuple(map(name, path)): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-
-
 def as_weights_of(a, b):
   """a's {path: array}, each 'kernel' that b holds as a 'weight' transposed to it.
 
@@ -114,7 +108,7 @@ def as_weights_of(a, b):
 
 def parameter_difference(a, b, steps):
   """A line: the largest difference between two versions' parameters, if they have the same."""
-  a, b = by_path(a), by_path(b)
+  a, b = (traverse_util.flatten_dict(jax.device_get(params)) for params in (a, b))
   a, b = as_weights_of(a, b), as_weights_of(b, a)
   if {p: x.shape for p, x in a.items()} != {p: x.shape for p, x in b.items()}:
     return f'parameters after {steps} steps: not compared, the two versions have different ones'
