@@ -30,6 +30,7 @@ runs on DEVICE: the GPU where PyTorch sees one (as JAX then does), else the CPU.
 """
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -38,6 +39,11 @@ from hypnettorch import hnets
 from hypnettorch import mnets
 from hypnettorch.utils import hnet_regularizer
 from hypnettorch.utils import optim_step
+
+# hypnettorch 0.0.4's Adam step (optim_step.calc_delta_theta) calls the deprecated
+# Tensor.add_(Number, Tensor); the reference runs it as published, without PyTorch's warning.
+warnings.filterwarnings('ignore', message='This overload of add_ is deprecated',
+                        category=UserWarning)
 
 DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 

@@ -12,6 +12,8 @@ import sys
 from absl import app
 from absl import flags
 
+from hypermask_jax import console
+
 EXIT_BAD_INPUT = 2
 HELP_FLAGS = ('-h', '-help', '--help', '--helpshort', '--helpfull', '-?')
 
@@ -48,11 +50,12 @@ def print_script_help():
 
 def run_script(main):
   """app.run(main) for a script: --help exits 0; a bad flag, BadInput or absl's UsageError
-  exits 2, one line."""
+  exits 2, one line; the libraries' INFO logs are kept off the console (`console`)."""
   if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
     print_script_help()
 
   def checked_main(argv):
+    console.quiet_libraries()
     try:
       return main(argv)
     except (BadInput, app.UsageError) as e:

@@ -13,16 +13,15 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up nois
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # and its oneDNN notice (TF only reads data)
 
 import difflib  # pylint: disable=g-import-not-at-top,wrong-import-position
-import logging as std_logging
 import re
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from hypermask_jax import config_files
+from hypermask_jax import console
 from hypermask_jax import errors
 from hypermask_jax import preemption
 
@@ -40,7 +39,6 @@ _SWEEP_SHARD = flags.DEFINE_string(
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
                                 lock_config=False, accept_new_attributes=True)
 
-CHATTY_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
 MOST_USED_FIELDS = (
     ('data_dir', "TFDS data dir ('' = TFDS's default); prepare MNIST offline with "
                  'python -m hypermask_jax.data.prepare'),
@@ -57,14 +55,6 @@ MOST_USED_FIELDS = (
     ('sweep.FIELD', 'values of FIELD to sweep, e.g. --config.sweep.seed=1,2,3,4,5'),
     ('runs_per_program', 'most runs one compiled program trains at once (0: as many as fit)'),
 )
-
-
-class _QuietLibraries(std_logging.Filter):
-  """Keeps the console to progress lines: libraries' INFO logs are dropped, warnings kept."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or not any(
-        lib in record.pathname for lib in CHATTY_LIBRARIES)
 
 
 def help_text():
@@ -164,7 +154,7 @@ def parse_flags(argv):
 
 def main(argv):
   del argv
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  console.quiet_libraries()
   from hypermask_jax import devices  # pylint: disable=g-import-not-at-top  (after TF's env setup)
   from hypermask_jax import train  # pylint: disable=g-import-not-at-top
   try:

@@ -38,6 +38,8 @@ def test_step_benchmark_floors_follow_the_tasks_regularised():
   regulariser rows: none at task 1, 2 at task 3, 4 at task 5 (--tasks, any order)."""
   run = run_step_benchmark('--steps=2', '--repeats=1', '--tasks=5,1,3')
   assert run.returncode == 0, run.stderr
+  # Its checkpoint measurement saves with orbax, whose INFO logs (some 60 lines) stay quiet.
+  assert not re.search(r'^I\d{4} .*\] ', run.stderr, re.M), run.stderr[:3000]
   out = run.stdout
   pattern = (r'task +(\d+) .* jax +([\d.]+) ms/step \(a call: (-?[\d.]+) ms, (\d+) page faults, '
              r'\+ (-?[\d.]+) ms per step\) \| moves >= ([\d.]+) GB .* at ([\d.]+) GB/s: '
