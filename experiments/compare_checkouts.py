@@ -23,14 +23,12 @@ The config is read from this checkout and given to both, with the settings
 `benchmark_step.py` times under (`shortened_runs.for_step_timing`).
 """
 
-import contextlib
 import pathlib
 import statistics
 import sys
 import time
 
-THIS_CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(THIS_CHECKOUT))  # runnable as a script
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable as a script
 
 from absl import flags
 from flax import traverse_util
@@ -39,6 +37,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from experiments import shortened_runs
+from experiments import step_chunks
 from hypermask_jax import errors
 
 config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
@@ -49,44 +48,6 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'Steps per call (one compiled chunk).'
 _CALLS = flags.DEFINE_integer('calls', 8, 'Timed calls per version, alternating.')
 _FIRST = flags.DEFINE_enum('first', 'before', ['before', 'this'],
                            'The version compiled (and its state allocated) first.')
-
-
-@contextlib.contextmanager
-def imported_from(checkout):
-  """`hypermask_jax` as `checkout` holds it, for the duration of the block."""
-  def forget():
-    for name in [m for m in sys.modules if m.split('.')[0] == 'hypermask_jax']:
-      del sys.modules[name]
-  forget()
-  sys.path.insert(0, str(checkout))
-  try:
-    yield
-  finally:
-    sys.path.remove(str(checkout))
-    forget()
-
-
-def build(checkout, config, task):
-  """[a function of the state that runs one compiled chunk, the state after one chunk] of
-  `checkout`'s trainer at `task` (0-based)."""
-  with imported_from(checkout):
-    from hypermask_jax import config_checks  # pylint: disable=g-import-not-at-top
-    from hypermask_jax import errors as its_errors  # pylint: disable=g-import-not-at-top
-    from hypermask_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-    from hypermask_jax.data import tasks  # pylint: disable=g-import-not-at-top
-    from hypermask_jax.methods import METHODS  # pylint: disable=g-import-not-at-top
-    try:  # its BadInput is another class than this checkout's
-      config = config_checks.resolve(config)
-      task_set = tasks.synthetic_task_set(config)
-      method = METHODS[config.method](config, task_set.input_shape, task_set.num_classes)
-      trainer = trainer_lib.Trainer(config, method)
-      state, data, hp = trainer.fresh(task_set, [config])
-    except its_errors.BadInput as e:
-      raise errors.BadInput(f'the checkout {checkout} refuses the config: {e}') from None
-    for t in range(task + 1):  # each task's start, as a run passes through them
-      state = trainer.begin_task(state, t, hp)
-    chunk = lambda state: trainer.train_steps(state, data, hp, np.int32(_STEPS.value))[0]
-    return [chunk, jax.block_until_ready(chunk(state))]
 
 
 def as_weights_of(a, b):
@@ -129,16 +90,16 @@ def main(argv):
   if not 1 <= _TASK.value <= config.num_tasks:
     raise errors.BadInput(f'--task must be in [1, {config.num_tasks}]; got {_TASK.value}')
   shortened_runs.for_step_timing(config, _STEPS.value, _CALLS.value)
-  checkouts = {'before': before, 'this': THIS_CHECKOUT}
+  checkouts = {'before': before, 'this': step_chunks.THIS_CHECKOUT}
   order = ('before', 'this') if _FIRST.value == 'before' else ('this', 'before')
-  versions = {name: build(checkouts[name], config, _TASK.value - 1) for name in order}
+  versions = {name: step_chunks.build(checkouts[name], config, _TASK.value - 1, _STEPS.value)
+              for name in order}
   times = {name: [] for name in versions}
   for call in range(_CALLS.value):
     for name in order if call % 2 == 0 else order[::-1]:
       version = versions[name]
-      chunk, state = version
       tic = time.perf_counter()
-      version[1] = jax.block_until_ready(chunk(state))
+      version.state = jax.block_until_ready(version.run(version.state))
       times[name].append(1e3 * (time.perf_counter() - tic) / _STEPS.value)
   print(f'task {_TASK.value}, {_CALLS.value} alternating calls of {_STEPS.value} steps each '
         '(ms/step):')
@@ -146,7 +107,7 @@ def main(argv):
     t = times[name]
     print(f'{name:6s} {str(checkout):40s} fastest {min(t):9.2f}  median '
           f'{statistics.median(t):9.2f}  calls {" ".join(f"{x:.1f}" for x in t)}')
-  print(parameter_difference(*(version[1].params for version in versions.values()),
+  print(parameter_difference(*(version.state.params for version in versions.values()),
                              steps=_STEPS.value * (_CALLS.value + 1)))
 
 

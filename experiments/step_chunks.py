@@ -1,0 +1,70 @@
+"""A config's compiled train chunk, from a checkout of this repository, set to a task.
+
+What `compare_checkouts.py` times in two checkouts and `profile_step.py`
+profiles in this one: the trainer each checkout's `hypermask_jax` builds for
+the config (on synthetic data of the config's shapes), its state passed
+through each task's start up to the task asked for, and one compiled call of
+`steps` steps.
+"""
+
+import contextlib
+import dataclasses
+import pathlib
+import sys
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from hypermask_jax import errors
+
+THIS_CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass
+class Chunk:
+  """run(state) -> the state after one compiled call; state: the latest; hlo(): its program."""
+  run: Callable[[Any], Any]
+  state: Any
+  hlo: Callable[[], str]
+
+
+@contextlib.contextmanager
+def imported_from(checkout):
+  """`hypermask_jax` as `checkout` holds it, for the duration of the block."""
+  def forget():
+    for name in [m for m in sys.modules if m.split('.')[0] == 'hypermask_jax']:
+      del sys.modules[name]
+  forget()
+  sys.path.insert(0, str(checkout))
+  try:
+    yield
+  finally:
+    sys.path.remove(str(checkout))
+    forget()
+
+
+def build(checkout, config, task, steps):
+  """The Chunk of `checkout`'s trainer at `task` (0-based), after one untimed call."""
+  with imported_from(checkout):
+    from hypermask_jax import config_checks  # pylint: disable=g-import-not-at-top
+    from hypermask_jax import errors as its_errors  # pylint: disable=g-import-not-at-top
+    from hypermask_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+    from hypermask_jax.data import tasks  # pylint: disable=g-import-not-at-top
+    from hypermask_jax.methods import METHODS  # pylint: disable=g-import-not-at-top
+    try:  # its BadInput is another class than this checkout's
+      config = config_checks.resolve(config)
+      task_set = tasks.synthetic_task_set(config)
+      method = METHODS[config.method](config, task_set.input_shape, task_set.num_classes)
+      trainer = trainer_lib.Trainer(config, method)
+      state, data, hp = trainer.fresh(task_set, [config])
+    except its_errors.BadInput as e:
+      raise errors.BadInput(f'the checkout {checkout} refuses the config: {e}') from None
+    for t in range(task + 1):  # each task's start, as a run passes through them
+      state = trainer.begin_task(state, t, hp)
+    run = lambda state: trainer.train_steps(state, data, hp, np.int32(steps))[0]
+    state = jax.block_until_ready(run(state))
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)  # the calls donate their state: lower from shapes
+    hlo = lambda: trainer.train_steps.lower(shapes, data, hp, np.int32(steps)).compile().as_text()
+    return Chunk(run, state, hlo)
