@@ -77,7 +77,8 @@ def test_the_compiled_step_never_transposes_a_dense_weight_or_its_mask(synthetic
   Dense weights are stored in it (layers.Linear), so the compiled HyperMask step (masks,
   masked product, gradients, Adam) holds no transpose of a [24, 1024] or [10, 24] tensor.
   With Flax's [in, out] kernels, XLA:CPU compiled 30 of them here (masks, the masked kernel's
-  gradient, the target's Adam), 4-11% of the published Permuted MNIST step (README, Benchmark)."""
+  gradient, the target's Adam), 4-11% of the published Permuted MNIST step
+  (docs/benchmark_history.md)."""
   config = tiny_config(target_hidden=(24,), sparsity=30.0)
   data = synthetic_task_set
   trainer = trainer_lib.Trainer(config, HyperMask(config, data.input_shape, data.num_classes))
