@@ -114,6 +114,12 @@ def main(argv):
   if _STEPS.value < 1 or _TOP.value < 1:
     raise errors.BadInput(f'--steps and --top must be at least 1; got {_STEPS.value} and '
                           f'{_TOP.value}')
+  if _TRACE_DIR.value:
+    try:
+      pathlib.Path(_TRACE_DIR.value).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise errors.BadInput(f'--trace_dir must name a folder it can write; got '
+                            f'{_TRACE_DIR.value!r} ({e.strerror})') from None
   shortened_runs.for_step_timing(config, _STEPS.value, 2)
   chunk = step_chunks.build(step_chunks.THIS_CHECKOUT, config, _TASK.value - 1, _STEPS.value)
   with tempfile.TemporaryDirectory() as scratch:

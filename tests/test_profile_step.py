@@ -46,3 +46,11 @@ def test_refuses_a_task_outside_the_config():
   run = profile('--task=6')
   assert run.returncode == 2
   assert run.stderr.strip() == 'error: --task must be in [1, 5]; got 6'
+
+
+def test_refuses_a_trace_dir_it_cannot_write(tmp_path):
+  (tmp_path / 'file').write_text('')
+  run = profile(f'--trace_dir={tmp_path / "file" / "trace"}')
+  assert run.returncode == 2
+  assert run.stderr.startswith('error: --trace_dir must name a folder it can write; got ')
+  assert len(run.stderr.strip().splitlines()) == 1
