@@ -9,6 +9,7 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 | HYPERMASK_CPU_VECTOR_WIDTH | `256`, `512` | `512` on CPUs with AVX-512, else XLA's own |
 | HYPERMASK_CHUNK_INPUT_GRAD | `direct`, `transposed_copy` | `transposed_copy` on CPU for fan-in 25-30, else `direct` |
 | HYPERMASK_ROW_INPUT_GRAD | `fold`, `two_rows` | `fold` on CPU, `two_rows` elsewhere |
+| HYPERMASK_CPU_YNNPACK | `on`, `off` | `off` for HNET, `on` for the other methods (CPU only) |
 
 - HYPERMASK_CONV: how layers.Conv3x3 computes its convolution. Inside a loop
   XLA:CPU runs the gradient convolutions JAX derives 15-40x slower than their
@@ -38,7 +39,10 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   MNIST-100's 350 (372 rows of 7500) 10.5 against 13.2-14.9 ms. On GPU and TPU
   the direct dot needs no copy; on an H200 the HNET steps took the same time
   in both forms (0.20-0.21 ms on Split MNIST, 0.29 ms on Permuted MNIST, at
-  task 1). The two forms may round differently.
+  task 1). With YNNPACK off (HNET's default on CPU, below), Eigen's direct
+  dot was no faster than the copy: HNET Permuted MNIST took 21.3 against
+  20.3 ms per step at task 10, 8.36 against 8.30 ms at task 1 (medians,
+  alternating in one process). The two forms may round differently.
 - HYPERMASK_ROW_INPUT_GRAD: how `wide_dense.WideDense` computes one row's
   input gradient, the row times its [m, n] kernel (the HyperMask steps at
   their first task): `fold`, a matmul of s rows over the kernel viewed as
@@ -49,6 +53,23 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   would change its tiled layout, a copy of the whole kernel at every step,
   and the GPU steps were measured with the two-row product, so accelerators
   keep it. The two forms round differently.
+- HYPERMASK_CPU_YNNPACK: whether XLA:CPU hands dots, reductions and some
+  elementwise fusions to YNNPACK (its default) or compiles them itself, with
+  Eigen's matmuls (`xla_cpu_experimental_ynn_fusion_type` set empty). It is
+  chosen per method, because it goes the other way on the two kinds of step.
+  HNET's are made of small products, the chunk layer's thin ones
+  ([25, 78000] x [78000, 25]) and the regulariser's Gram-like ones over the
+  old tasks' outputs, and of reductions, which YNNPACK runs slowly: on the
+  2-core AMD EPYC (Zen 5), alternating the two in one process (medians), HNET
+  Permuted MNIST took 25.2 -> 20.7 ms per step at task 10 and 9.0 -> 8.5 ms
+  at task 1, Split MNIST 3.60 -> 3.26 ms at task 5, Permuted MNIST-100
+  1089 -> 510 ms at task 100 (24.4 -> 24.8 ms at task 1), and Split MNIST
+  with a full (unchunked) hypernetwork 34.9 -> 30.6 ms. HyperMask's steps are
+  made of large products, which YNNPACK runs faster: without it ResNet-20
+  took 283 -> 738 ms at task 1, Permuted MNIST 200 -> 260 ms at task 10,
+  ZenkeNet 158 -> 176 ms at task 10, Split MNIST 18.9 -> 20.2 ms at task 5,
+  and Permuted MNIST with a chunked hypernetwork 97 -> 106 ms at task 10.
+  The two round differently; on other backends the option does not exist.
 
 The variables are read when a function is traced, so a process can switch
 between runs (tests do, with monkeypatch.setenv); a run checks them all
@@ -64,7 +85,8 @@ from hypermask_jax import errors
 CHOICES = {'HYPERMASK_CONV': ('nhwc_vjp', 'im2col', 'xla'),
            'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512'),
            'HYPERMASK_CHUNK_INPUT_GRAD': ('direct', 'transposed_copy'),
-           'HYPERMASK_ROW_INPUT_GRAD': ('fold', 'two_rows')}
+           'HYPERMASK_ROW_INPUT_GRAD': ('fold', 'two_rows'),
+           'HYPERMASK_CPU_YNNPACK': ('on', 'off')}
 
 
 class BadVariable(errors.BadInput, ValueError):
@@ -114,9 +136,19 @@ def cpu_has_avx512():
     return False
 
 
-def compiler_options():
-  """XLA compiler options for the compiled train and evaluation functions."""
+def cpu_ynnpack(method):
+  """'on' or 'off': whether XLA:CPU uses YNNPACK in the steps of `method` (see above)."""
+  return _forced('HYPERMASK_CPU_YNNPACK') or ('off' if method == 'hnet' else 'on')
+
+
+def compiler_options(method):
+  """XLA compiler options for the compiled functions of a run of `method` (config.method)."""
   if jax.default_backend() != 'cpu':
     return {}
+  options = {}
   width = _forced('HYPERMASK_CPU_VECTOR_WIDTH') or ('512' if cpu_has_avx512() else None)
-  return {'xla_cpu_prefer_vector_width': int(width)} if width else {}
+  if width:
+    options['xla_cpu_prefer_vector_width'] = int(width)
+  if cpu_ynnpack(method) == 'off':
+    options['xla_cpu_experimental_ynn_fusion_type'] = ''  # empty: no fusion goes to YNNPACK
+  return options

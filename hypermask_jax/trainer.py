@@ -102,7 +102,7 @@ class Trainer:
     self.method = method
     self.traces = collections.Counter()
     self.whole_split_eval = targets.uses_batch_statistics_at_eval(method.target)
-    self.options = backend.compiler_options()
+    self.options = backend.compiler_options(config.method)
     jit = lambda fn, **kwargs: jax.jit(fn, compiler_options=self.options, **kwargs)
     self.init_state = jit(self._init_state)
     self.begin_task = jit(self._begin_task, donate_argnums=0)

@@ -7,7 +7,12 @@ import optax
 import pytest
 
 from hypermask_jax import backend
+from hypermask_jax import trainer as trainer_lib
 from hypermask_jax import wide_dense
+from hypermask_jax.methods import METHODS
+from tests import test_hnet
+from tests import test_train
+from tests.conftest import fresh_program
 
 
 def test_conv_defaults_to_nhwc_vjp_on_cpu_and_xla_elsewhere(monkeypatch):
@@ -56,13 +61,59 @@ def test_512_bit_vectors_on_avx512_cpus_unless_forced(monkeypatch):
   monkeypatch.delenv('HYPERMASK_CPU_VECTOR_WIDTH', raising=False)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
   monkeypatch.setattr(backend, 'cpu_has_avx512', lambda: True)
-  assert backend.compiler_options() == {'xla_cpu_prefer_vector_width': 512}
+  assert backend.compiler_options('hypermask') == {'xla_cpu_prefer_vector_width': 512}
   monkeypatch.setattr(backend, 'cpu_has_avx512', lambda: False)
-  assert backend.compiler_options() == {}
+  assert backend.compiler_options('hypermask') == {}
   monkeypatch.setenv('HYPERMASK_CPU_VECTOR_WIDTH', '256')
-  assert backend.compiler_options() == {'xla_cpu_prefer_vector_width': 256}
+  assert backend.compiler_options('hypermask') == {'xla_cpu_prefer_vector_width': 256}
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert backend.compiler_options() == {}
+  assert backend.compiler_options('hypermask') == {}
+
+
+def test_ynnpack_is_off_for_hnet_on_cpu_only_unless_forced(monkeypatch):
+  monkeypatch.delenv('HYPERMASK_CPU_YNNPACK', raising=False)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  monkeypatch.setattr(backend, 'cpu_has_avx512', lambda: False)
+  off = {'xla_cpu_experimental_ynn_fusion_type': ''}
+  assert [backend.compiler_options(m) for m in ('hnet', 'hypermask', 'finetune', 'joint')] == [
+      off, {}, {}, {}]
+  monkeypatch.setenv('HYPERMASK_CPU_YNNPACK', 'off')
+  assert backend.compiler_options('hypermask') == off
+  monkeypatch.setenv('HYPERMASK_CPU_YNNPACK', 'on')
+  assert backend.compiler_options('hnet') == {}
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  monkeypatch.setenv('HYPERMASK_CPU_YNNPACK', 'off')
+  assert backend.compiler_options('hnet') == {}
+
+
+@pytest.mark.parametrize('method', ['hnet', 'hypermask'])
+def test_ynnpack_reaches_the_compiled_step_and_changes_only_the_rounding(
+    synthetic_task_set, monkeypatch, method):
+  """The trainer compiles with its method's choice: by default an HNET step holds no YNNPACK
+  fusion and a HyperMask step does; forced the other way, the two steps' losses over two
+  tasks (the second regularising the first) agree to float rounding."""
+  config = (test_hnet.tiny_config(num_tasks=2) if method == 'hnet'
+            else test_train.tiny_config(num_tasks=2, sparsity=30.0))
+  runs = {}
+  for setting in ('default', 'on' if method == 'hnet' else 'off'):
+    if setting == 'default':
+      monkeypatch.delenv('HYPERMASK_CPU_YNNPACK', raising=False)
+    else:
+      monkeypatch.setenv('HYPERMASK_CPU_YNNPACK', setting)
+    data = synthetic_task_set
+    trainer = trainer_lib.Trainer(config, METHODS[method](config, data.input_shape,
+                                                          data.num_classes))
+    state, data, hp = fresh_program(trainer, data)
+    hlo = trainer.train_steps.lower(state, data, hp, np.int32(3)).compile().as_text()
+    losses = []
+    for task in range(2):
+      state = trainer.begin_task(state, task, hp)
+      state, metrics = trainer.train_steps(state, data, hp, np.int32(3))
+      losses.append(np.asarray(metrics['loss'])[..., :3])
+    runs[setting] = ('__ynn_fusion' in hlo, np.stack(losses))
+  (default_ynn, default_losses), (forced_ynn, forced_losses) = runs.values()
+  assert (default_ynn, forced_ynn) == ((False, True) if method == 'hnet' else (True, False))
+  np.testing.assert_allclose(forced_losses, default_losses, rtol=1e-5)
 
 
 def test_both_vector_widths_give_the_same_update():
