@@ -21,8 +21,17 @@ run and 1% in the next): run it with `--first=before` and `--first=this`.
 
 The config is read from this checkout and given to both, with the settings
 `benchmark_step.py` times under (`shortened_runs.for_step_timing`).
+
+--before_env sets environment variables while the before version is built
+and compiled, and restores them after. With --before=. it times a choice of
+`hypermask_jax/backend.py` against the default, in the same code:
+
+  python experiments/compare_checkouts.py --config=configs/hnet_permuted_mnist.py \
+      --task=10 --steps=20 --before=. --before_env=HYPERMASK_CPU_YNNPACK=on
 """
 
+import contextlib
+import os
 import pathlib
 import statistics
 import sys
@@ -46,6 +55,8 @@ _BEFORE = flags.DEFINE_string('before', None, 'The other checkout (a folder hold
 _TASK = flags.DEFINE_integer('task', 1, 'The task to time, numbered from 1.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Steps per call (one compiled chunk).')
 _CALLS = flags.DEFINE_integer('calls', 8, 'Timed calls per version, alternating.')
+_BEFORE_ENV = flags.DEFINE_list('before_env', [], 'VAR=VALUE,... set while the before version '
+                                 'is built and compiled (the backend choices, for example).')
 _FIRST = flags.DEFINE_enum('first', 'before', ['before', 'this'],
                            'The version compiled (and its state allocated) first.')
 
@@ -77,8 +88,32 @@ def parameter_difference(a, b, steps):
   return f'largest parameter difference after {steps} steps: {difference:.3g}'
 
 
+def variables(pairs):
+  """{name: value} of --before_env's VAR=VALUE pairs."""
+  split = [pair.partition('=') for pair in pairs]
+  if any(not name or not equals for name, equals, _ in split):
+    raise errors.BadInput(f'--before_env must list VAR=VALUE pairs; got {",".join(pairs)!r}')
+  return {name: value for name, _, value in split}
+
+
+@contextlib.contextmanager
+def environment(values):
+  """os.environ with `values` set, for the duration of the block."""
+  saved = {name: os.environ.get(name) for name in values}
+  os.environ.update(values)
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      if value is None:
+        del os.environ[name]
+      else:
+        os.environ[name] = value
+
+
 def main(argv):
   del argv
+  before_env = variables(_BEFORE_ENV.value)
   before = pathlib.Path(_BEFORE.value or '').resolve()
   if not _BEFORE.value or not (before / 'hypermask_jax' / '__init__.py').is_file():
     raise errors.BadInput(f'--before must name a checkout holding hypermask_jax/; got '
@@ -92,8 +127,10 @@ def main(argv):
   shortened_runs.for_step_timing(config, _STEPS.value, _CALLS.value)
   checkouts = {'before': before, 'this': step_chunks.THIS_CHECKOUT}
   order = ('before', 'this') if _FIRST.value == 'before' else ('this', 'before')
-  versions = {name: step_chunks.build(checkouts[name], config, _TASK.value - 1, _STEPS.value)
-              for name in order}
+  versions = {}
+  for name in order:
+    with environment(before_env if name == 'before' else {}):
+      versions[name] = step_chunks.build(checkouts[name], config, _TASK.value - 1, _STEPS.value)
   times = {name: [] for name in versions}
   for call in range(_CALLS.value):
     for name in order if call % 2 == 0 else order[::-1]:
@@ -107,6 +144,8 @@ def main(argv):
     t = times[name]
     print(f'{name:6s} {str(checkout):40s} fastest {min(t):9.2f}  median '
           f'{statistics.median(t):9.2f}  calls {" ".join(f"{x:.1f}" for x in t)}')
+  if before_env:
+    print(f'before built with {",".join(f"{k}={v}" for k, v in before_env.items())}')
   print(parameter_difference(*(version.state.params for version in versions.values()),
                              steps=_STEPS.value * (_CALLS.value + 1)))
 

@@ -17,6 +17,15 @@ the ops inside them, which are listed themselves. On CPU the trace holds one
 event per op and call; on other backends it holds what that backend's
 profiler records, and the ops whose names match the program's are listed.
 
+On CPU, a dot that XLA runs with Eigen (opcode `dot`; YNNPACK's are
+`fusion (Custom)`) may hand its work to Eigen's threads and end its event
+before the work does. Its listed time is then too small, and its work shows
+only in the step's time beyond the ops' total. The HNET steps, compiled
+without YNNPACK (`hypermask_jax/backend.py`), have most such dots: on HNET
+Permuted MNIST at task 1 the chunk layer's forward, [25, 25] x [25, 78000],
+was listed at 0.04 ms per step, where the same product alone took
+0.30-0.43 ms. The script says so under its list when the list holds a `dot`.
+
 --trace_dir keeps the trace (for TensorBoard's profile plugin or Perfetto)
 and the compiled program's text (`train_chunk.hlo.txt`) in that folder.
 """
@@ -135,6 +144,9 @@ def main(argv):
   for ms, name, (opcode, shape, origin) in rows[:_TOP.value]:
     print(f'{ms:9.3f} {100 * ms / traced:5.1f}%  {name:32s} {opcode:22s} {shape:24s} '
           f'{origin[:80]}')
+  if jax.default_backend() == 'cpu' and any(op[0] == 'dot' for _, _, op in rows[:_TOP.value]):
+    print('(on CPU a `dot` run by Eigen may end its event before its work, which then counts '
+          'only in the step: its time above can be too small)')
   if _TRACE_DIR.value:
     print(f'trace and compiled program in {trace_dir}')
 

@@ -9,7 +9,7 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 | HYPERMASK_CPU_VECTOR_WIDTH | `256`, `512` | `512` on CPUs with AVX-512, else XLA's own |
 | HYPERMASK_CHUNK_INPUT_GRAD | `direct`, `transposed_copy` | `transposed_copy` on CPU for fan-in 25-30, else `direct` |
 | HYPERMASK_ROW_INPUT_GRAD | `fold`, `two_rows` | `fold` on CPU, `two_rows` elsewhere |
-| HYPERMASK_CPU_YNNPACK | `on`, `off` | `off` for HNET, `on` for the other methods (CPU only) |
+| HYPERMASK_CPU_YNNPACK | `on`, `off` | on CPU: `off` for HNET, `on` for the others |
 
 - HYPERMASK_CONV: how layers.Conv3x3 computes its convolution. Inside a loop
   XLA:CPU runs the gradient convolutions JAX derives 15-40x slower than their
@@ -40,9 +40,11 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   the direct dot needs no copy; on an H200 the HNET steps took the same time
   in both forms (0.20-0.21 ms on Split MNIST, 0.29 ms on Permuted MNIST, at
   task 1). With YNNPACK off (HNET's default on CPU, below), Eigen's direct
-  dot was no faster than the copy: HNET Permuted MNIST took 21.3 against
-  20.3 ms per step at task 10, 8.36 against 8.30 ms at task 1 (medians,
-  alternating in one process). The two forms may round differently.
+  dot was no faster than the copy: HNET Permuted MNIST took 20.2 against
+  19.8 ms per step at task 10, 8.16 against 8.00 ms at task 1, with the same
+  parameters (`experiments/compare_checkouts.py --before=.
+  --before_env=HYPERMASK_CHUNK_INPUT_GRAD=direct`, medians). The two forms
+  may round differently.
 - HYPERMASK_ROW_INPUT_GRAD: how `wide_dense.WideDense` computes one row's
   input gradient, the row times its [m, n] kernel (the HyperMask steps at
   their first task): `fold`, a matmul of s rows over the kernel viewed as
@@ -56,23 +58,29 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 - HYPERMASK_CPU_YNNPACK: whether XLA:CPU hands dots, reductions and some
   elementwise fusions to YNNPACK (its default) or compiles them itself, with
   Eigen's matmuls (`xla_cpu_experimental_ynn_fusion_type` set empty). It is
-  chosen per method, because it goes the other way on the two kinds of step.
-  HNET's are made of small products, the chunk layer's thin ones
+  chosen per method, because it goes opposite ways on the two kinds of step.
+  HNET's steps are made of small products, the chunk layer's thin ones
   ([25, 78000] x [78000, 25]) and the regulariser's Gram-like ones over the
-  old tasks' outputs, and of reductions, which YNNPACK runs slowly: on the
-  2-core AMD EPYC (Zen 5), alternating the two in one process (medians), HNET
-  Permuted MNIST took 25.2 -> 20.7 ms per step at task 10 and 9.0 -> 8.5 ms
-  at task 1, Split MNIST 3.60 -> 3.26 ms at task 5, Permuted MNIST-100
-  1089 -> 510 ms at task 100 (24.4 -> 24.8 ms at task 1), and Split MNIST
-  with a full (unchunked) hypernetwork 34.9 -> 30.6 ms. HyperMask's steps are
-  made of large products, which YNNPACK runs faster: without it ResNet-20
-  took 283 -> 738 ms at task 1, Permuted MNIST 200 -> 260 ms at task 10,
-  ZenkeNet 158 -> 176 ms at task 10, Split MNIST 18.9 -> 20.2 ms at task 5,
-  and Permuted MNIST with a chunked hypernetwork 97 -> 106 ms at task 10.
-  The two round differently; on other backends the option does not exist.
+  old tasks' outputs, and of sums over them, which YNNPACK runs slowly.
+  HyperMask's are made of large products, which YNNPACK runs faster. On the
+  2-core AMD EPYC (Zen 5), `experiments/compare_checkouts.py --before=.
+  --before_env=HYPERMASK_CPU_YNNPACK=on` (or `=off`), medians of the
+  alternating calls, with YNNPACK -> without: HNET Permuted MNIST 26.2 ->
+  22.0 ms at task 10, HNET Split MNIST 3.66 -> 3.28 ms at task 5, Permuted
+  MNIST-100 1050 -> 522 ms at task 100, Split MNIST with HNET's full
+  (unchunked) hypernetwork 31.7 -> 28.9 ms at task 5; at task 1 about the
+  same (HNET Permuted MNIST 9.48 -> 9.74 ms in that sitting, -7% to +3% in
+  four; HNET Split MNIST 2.67 -> 2.62 ms; Permuted MNIST-100 24.7 ->
+  26.4 ms, +2% to +7% in two). HyperMask with YNNPACK -> without: ResNet-20
+  264 -> 716 ms at task 1, Permuted MNIST 220 -> 291 ms and with a chunked
+  hypernetwork 88 -> 105 ms at task 10, ZenkeNet 149 -> 172 ms at task 10,
+  Split MNIST 17.4 -> 19.4 ms at task 5. The two round differently; on other
+  backends the option does not exist.
 
-The variables are read when a function is traced, so a process can switch
-between runs (tests do, with monkeypatch.setenv); a run checks them all
+The variables are read when a function is traced (the compiler options,
+HYPERMASK_CPU_VECTOR_WIDTH and HYPERMASK_CPU_YNNPACK, when a Trainer is
+built), so a process can switch between runs (tests do, with
+monkeypatch.setenv); a run checks them all
 before it starts (`check_environment`), so a bad value stops it with one line.
 """
 

@@ -1,5 +1,6 @@
 """compare_checkouts times two checkouts in one process: each trains with its own code."""
 
+import os
 import pathlib
 import re
 import shutil
@@ -7,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+
+from experiments import compare_checkouts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -126,3 +129,26 @@ for a, b in ((old, new), (new, old), (old, moved), (old, untransposed)):
       'largest parameter difference after 6 steps: 0',
       'largest parameter difference after 6 steps: 0.5',
       'parameters after 6 steps: not compared, the two versions have different ones']
+
+
+def test_before_env_reaches_the_before_build_only():
+  """A backend choice set for the before version is read when it is built: a value the choice
+  does not allow stops the run with that choice's one-line error."""
+  run = compare(ROOT, '--before_env=HYPERMASK_CPU_YNNPACK=maybe')
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1] == (
+      f"error: the checkout {ROOT} refuses the config: HYPERMASK_CPU_YNNPACK='maybe': must be "
+      "one of ('on', 'off') (or unset)")
+
+
+def test_before_env_must_be_pairs_and_is_restored(monkeypatch):
+  run = compare(ROOT, '--before_env=HYPERMASK_CPU_YNNPACK')
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1] == (
+      "error: --before_env must list VAR=VALUE pairs; got 'HYPERMASK_CPU_YNNPACK'")
+  monkeypatch.setenv('HYPERMASK_CONV', 'im2col')
+  monkeypatch.delenv('HYPERMASK_CPU_YNNPACK', raising=False)
+  values = compare_checkouts.variables(['HYPERMASK_CONV=xla', 'HYPERMASK_CPU_YNNPACK=on'])
+  with compare_checkouts.environment(values):
+    assert (os.environ['HYPERMASK_CONV'], os.environ['HYPERMASK_CPU_YNNPACK']) == ('xla', 'on')
+  assert os.environ['HYPERMASK_CONV'] == 'im2col' and 'HYPERMASK_CPU_YNNPACK' not in os.environ

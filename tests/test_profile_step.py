@@ -40,6 +40,8 @@ def test_lists_the_compiled_programs_ops_by_their_time_in_the_trace(tmp_path):
     assert line and re.sub(r'\{[^}]*\}', '', line.group(1)) == shape, name
     assert opcode.split()[0] not in ('while', 'conditional', 'call')
   assert list(tmp_path.glob('**/*.trace.json.gz'))
+  # Eigen's dots can end their events before their work: said under the list when it has one.
+  assert ('run by Eigen' in run.stdout) == any(opcode == 'dot' for *_, opcode, _ in rows)
 
 
 def test_refuses_a_task_outside_the_config():
