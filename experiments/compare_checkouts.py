@@ -30,8 +30,6 @@ and compiled, and restores them after. With --before=. it times a choice of
       --task=10 --steps=20 --before=. --before_env=HYPERMASK_CPU_YNNPACK=on
 """
 
-import contextlib
-import os
 import pathlib
 import statistics
 import sys
@@ -96,21 +94,6 @@ def variables(pairs):
   return {name: value for name, _, value in split}
 
 
-@contextlib.contextmanager
-def environment(values):
-  """os.environ with `values` set, for the duration of the block."""
-  saved = {name: os.environ.get(name) for name in values}
-  os.environ.update(values)
-  try:
-    yield
-  finally:
-    for name, value in saved.items():
-      if value is None:
-        del os.environ[name]
-      else:
-        os.environ[name] = value
-
-
 def main(argv):
   del argv
   before_env = variables(_BEFORE_ENV.value)
@@ -127,10 +110,9 @@ def main(argv):
   shortened_runs.for_step_timing(config, _STEPS.value, _CALLS.value)
   checkouts = {'before': before, 'this': step_chunks.THIS_CHECKOUT}
   order = ('before', 'this') if _FIRST.value == 'before' else ('this', 'before')
-  versions = {}
-  for name in order:
-    with environment(before_env if name == 'before' else {}):
-      versions[name] = step_chunks.build(checkouts[name], config, _TASK.value - 1, _STEPS.value)
+  versions = {name: step_chunks.build(checkouts[name], config, _TASK.value - 1, _STEPS.value,
+                                      env=before_env if name == 'before' else None)
+              for name in order}
   times = {name: [] for name in versions}
   for call in range(_CALLS.value):
     for name in order if call % 2 == 0 else order[::-1]:

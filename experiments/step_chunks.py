@@ -9,6 +9,7 @@ through each task's start up to the task asked for, and one compiled call of
 
 import contextlib
 import dataclasses
+import os
 import pathlib
 import sys
 from typing import Any, Callable
@@ -44,9 +45,28 @@ def imported_from(checkout):
     forget()
 
 
-def build(checkout, config, task, steps):
-  """The Chunk of `checkout`'s trainer at `task` (0-based), after one untimed call."""
-  with imported_from(checkout):
+@contextlib.contextmanager
+def environment(values):
+  """os.environ with `values` set, for the duration of the block."""
+  saved = {name: os.environ.get(name) for name in values}
+  os.environ.update(values)
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      if value is None:
+        del os.environ[name]
+      else:
+        os.environ[name] = value
+
+
+def build(checkout, config, task, steps, env=None):
+  """The Chunk of `checkout`'s trainer at `task` (0-based), after one untimed call.
+
+  env: {variable: value} set while the trainer is built and its chunk compiled
+  (the backend choices are read then), and restored after.
+  """
+  with imported_from(checkout), environment(env or {}):
     from hypermask_jax import config_checks  # pylint: disable=g-import-not-at-top
     from hypermask_jax import errors as its_errors  # pylint: disable=g-import-not-at-top
     from hypermask_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top

@@ -80,8 +80,8 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 The variables are read when a function is traced (the compiler options,
 HYPERMASK_CPU_VECTOR_WIDTH and HYPERMASK_CPU_YNNPACK, when a Trainer is
 built), so a process can switch between runs (tests do, with
-monkeypatch.setenv); a run checks them all
-before it starts (`check_environment`), so a bad value stops it with one line.
+monkeypatch.setenv); a run checks them all before it starts
+(`check_environment`), so a bad value stops it with one line.
 """
 
 import os

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from experiments import compare_checkouts
+from experiments import step_chunks
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ for a, b in ((old, new), (new, old), (old, moved), (old, untransposed)):
       'parameters after 6 steps: not compared, the two versions have different ones']
 
 
-def test_before_env_reaches_the_before_build_only():
+def test_before_env_reaches_the_before_build():
   """A backend choice set for the before version is read when it is built: a value the choice
   does not allow stops the run with that choice's one-line error."""
   run = compare(ROOT, '--before_env=HYPERMASK_CPU_YNNPACK=maybe')
@@ -148,7 +148,7 @@ def test_before_env_must_be_pairs_and_is_restored(monkeypatch):
       "error: --before_env must list VAR=VALUE pairs; got 'HYPERMASK_CPU_YNNPACK'")
   monkeypatch.setenv('HYPERMASK_CONV', 'im2col')
   monkeypatch.delenv('HYPERMASK_CPU_YNNPACK', raising=False)
-  values = compare_checkouts.variables(['HYPERMASK_CONV=xla', 'HYPERMASK_CPU_YNNPACK=on'])
-  with compare_checkouts.environment(values):
+  values = {'HYPERMASK_CONV': 'xla', 'HYPERMASK_CPU_YNNPACK': 'on'}
+  with step_chunks.environment(values):
     assert (os.environ['HYPERMASK_CONV'], os.environ['HYPERMASK_CPU_YNNPACK']) == ('xla', 'on')
   assert os.environ['HYPERMASK_CONV'] == 'im2col' and 'HYPERMASK_CPU_YNNPACK' not in os.environ
