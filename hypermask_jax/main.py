@@ -23,6 +23,7 @@ from ml_collections import config_flags
 from hypermask_jax import config_files
 from hypermask_jax import console
 from hypermask_jax import errors
+from hypermask_jax import huge_pages
 from hypermask_jax import preemption
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for the results of this run.')
@@ -169,4 +170,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()  # once, before JAX is imported (main imports it)
   app.run(main, flags_parser=parse_flags)
