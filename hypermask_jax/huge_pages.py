@@ -10,8 +10,8 @@ task 100, 185,369 -> 643 page faults and 199 -> 10 ms per call (a call of a
 run holds about 5 of its 470 ms steps there); Permuted MNIST at task 1,
 30,247 -> 220-299 faults and 24-31 -> at most 4 ms per call.
 
-glibc reads GLIBC_TUNABLES only when a process starts, and no Python
-allocator setting reaches the one XLA uses, so `python -m hypermask_jax.main`
+glibc reads GLIBC_TUNABLES only when a process starts, and offers this
+setting no other way (`mallopt` has no counterpart), so `python -m hypermask_jax.main`
 re-executes itself with it set, before JAX is imported. It does so only
 where it helps: glibc 2.35 or later, and the kernel's transparent huge pages
 in `madvise` mode (in `always` mode every large mapping gets them already;
@@ -31,7 +31,7 @@ def glibc_version():
   """(major, minor) of the running glibc, or None where the C library is another."""
   try:
     match = re.fullmatch(r'glibc (\d+)\.(\d+)\S*', os.confstr('CS_GNU_LIBC_VERSION') or '')
-  except (ValueError, OSError):  # no such confstr name outside glibc
+  except (AttributeError, ValueError, OSError):  # no confstr, or no such name, outside glibc
     return None
   return (int(match.group(1)), int(match.group(2))) if match else None
 
