@@ -53,9 +53,16 @@ def wanted(environ, version, mode):
 
 
 def restart_with_huge_pages():
-  """Re-executes this process (same command line) with TUNABLE set, where `wanted`."""
+  """Re-executes this process (same command line) with TUNABLE set, where `wanted`.
+
+  Where the re-execution itself fails (no interpreter path to run), the
+  process goes on as it is, without the tunable.
+  """
   if wanted(os.environ, glibc_version(), thp_mode()):
     os.environ['GLIBC_TUNABLES'] = TUNABLE
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, sys.orig_argv)
+    try:
+      os.execv(sys.executable, sys.orig_argv)
+    except OSError:
+      del os.environ['GLIBC_TUNABLES']

@@ -41,3 +41,13 @@ def test_the_restarted_process_runs_the_same_command_with_the_tunable(user_setti
   restarts = huge_pages.wanted(env, huge_pages.glibc_version(), huge_pages.thp_mode())
   expected = repr(huge_pages.TUNABLE) if restarts else repr(user_setting)
   assert run.stdout.splitlines() == ['start'] * (2 if restarts else 1) + [expected]
+
+
+def test_a_failed_restart_goes_on_without_the_tunable(monkeypatch):
+  def fail(path, argv):
+    raise FileNotFoundError(path)
+  monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
+  monkeypatch.setattr(huge_pages, 'wanted', lambda *args: True)
+  monkeypatch.setattr(os, 'execv', fail)
+  huge_pages.restart_with_huge_pages()
+  assert 'GLIBC_TUNABLES' not in os.environ
