@@ -154,7 +154,7 @@ class ChunkedHMLP(nn.Module):
     return self.num_outputs - (self.num_chunks - 1) * self.chunk_size
 
   @nn.compact
-  def __call__(self, tasks, live_rows=None, targets=None, hidden_only=False):
+  def __call__(self, tasks, live_rows=None, targets=None, hidden_only=False, whole_chunks=False):
     """tasks: int [k] -> raw outputs [k, num_outputs]; all k * num_chunks rows in one batch.
 
     Every row is computed (the output regulariser sizes a chunked
@@ -162,6 +162,8 @@ class ChunkedHMLP(nn.Module):
     the squared distances. With targets, (outputs of tasks[0], squared
     distances), as `distances`. hidden_only: the output layer's inputs
     [k, num_chunks, hidden[-1]] instead (for `chunked_distances`).
+    whole_chunks: the outputs uncut, [k, num_chunks * chunk_size], the last
+    chunk's unused outputs at the end (`Layout.split` leaves them out).
     """
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
@@ -175,7 +177,10 @@ class ChunkedHMLP(nn.Module):
     if hidden_only:
       return out
     out = ChunkDense(self.chunk_size, self.weight_init, name='out')(out)
-    out = out.reshape(k, n * self.chunk_size)[:, :self.num_outputs]
+    out = out.reshape(k, n * self.chunk_size)
+    if whole_chunks:
+      return out
+    out = out[:, :self.num_outputs]
     return out if targets is None else distances(out, live_rows, *targets)
 
 

@@ -86,9 +86,12 @@ class Layout:
     return tuple(torch_layout(s)[0] for s in self.shapes)
 
   def split(self, flat_output):
-    """Cuts a flat [P] vector into {path: tensor} with the target's (Flax) shapes."""
+    """Cuts a flat [P] vector into {path: tensor} with the target's (Flax) shapes.
+
+    Entries past P (a chunked hypernetwork's whole chunks) are left out.
+    """
     sizes = [int(np.prod(s)) for s in self.shapes]
-    pieces = jnp.split(flat_output, np.cumsum(sizes)[:-1])
+    pieces = jnp.split(flat_output, np.cumsum(sizes))  # the last piece: the entries past P
     out = {}
     for path, piece, shape in zip(self.paths, pieces, self.shapes):
       torch_shape, axes = torch_layout(shape)

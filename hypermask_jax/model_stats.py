@@ -124,7 +124,7 @@ def mask_statistics(model, num_tasks):
 
   @jax.jit
   def task_masks(params, hp, task):
-    output = method.hnet_outputs(params['hnet'], task[None])[0]
+    output = method.task_output(params['hnet'], task)
     flat = traverse_util.flatten_dict(method.masks(params, output, hp['sparsity']))
     return [flat[p].ravel() for p in paths]
 

@@ -146,6 +146,36 @@ def test_a_generated_heads_gradient_is_written_in_the_hypernetworks_layout_witho
                              rtol=1e-5, atol=1e-7)
 
 
+def test_a_chunked_hypernetworks_weights_are_cut_from_its_whole_chunks_and_its_gradient_unpadded(
+    synthetic_task_set):
+  """task_output: a chunked hypernetwork's chunks uncut, the last one's unused outputs at the
+  end, which Layout.split leaves out. The target's weights and the CE's gradient equal those
+  cut from hnet_outputs' [P] row, and the compiled gradient holds no pad of the output's
+  gradient back to the chunks' size (a pass over the output that cutting first costs)."""
+  config = tiny_config()
+  method, (x, y, _) = method_and_batch(synthetic_task_set, config)
+  params = method.init_params(jax.random.key(0))
+  task = jnp.int32(1)
+  chunks = method.hnet.num_chunks * config.chunk_size
+  whole = method.task_output(params['hnet'], task)
+  cut = method.hnet_outputs(params['hnet'], task[None])[0]
+  assert whole.shape == (chunks,) and cut.shape == (method.layout.size,) and chunks > cut.size
+  np.testing.assert_array_equal(whole[:cut.size], cut)
+
+  def ce(params, output):
+    logits = method.predict(method.layout.unflatten(output(params['hnet'])), {}, x, task)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  forms = {'whole': lambda p: method.task_output(p, task),
+           'cut': lambda p: method.hnet_outputs(p, task[None])[0]}
+  grads = {name: jax.jit(jax.grad(lambda p, f=f: ce(p, f))) for name, f in forms.items()}
+  pads = {name: re.findall(rf'f32\[(?:1,)?{chunks}\]\S* pad\(', g.lower(params).compile().as_text())
+          for name, g in grads.items()}
+  assert pads['cut'] and not pads['whole'], pads
+  for w, c in zip(jax.tree.leaves(grads['whole'](params)), jax.tree.leaves(grads['cut'](params))):
+    np.testing.assert_array_equal(w, c)
+
+
 @pytest.mark.slow
 def test_gradient_is_the_task_gradient_plus_the_regulariser_at_the_lookahead_point(
     synthetic_task_set):

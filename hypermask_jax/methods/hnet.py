@@ -75,7 +75,7 @@ class HNET(base.HypernetworkMethod):
   def _task_loss(self, params, batch_stats, batch, task, rng):
     """(CE of the batch with task `task`'s generated weights, (logits, batch_stats))."""
     x, y, _ = batch
-    output = self.hnet_outputs(params['hnet'], task[None])[0]
+    output = self.task_output(params['hnet'], task)
     logits, batch_stats = self.run_target(self._weights(params, output), batch_stats, x, task,
                                           True, rng)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, batch_stats)
@@ -120,7 +120,7 @@ class HNET(base.HypernetworkMethod):
 
   def eval_weights(self, params, task, hp):
     del hp
-    return self._weights(params, self.hnet_outputs(params['hnet'], task[None])[0])
+    return self._weights(params, self.task_output(params['hnet'], task))
 
   def param_counts(self, params):
     hnet, target = base.count(params['hnet']), self.layout.size

@@ -67,7 +67,7 @@ class HyperMask(base.HypernetworkMethod):
 
   def eval_weights(self, params, task, hp):
     """The target weights task `task` runs with at evaluation (full sparsity)."""
-    output = self.hnet_outputs(params['hnet'], task[None])[0]
+    output = self.task_output(params['hnet'], task)
     return self.masked_weights(params, self.masks(params, output, hp['sparsity']))
 
   def param_counts(self, params):
