@@ -61,6 +61,7 @@ from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 from hypermask_jax.methods import base
 from experiments import shortened_runs
+from experiments import step_chunks
 
 config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per measurement (one compiled chunk).')
@@ -70,13 +71,33 @@ _TASKS = flags.DEFINE_list(
     'default: the first and the last.')
 _COMPARE_TORCH = flags.DEFINE_bool(
     'compare_torch', False, 'Also time the PyTorch step of experiments/torch_reference.py '
-    '(needs `pip install -r requirements-torch.txt`) and print the ratio.')
+    '(needs `pip install -r requirements-torch.txt`), its repeats alternating with ours, and '
+    'print the ratio.')
 
 
-def time_chunk(trainer, state, data, hp, repeats):
-  """(state, the fastest of `repeats` chunks of --steps steps, after one untimed chunk)."""
+def time_chunks(trainer, state, data, hp, repeats, torch_chunk=None):
+  """(state, the fastest of `repeats` chunks of --steps steps after one untimed chunk, and the
+  fastest of `repeats` calls of torch_chunk in seconds per step, or None without it).
+
+  With torch_chunk the two take turns (step_chunks.alternating), so that both
+  are timed in the same minutes: on a shared machine the step's speed changes
+  from one minute to the next (HNET Permuted MNIST's step at task 1 took 7.5
+  ms in some processes and 9.2-9.6 ms in others minutes apart), and with all
+  of one framework's repeats before the other's, one could be timed in a slow
+  spell and the other not.
+  """
   steps = np.int32(_STEPS.value)
-  return fastest(lambda state: trainer.train_steps(state, data, hp, steps)[0], state, repeats)
+  run = lambda state: trainer.train_steps(state, data, hp, steps)[0]
+  state = jax.block_until_ready(run(state))
+
+  def ours():
+    nonlocal state
+    tic = time.perf_counter()
+    state = jax.block_until_ready(run(state))
+    return time.perf_counter() - tic
+  timers = {'jax': ours, **({'torch': torch_chunk} if torch_chunk else {})}
+  times = step_chunks.alternating(timers, repeats)
+  return state, min(times['jax']), (min(times['torch']) if torch_chunk else None)
 
 
 def call_cost(trainer, state, data, hp, repeats, chunk_seconds):
@@ -208,13 +229,14 @@ def main(argv):
   timed = []
   for task in timed_tasks:
     state = trainer.begin_task(state, task, hp)
-    state, seconds = time_chunk(trainer, state, data, hp, _REPEATS.value)
+    torch_chunk = (torch_reference.step_timer(config, data.input_shape, data.num_classes, task,
+                                              _STEPS.value) if _COMPARE_TORCH.value else None)
+    state, seconds, torch_step = time_chunks(trainer, state, data, hp, _REPEATS.value,
+                                             torch_chunk)
+    del torch_chunk  # PyTorch's model: freed before the one-step calls and the next task
     call = None
     if _STEPS.value > 1:
       state, *call = call_cost(trainer, state, data, hp, _REPEATS.value, seconds)
-    torch_step = (torch_reference.time_steps(config, data.input_shape, data.num_classes, task,
-                                             _STEPS.value, _REPEATS.value)
-                  if _COMPARE_TORCH.value else None)
     timed.append((task, seconds / _STEPS.value, torch_step, call))
   peak, kind = environment.peak_memory()  # before the floors' measurements add their arrays
   for task, step, torch_step, call in timed:

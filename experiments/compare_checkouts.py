@@ -113,13 +113,13 @@ def main(argv):
   versions = {name: step_chunks.build(checkouts[name], config, _TASK.value - 1, _STEPS.value,
                                       env=before_env if name == 'before' else None)
               for name in order}
-  times = {name: [] for name in versions}
-  for call in range(_CALLS.value):
-    for name in order if call % 2 == 0 else order[::-1]:
-      version = versions[name]
+  def timer(version):
+    def call():
       tic = time.perf_counter()
       version.state = jax.block_until_ready(version.run(version.state))
-      times[name].append(1e3 * (time.perf_counter() - tic) / _STEPS.value)
+      return 1e3 * (time.perf_counter() - tic) / _STEPS.value
+    return call
+  times = step_chunks.alternating({name: timer(versions[name]) for name in order}, _CALLS.value)
   print(f'task {_TASK.value}, {_CALLS.value} alternating calls of {_STEPS.value} steps each '
         '(ms/step):')
   for name, checkout in checkouts.items():

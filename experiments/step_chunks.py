@@ -4,7 +4,8 @@ What `compare_checkouts.py` times in two checkouts and `profile_step.py`
 profiles in this one: the trainer each checkout's `hypermask_jax` builds for
 the config (on synthetic data of the config's shapes), its state passed
 through each task's start up to the task asked for, and one compiled call of
-`steps` steps.
+`steps` steps. `alternating` is how `compare_checkouts.py` times two versions,
+and `benchmark_step.py --compare_torch` our step and PyTorch's: in turn.
 """
 
 import contextlib
@@ -43,6 +44,22 @@ def imported_from(checkout):
   finally:
     sys.path.remove(str(checkout))
     forget()
+
+
+def alternating(timers, calls):
+  """{name: [what each call returned]} of `calls` calls of each timer {name: () -> seconds}.
+
+  The timers take turns, in the dict's order and then reversed (ABBA ABBA
+  ...), so that all see the same minutes of a shared machine, whose speed
+  changes from one minute to the next, and none always runs right after
+  another.
+  """
+  names = list(timers)
+  times = {name: [] for name in names}
+  for call in range(calls):
+    for name in names if call % 2 == 0 else names[::-1]:
+      times[name].append(timers[name]())
+  return times
 
 
 @contextlib.contextmanager

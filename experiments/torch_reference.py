@@ -196,20 +196,24 @@ class TorchReference:
     return 100.0 * hits / len(y)
 
 
-def time_steps(config, input_shape, num_classes, task, steps, repeats):
-  """Seconds per step at `task`: the mean over `steps` steps, best of `repeats`, after a warm-up."""
+def step_timer(config, input_shape, num_classes, task, steps):
+  """A function that runs `steps` steps at `task` and returns their mean in seconds per step.
+
+  The model is built, and one step run as a warm-up, before it is returned,
+  so that the caller can alternate its calls with its own timings.
+  """
   torch.manual_seed(0)
   model = TorchReference(config, input_shape, num_classes)
   model.begin_task(task)
   x = torch.rand(config.batch_size, int(np.prod(input_shape)), device=DEVICE)
   y = torch.randint(0, num_classes, (config.batch_size,), device=DEVICE)
   model.train_step(x, y, 0)
-  best = float('inf')
-  for _ in range(repeats):
+
+  def time_chunk():
     synchronize()
     tic = time.perf_counter()
     for step in range(steps):
       model.train_step(x, y, step)
     synchronize()
-    best = min(best, (time.perf_counter() - tic) / steps)
-  return best
+    return (time.perf_counter() - tic) / steps
+  return time_chunk

@@ -152,3 +152,13 @@ def test_before_env_must_be_pairs_and_is_restored(monkeypatch):
   with step_chunks.environment(values):
     assert (os.environ['HYPERMASK_CONV'], os.environ['HYPERMASK_CPU_YNNPACK']) == ('xla', 'on')
   assert os.environ['HYPERMASK_CONV'] == 'im2col' and 'HYPERMASK_CPU_YNNPACK' not in os.environ
+
+
+def test_alternating_timers_take_turns_abba_and_keep_each_ones_results():
+  """How compare_checkouts times two checkouts and benchmark_step --compare_torch the two
+  frameworks: in turn, the order reversed every other round."""
+  calls = []
+  timer = lambda name: lambda: calls.append(name) or len(calls)
+  times = step_chunks.alternating({'jax': timer('jax'), 'torch': timer('torch')}, 3)
+  assert calls == ['jax', 'torch', 'torch', 'jax', 'jax', 'torch']
+  assert times == {'jax': [1, 4, 5], 'torch': [2, 3, 6]}
