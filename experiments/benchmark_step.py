@@ -81,8 +81,8 @@ def time_chunks(trainer, state, data, hp, repeats, torch_chunk=None):
 
   With torch_chunk the two take turns (step_chunks.alternating), so that both
   are timed in the same minutes: on a shared machine the step's speed changes
-  from one minute to the next (HNET Permuted MNIST's step at task 1 took 7.5
-  ms in some processes and 9.2-9.6 ms in others minutes apart), and with all
+  from one minute to the next (HNET Permuted MNIST's step at task 1 took
+  7.5-8.0 ms in some processes and 8.8-9.6 ms in others minutes apart), and with all
   of one framework's repeats before the other's, one could be timed in a slow
   spell and the other not.
   """
