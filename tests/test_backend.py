@@ -1,5 +1,7 @@
 """Backend-dependent choices: defaults per backend, forced by environment variables."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,11 +63,13 @@ def test_512_bit_vectors_on_avx512_cpus_unless_forced(monkeypatch):
   monkeypatch.delenv('HYPERMASK_CPU_VECTOR_WIDTH', raising=False)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
   monkeypatch.setattr(backend, 'cpu_has_avx512', lambda: True)
-  assert backend.compiler_options('hypermask') == {'xla_cpu_prefer_vector_width': 512}
+  assert backend.compiler_options('hypermask') == {'xla_cpu_prefer_vector_width': 512,
+                                                    **backend.COPY_INSERTION}
   monkeypatch.setattr(backend, 'cpu_has_avx512', lambda: False)
-  assert backend.compiler_options('hypermask') == {}
+  assert backend.compiler_options('hypermask') == backend.COPY_INSERTION
   monkeypatch.setenv('HYPERMASK_CPU_VECTOR_WIDTH', '256')
-  assert backend.compiler_options('hypermask') == {'xla_cpu_prefer_vector_width': 256}
+  assert backend.compiler_options('hypermask') == {'xla_cpu_prefer_vector_width': 256,
+                                                    **backend.COPY_INSERTION}
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert backend.compiler_options('hypermask') == {}
 
@@ -74,13 +78,14 @@ def test_ynnpack_is_off_for_hnet_on_cpu_only_unless_forced(monkeypatch):
   monkeypatch.delenv('HYPERMASK_CPU_YNNPACK', raising=False)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
   monkeypatch.setattr(backend, 'cpu_has_avx512', lambda: False)
-  off = {'xla_cpu_experimental_ynn_fusion_type': ''}
+  on = backend.COPY_INSERTION
+  off = {'xla_cpu_experimental_ynn_fusion_type': '', **on}
   assert [backend.compiler_options(m) for m in ('hnet', 'hypermask', 'finetune', 'joint')] == [
-      off, {}, {}, {}]
+      off, on, on, on]
   monkeypatch.setenv('HYPERMASK_CPU_YNNPACK', 'off')
   assert backend.compiler_options('hypermask') == off
   monkeypatch.setenv('HYPERMASK_CPU_YNNPACK', 'on')
-  assert backend.compiler_options('hnet') == {}
+  assert backend.compiler_options('hnet') == on
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   monkeypatch.setenv('HYPERMASK_CPU_YNNPACK', 'off')
   assert backend.compiler_options('hnet') == {}
@@ -115,6 +120,36 @@ def test_ynnpack_reaches_the_compiled_step_and_changes_only_the_rounding(
   (default_ynn, default_losses), (forced_ynn, forced_losses) = runs.values()
   assert (default_ynn, forced_ynn) == ((False, True) if method == 'hnet' else (True, False))
   np.testing.assert_allclose(forced_losses, default_losses, rtol=1e-5)
+
+
+def test_copy_insertions_region_analysis_drops_the_pass_through_copies_and_changes_no_number(
+    synthetic_task_set, monkeypatch):
+  """COPY_INSERTION: at task 0 the regulariser's switch passes the HNET gradients through
+  (regularizers.output_reg_and_grad); without the region analysis XLA:CPU copied them there
+  (here the chunk layer's bias gradient, [chunk_size]), with it not. The losses and the
+  parameters after two tasks are the same to the bit."""
+  config = test_hnet.tiny_config(num_tasks=2)
+  data = synthetic_task_set
+  default = backend.compiler_options
+  runs = {}
+  for analysis in (True, False):
+    monkeypatch.setattr(backend, 'compiler_options', lambda method, analysis=analysis: {
+        k: v for k, v in default(method).items() if analysis or k not in backend.COPY_INSERTION})
+    trainer = trainer_lib.Trainer(config, METHODS['hnet'](config, data.input_shape,
+                                                          data.num_classes))
+    state, task_set, hp = fresh_program(trainer, data)
+    compiled = trainer.train_steps.lower(state, task_set, hp, np.int32(3)).compile()
+    bias_copies = len(re.findall(rf'= f32\[1,{config.chunk_size}\]\S* copy\(', compiled.as_text()))
+    losses = []
+    for task in range(2):
+      state = trainer.begin_task(state, task, hp)
+      state, metrics = compiled(state, task_set, hp, np.int32(3))
+      losses.append(np.asarray(metrics['loss'])[..., :3])
+    runs[analysis] = (bias_copies, np.stack(losses), state.params)
+  assert runs[True][0] == 0 < runs[False][0]
+  np.testing.assert_array_equal(runs[True][1], runs[False][1])
+  for a, b in zip(jax.tree.leaves(runs[True][2]), jax.tree.leaves(runs[False][2])):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_both_vector_widths_give_the_same_update():
