@@ -193,6 +193,8 @@ def main(argv):
   del argv
   if not 1 <= _STEPS.value <= trainer_lib.MAX_STEPS_PER_CALL:
     raise errors.BadInput(f'--steps must be in [1, {trainer_lib.MAX_STEPS_PER_CALL}]')
+  if _REPEATS.value < 1:
+    raise errors.BadInput(f'--repeats must be at least 1; got {_REPEATS.value}')
   config = flags.FLAGS.config
   timed_tasks = tasks_to_time(config.num_tasks)
   snapshot = config.selection == 'best_val'

@@ -69,6 +69,12 @@ def test_step_benchmark_refuses_tasks_outside_the_config(tasks):
       f'error: --tasks must list task numbers in [1, 5], e.g. --tasks=1,2,5; got {tasks}')
 
 
+def test_step_benchmark_refuses_no_repeats():
+  run = run_step_benchmark('--repeats=0')
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1] == 'error: --repeats must be at least 1; got 0'
+
+
 def run_conv_benchmark(*args):
   return subprocess.run([sys.executable, 'experiments/benchmark_conv.py', *args],
                         capture_output=True, text=True,
