@@ -103,8 +103,9 @@ class Trainer:
     self.traces = collections.Counter()
     self.whole_split_eval = targets.uses_batch_statistics_at_eval(method.target)
     self.options = backend.compiler_options(config.method)
+    self.init_options = backend.init_compiler_options(config.method)
     jit = lambda fn, **kwargs: jax.jit(fn, compiler_options=self.options, **kwargs)
-    self.init_state = jit(self._init_state)
+    self.init_state = jax.jit(self._init_state, compiler_options=self.init_options)
     self.begin_task = jit(self._begin_task, donate_argnums=0)
     self.train_steps = jit(self._train_steps, donate_argnums=0)
     self.end_chunk = jit(self._end_chunk, donate_argnums=0)
@@ -156,7 +157,7 @@ class Trainer:
                                        is_leaf=lambda x: x is None)
     hp, data = jax.device_put(hp, runs), jax.device_put(data, layout(data_axes(data)))
     init = jax.jit(self._init_state, out_shardings=layout(STATE_AXES),
-                   compiler_options=self.options)
+                   compiler_options=self.init_options)
     return init(hp), data, hp
 
   def _init_state(self, hp):

@@ -152,6 +152,37 @@ def test_copy_insertions_region_analysis_drops_the_pass_through_copies_and_chang
     np.testing.assert_array_equal(a, b)
 
 
+def test_quick_compile_is_added_to_the_state_initialisation_on_cpu_only(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  for method in ('hnet', 'hypermask'):
+    assert backend.init_compiler_options(method) == {**backend.compiler_options(method),
+                                                     **backend.QUICK_COMPILE}
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert backend.init_compiler_options('hnet') == {}
+
+
+@pytest.mark.parametrize('method', ['hnet', 'hypermask'])
+def test_the_state_initialisation_compiles_with_its_own_options_to_the_same_state(
+    synthetic_task_set, monkeypatch, method):
+  """QUICK_COMPILE: the trainer compiles init_state with backend.init_compiler_options (an
+  option XLA does not know makes it fail), and the state equals, to the bit, the one compiled
+  with the step's options (XLA's default -O2)."""
+  config = (test_hnet.tiny_config(num_tasks=2) if method == 'hnet'
+            else test_train.tiny_config(num_tasks=2))
+  data = synthetic_task_set
+  new_trainer = lambda: trainer_lib.Trainer(config, METHODS[method](config, data.input_shape,
+                                                                    data.num_classes))
+  trainer = new_trainer()
+  hp = trainer_lib.hyperparams([config])
+  quick = trainer.init_state(hp)
+  default = jax.jit(trainer._init_state, compiler_options=trainer.options)(hp)
+  for a, b in zip(jax.tree.leaves(quick), jax.tree.leaves(default), strict=True):
+    np.testing.assert_array_equal(a, b)
+  monkeypatch.setattr(backend, 'init_compiler_options', lambda method: {'xla_no_such_option': 1})
+  with pytest.raises(Exception, match='xla_no_such_option'):
+    new_trainer().init_state(hp)
+
+
 def test_both_vector_widths_give_the_same_update():
   """A wide-layer gradient and Adam step (elementwise and reductions) compiled both ways."""
   keys = jax.random.split(jax.random.key(0), 3)
