@@ -118,8 +118,8 @@ COPY_INSERTION = {'xla_cpu_copy_insertion_use_region_analysis': True}
 # compilation cache off, its compile time went from 4.5-5.8 to 2.5-3.2 s for ResNet-20,
 # 3.1-3.3 to 1.3-1.5 s for ZenkeNet, 2.1-2.6 to 1.1-1.3 s for Permuted MNIST, 1.5-1.6 to
 # 0.9 s for Split MNIST and 1.4-1.5 to 0.5 s for HNET Split MNIST; its run time stayed the
-# same (within the machine's 2x spread), and the state came out the same to the bit in all
-# of them, every config in configs/ (and in the small configs of tests/test_backend.py).
+# same (within the machine's 2x spread), and the state came out the same to the bit for
+# every config in configs/ and for the small configs of tests/test_backend.py.
 # -O0 compiled faster still but changed the values. The other programs keep -O2: -O1 changed
 # the rounding of the train step (where it saved a tenth of the compile time) and of the
 # validation metrics of ResNet-20.
