@@ -126,7 +126,8 @@ def nhwc_vjp_conv3x3(x, kernel, padding):
     flipped in space and transposed to [3, 3, out, in], padded 2 - padding;
   - the kernel's gradient: the input as [C, H, W, N] (channels as the batch,
     examples as the features) convolved with the output gradient as
-    [H', W', N, F] (a window the output's size), giving [C, 3, 3, F].
+    [H', W', N, F] (a window the output's size), giving [C, 3, 3, F]; where
+    that window is large, as a sum over pieces of the batch (kernel_grad_pieces).
   On the 2-core AMD EPYC (Zen 5), four training steps of one conv (forward,
   both gradients, `experiments/benchmark_conv.py`, two runs) took 19-21
   against 48-60 ms as im2col at 32 x 32 x 32 channels, 15-17 against 22-31
@@ -149,10 +150,40 @@ def _nhwc_vjp_backward(padding, residuals, ct):
   flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # [3, 3, out, in]
   d_x = jax.lax.conv_general_dilated(ct, flipped, (1, 1), ((2 - padding, 2 - padding),) * 2,
                                      dimension_numbers=NHWC)
-  d_kernel = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), ct.transpose(1, 2, 0, 3),
-                                          (1, 1), ((padding, padding),) * 2,
-                                          dimension_numbers=NHWC)  # [C, 3, 3, F]
+  pieces = kernel_grad_pieces(ct)
+  size = ct.shape[0] // pieces
+  d_kernel = sum(jax.lax.conv_general_dilated(x[i:i + size].transpose(3, 1, 2, 0),
+                                              ct[i:i + size].transpose(1, 2, 0, 3),
+                                              (1, 1), ((padding, padding),) * 2,
+                                              dimension_numbers=NHWC)  # [C, 3, 3, F]
+                 for i in range(0, ct.shape[0], size))
   return d_x, d_kernel.transpose(1, 2, 0, 3)
 
 
 nhwc_vjp_conv3x3.defvjp(_nhwc_vjp_forward, _nhwc_vjp_backward)
+
+
+KERNEL_GRAD_PIECE_BYTES = 2 ** 20
+
+
+def kernel_grad_pieces(ct):
+  """Into how many pieces of the batch `nhwc_vjp_conv3x3` splits its kernel's gradient.
+
+  The kernel's gradient is a convolution whose kernel is the output gradient
+  ct as [H', W', N, F] (a window the output's size, with the examples as its
+  input features) and whose output is small ([C, 3, 3, F]). XLA:CPU's library
+  (YNNPACK) runs it many times slower once that window outgrows a core's
+  cache: on a 2-core Intel Xeon (Emerald Rapids, 2 MiB of L2 per core), with
+  ResNet-20's batch of 32, alone, 17.9-20.0 ms at 32 x 32 x 32 channels
+  (a 4 MiB window), against 6.5-7.7 ms as a sum of 4 convolutions of 8
+  examples each (1 MiB each) and 11-15 ms as 2; 17.7 ms at 16 x 16 x 64
+  (2 MiB) against 6.8 ms as 2 and 6.0 as 4; at 8 x 8 x 128 (1 MiB) the whole
+  batch at once was the fastest (3.5-4.3 ms, 4.4-4.8 as 2). So the batch is
+  split into the fewest equal pieces whose part of ct holds at most
+  KERNEL_GRAD_PIECE_BYTES. The sum rounds differently from the one
+  convolution (tests/test_cifar.py compares both with JAX's gradient).
+  """
+  examples, ct_bytes = ct.shape[0], ct.size * ct.dtype.itemsize
+  return next(pieces for pieces in range(1, examples + 1)
+              if examples % pieces == 0 and ct_bytes / pieces <= KERNEL_GRAD_PIECE_BYTES
+              or pieces == examples)

@@ -349,18 +349,23 @@ def test_the_cpu_convolution_equals_xla_convolution():
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('padding', [1, 0])
-def test_the_nhwc_vjp_convolutions_gradients_are_the_convolutions_gradients(padding):
+@pytest.mark.parametrize('padding,piece_bytes', [(1, None), (0, None), (1, 2000)])
+def test_the_nhwc_vjp_convolutions_gradients_are_the_convolutions_gradients(padding, piece_bytes,
+                                                                            monkeypatch):
   """Its hand-written gradients equal JAX's gradient of the same convolution, in float64, and
-  the training step's loop runs them as convolutions in the form input NHWC, kernel HWIO."""
+  the training step's loop runs them as convolutions in the form input NHWC, kernel HWIO; with
+  piece_bytes, the kernel's gradient is a sum over pieces of the batch (kernel_grad_pieces)."""
+  if piece_bytes:
+    monkeypatch.setattr(layers, 'KERNEL_GRAD_PIECE_BYTES', piece_bytes)
   with jax.enable_x64(True):
-    x = jax.random.normal(jax.random.key(0), (3, 8, 7, 5), jnp.float64)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 7, 5), jnp.float64)
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 5, 4), jnp.float64)
     conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((padding, padding),) * 2,
                                                      dimension_numbers=layers.NHWC)
     out, vjp = jax.vjp(conv, x, kernel)
     got, got_vjp = jax.vjp(lambda x, k: layers.nhwc_vjp_conv3x3(x, k, padding), x, kernel)
     ct = jax.random.normal(jax.random.key(2), out.shape, jnp.float64)
+    assert layers.kernel_grad_pieces(ct) == (4 if piece_bytes else 1)
     np.testing.assert_array_equal(got, out)
     for g, want in zip(got_vjp(ct), vjp(ct)):
       np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
@@ -374,7 +379,17 @@ def test_the_nhwc_vjp_convolutions_gradients_are_the_convolutions_gradients(padd
 
   hlo = jax.jit(steps).lower(kernel.astype(jnp.float32), x.astype(jnp.float32)).compile()
   labels = re.findall(r'convolution\(.*dim_labels=(\S+?),', hlo.as_text())
-  assert len(labels) == 3 and set(labels) == {'b01f_01io->b01f'}, labels
+  pieces = layers.kernel_grad_pieces(out.astype(jnp.float32))
+  assert pieces == (2 if piece_bytes else 1)
+  assert len(labels) == 2 + pieces and set(labels) == {'b01f_01io->b01f'}, labels
+
+
+def test_the_kernel_gradient_is_split_into_the_fewest_pieces_of_at_most_a_mebibyte():
+  pieces = lambda shape: layers.kernel_grad_pieces(jnp.zeros(shape, jnp.float32))
+  # ResNet-20's output gradients at batch 32: 4, 2 and 1 MiB.
+  assert [pieces((32, 32, 32, 32)), pieces((32, 16, 16, 64)), pieces((32, 8, 8, 128))] == [4, 2, 1]
+  assert pieces((10, 64, 64, 16)) == 5  # 2.5 MiB: 3 and 4 do not divide the batch
+  assert pieces((4, 64, 64, 128)) == 4  # 2 MiB per example: at most one piece per example
 
 
 class ConvStack(flax.linen.Module):
