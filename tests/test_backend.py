@@ -91,7 +91,7 @@ def test_ynnpack_is_off_for_hnet_on_cpu_only_unless_forced(monkeypatch):
   assert backend.compiler_options('hnet') == {}
 
 
-@pytest.mark.parametrize('method', ['hnet', 'hypermask'])
+@pytest.mark.parametrize('method', ['hnet', pytest.param('hypermask', marks=pytest.mark.slow)])
 def test_ynnpack_reaches_the_compiled_step_and_changes_only_the_rounding(
     synthetic_task_set, monkeypatch, method):
   """The trainer compiles with its method's choice: by default an HNET step holds no YNNPACK
