@@ -172,8 +172,8 @@ def kernel_grad_pieces(ct):
   The kernel's gradient is a convolution whose kernel is the output gradient
   ct as [H', W', N, F] (a window the output's size, with the examples as its
   input features) and whose output is small ([C, 3, 3, F]). XLA:CPU's library
-  (YNNPACK) runs it many times slower once that window outgrows a core's
-  cache: on a 2-core Intel Xeon (Emerald Rapids, 2 MiB of L2 per core), with
+  (YNNPACK) ran it 2.3-3x slower once that window outgrew a core's cache:
+  on a 2-core Intel Xeon (Emerald Rapids, 2 MiB of L2 per core), with
   ResNet-20's batch of 32, alone, 17.9-20.0 ms at 32 x 32 x 32 channels
   (a 4 MiB window), against 6.5-7.7 ms as a sum of 4 convolutions of 8
   examples each (1 MiB each) and 11-15 ms as 2; 17.7 ms at 16 x 16 x 64
