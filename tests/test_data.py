@@ -65,10 +65,15 @@ def test_permuted_inputs_pad_then_permute():
   train, test = synthetic_mnist(n_train=20, n_test=10)
   ts = tasks.permuted_mnist(train, test, num_tasks=2, seed=0, val_size=5)
   images = ts.test.images[:3]
-  for task in range(2):
-    x = np.asarray(ts.inputs(images, task, None, train=False))
-    padded = np.pad(np.asarray(images, np.float32) / 255, ((0, 0), (2, 2), (2, 2), (0, 0)))
-    np.testing.assert_allclose(x, padded.reshape(3, 1024)[:, np.asarray(ts.perms[task])])
+  padded = np.pad(np.asarray(images, np.float32) / 255, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  padded = padded.reshape(3, 1024)
+  by_task = [np.asarray(ts.inputs(images, task, None, train=False)) for task in range(2)]
+  for task, x in enumerate(by_task):
+    np.testing.assert_allclose(x, padded[:, np.asarray(ts.perms[task])])
+  # Joint training's batches: one task per image, each image permuted by its own task's.
+  per_image = np.asarray(ts.inputs(images, jnp.array([1, 0, 1]), None, train=False))
+  for i, task in enumerate([1, 0, 1]):
+    np.testing.assert_array_equal(per_image[i], by_task[task][i])
 
 
 def test_split_mnist_tasks():
