@@ -24,10 +24,10 @@ with the real datasets' sizes and shapes (timing does not depend on pixels).
 
 Columns: wall time of the whole run; training steps/s (hypermask_jax: the
 compiling call excluded; in both, the best-validation checks every
-`selection_every_steps` steps count as training time, since hypermask_jax runs
-them inside its compiled training calls); the wall time of the first and of the last task
-(training and evaluation; the first includes hypermask_jax's compilation);
-peak memory (on the CPU the process's peak resident set, on a GPU the
+`selection_every_steps` steps count as training time, since hypermask_jax
+runs them inside its compiled training calls); the wall time of the first
+and of the last task (training and evaluation; the first includes
+hypermask_jax's compilation); peak memory (on the CPU the process's peak resident set, on a GPU the
 framework's peak allocation there), read in each framework's own process, so
 neither counts the other; ratio = PyTorch time / hypermask_jax time (> 1:
 hypermask_jax is faster).
