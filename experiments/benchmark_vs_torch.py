@@ -27,10 +27,10 @@ compiling call excluded; in both, the best-validation checks every
 `selection_every_steps` steps count as training time, since hypermask_jax
 runs them inside its compiled training calls); the wall time of the first
 and of the last task (training and evaluation; the first includes
-hypermask_jax's compilation); peak memory (on the CPU the process's peak resident set, on a GPU the
-framework's peak allocation there), read in each framework's own process, so
-neither counts the other; ratio = PyTorch time / hypermask_jax time (> 1:
-hypermask_jax is faster).
+hypermask_jax's compilation); peak memory (on the CPU the process's peak
+resident set, on a GPU the framework's peak allocation there), read in each
+framework's own process, so neither counts the other; ratio = PyTorch time /
+hypermask_jax time (> 1: hypermask_jax is faster).
 """
 
 import json
@@ -190,17 +190,17 @@ def run_torch(config):
       model.train_step(x.to(torch_reference.DEVICE),
                        torch.from_numpy(labels[idx]).long().to(torch_reference.DEVICE), step)
       torch_reference.synchronize()
+      train_seconds += time.time() - step_tic
       check = (config.selection != 'last' and config.selection_every_steps
                and step % config.selection_every_steps == 0)  # the reference's iteration test
-      if not check:
-        train_seconds += time.time() - step_tic
       if val is not None and ((step + 1) % chunk == 0 or step + 1 == config.steps_per_task
                               or check):
+        val_tic = time.time()
         val_accuracy = accuracy(val, task)
         if config.selection == 'best_val' and val_accuracy > best:  # keeps a copy, as the reference
           best, _ = val_accuracy, [p.detach().clone() for p in model.parameters()]
-      if check:  # hypermask_jax runs these checks inside its timed training calls
-        train_seconds += time.time() - step_tic
+        if check:  # hypermask_jax runs these checks inside its timed training calls
+          train_seconds += time.time() - val_tic
     for j in range(task + 1):
       accuracy(splits[j][2], j)
     task_seconds.append(time.time() - tic)
