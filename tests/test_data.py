@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from hypermask_jax.data import decoded_copy
 from hypermask_jax.data import prepare
 from hypermask_jax.data import tasks
 from hypermask_jax.data import tfds_io
@@ -285,6 +286,66 @@ def test_force_reads_the_source_before_removing_the_old_dataset(tmp_path):
   with pytest.raises(prepare.SourceError, match='not found'):
     prepare.prepare('mnist', str(raw), data_dir, force=True)
   assert prepare.verify('mnist', data_dir) == {'train': 30, 'test': 10}  # still there, intact
+
+
+def prepared_synthetic_mnist(folder, seed=0):
+  """(data_dir, dataset_dir) of 30 + 10 synthetic MNIST examples prepared in folder."""
+  raw = write_mnist_idx(folder / 'raw', *synthetic_mnist(n_train=30, n_test=10, seed=seed))
+  done = prepare.prepare('mnist', str(raw), str(folder / 'tfds'), force=True)
+  return str(folder / 'tfds'), pathlib.Path(done['dataset_dir'])
+
+
+def tfds_read(data_dir, split):
+  return tfds_io.read_split(tfds.builder('mnist', data_dir=data_dir), split)
+
+
+def test_prepare_leaves_a_decoded_copy_that_a_run_loads_without_tensorflow(tmp_path):
+  data_dir, dataset_dir = prepared_synthetic_mnist(tmp_path)
+  assert sorted(p.name for p in dataset_dir.glob(decoded_copy.PREFIX + '*')) == [
+      'hypermask_jax-test.npz', 'hypermask_jax-train.npz']
+  code = ('import sys, numpy as np; from hypermask_jax.data import tfds_io; '
+          f'np.savez(sys.argv[1], *tfds_io.load_split("mnist", "train", {data_dir!r}, False), '
+          f'*tfds_io.load_split("mnist", "test", {data_dir!r}, False)); '
+          'print("tensorflow" in sys.modules)')
+  run = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'loaded.npz')], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert run.stdout.strip() == 'False'  # TensorFlow was never imported
+  with np.load(tmp_path / 'loaded.npz') as loaded:
+    got = [loaded[f'arr_{i}'] for i in range(4)]
+  want = [*tfds_read(data_dir, 'train'), *tfds_read(data_dir, 'test')]
+  for g, w in zip(got, want):  # the same arrays, in TFDS's order, with its dtypes
+    assert g.dtype == w.dtype and g.dtype in (np.uint8, np.int32)
+    np.testing.assert_array_equal(g, w)
+
+
+def test_the_decoded_copy_follows_the_dataset_files(tmp_path):
+  data_dir, dataset_dir = prepared_synthetic_mnist(tmp_path)
+  load = lambda: tfds_io.load_split('mnist', 'train', data_dir, download=False)
+  images, labels = load()
+  decoded_copy.save(str(dataset_dir), 'train', images[::-1], labels[::-1])
+  np.testing.assert_array_equal(load()[1], labels[::-1])  # the copy is what a run loads
+  (dataset_dir / 'hypermask_jax-train.npz').unlink()
+  np.testing.assert_array_equal(load()[1], labels)  # none: read through TFDS, and written again
+  np.testing.assert_array_equal(decoded_copy.load(str(dataset_dir), 'train')[1], labels)
+  # A rebuild from other raw files: the copy is stale, and replaced.
+  data_dir, _ = prepared_synthetic_mnist(tmp_path, seed=1)
+  np.testing.assert_array_equal(load()[0], tfds_read(data_dir, 'train')[0])
+  assert not np.array_equal(load()[0], images)
+  # A damaged record is reported, not hidden by the copy.
+  record = next(dataset_dir.glob('mnist-train.tfrecord*'))
+  record.write_bytes(record.read_bytes()[:-100])
+  with pytest.raises(tfds_io.DatasetUnavailableError, match='is damaged'):
+    load()
+
+
+def test_mock_data_neither_reads_nor_writes_the_decoded_copy(tmp_path):
+  data_dir, dataset_dir = prepared_synthetic_mnist(tmp_path)
+  copy = (dataset_dir / 'hypermask_jax-train.npz').read_bytes()
+  with tfds.testing.mock_data(num_examples=12, data_dir=data_dir):
+    images, _ = tfds_io.load_split('mnist', 'train', data_dir, download=False)
+  assert len(images) == 12  # made up by the mock, not the 30 prepared
+  assert (dataset_dir / 'hypermask_jax-train.npz').read_bytes() == copy
 
 
 @pytest.mark.parametrize('damage', ['truncated', 'not-gzip'])

@@ -46,6 +46,7 @@ import tensorflow_datasets as tfds
 
 from hypermask_jax import errors
 from hypermask_jax import paths
+from hypermask_jax.data import decoded_copy
 from hypermask_jax.data import tfds_io
 
 _SOURCE_DIR = flags.DEFINE_string('source_dir', None, 'Folder with the raw files.')
@@ -384,10 +385,13 @@ def verify(name, data_dir, source_dir=None):
     dataset_dir = builder.data_dir
     counts = {}
     for split, info in builder.info.splits.items():
-      counts[split] = len(tfds_io.read_split(builder, split)[1])
+      images, labels = tfds_io.read_split(builder, split)
+      counts[split] = len(labels)
       if counts[split] != info.num_examples:
         raise ValueError(f'split {split!r} holds {counts[split]} of its {info.num_examples} '
                          'examples')
+      if tfds_io.keeps_decoded_copy(builder.data_dir):  # so that the first run skips TensorFlow
+        decoded_copy.save(builder.data_dir, split, images, labels)
     return counts
   except Exception as e:  # pylint: disable=broad-except  (damage shows as many error types)
     raise tfds_io.damaged_error(name, dataset_dir, data_dir, e, source_dir) from None

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from hypermask_jax import errors
 from hypermask_jax import paths
+from hypermask_jax.data import decoded_copy
 
 PREPARE = ('python -m hypermask_jax.data.prepare {name} --source_dir DIR_WITH_RAW_FILES '
            '--data_dir {data_dir}')
@@ -50,6 +51,18 @@ def _can_resolve(host):
     return False
 
 
+# TFDS's reader as this module found it: tfds.testing.mock_data replaces it with one that makes up
+# examples, which must neither come from nor go into a decoded copy. (The class's own attribute:
+# reading it through the class wraps it anew each time.)
+_TFDS_AS_DATASET = vars(tfds.core.DatasetBuilder)['as_dataset']
+
+
+def keeps_decoded_copy(dataset_dir):
+  """Whether the split read from dataset_dir has a decoded copy there (decoded_copy.py)."""
+  return (vars(tfds.core.DatasetBuilder)['as_dataset'] is _TFDS_AS_DATASET
+          and os.path.isdir(dataset_dir))
+
+
 def read_split(builder, split):
   """(images uint8 [N, H, W, C], labels int32 [N]) of one split of a prepared builder."""
   images, labels = [], []
@@ -81,9 +94,16 @@ def load_split(name, split, data_dir=None, download=True):
       first_line = str(e).splitlines()[0] if str(e) else ''
       raise _unavailable(name, split, data_dir,
                          f'could not be downloaded ({type(e).__name__}: {first_line})') from e
+  keeps_copy = builder.is_prepared() and keeps_decoded_copy(builder.data_dir)
+  arrays = decoded_copy.load(builder.data_dir, split) if keeps_copy else None
+  if arrays is not None:
+    return arrays
   try:
-    return read_split(builder, split)
+    arrays = read_split(builder, split)
   except Exception as e:  # tf.data raises DataLossError for a truncated or corrupt record.
     if builder.is_prepared():
       raise damaged_error(name, builder.data_dir, data_dir, e) from e
     raise _unavailable(name, split, data_dir, 'download=False') from e
+  if keeps_copy:
+    decoded_copy.save(builder.data_dir, split, *arrays)
+  return arrays
