@@ -14,11 +14,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import permuted_mnist
+from hypermask_jax import environment
 from hypermask_jax.data import prepare
 from hypermask_jax.data import tasks
 from hypermask_jax.data import tfds_io
 
 SHARED_MNIST = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mnist'
+
+
+def pytest_configure(config):
+  """Each test process keeps its compiled programs where runs keep theirs (the configs' default
+  compilation_cache), from its start: the many tests that build the same tiny program compile it
+  once per session, whichever comes first, not only after a whole run has turned the cache on."""
+  del config
+  environment.use_compilation_cache(permuted_mnist.get_config().compilation_cache)
 
 
 @pytest.fixture(scope='session')

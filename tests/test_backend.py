@@ -91,7 +91,8 @@ def test_ynnpack_is_off_for_hnet_on_cpu_only_unless_forced(monkeypatch):
   assert backend.compiler_options('hnet') == {}
 
 
-@pytest.mark.parametrize('method', ['hnet', pytest.param('hypermask', marks=pytest.mark.slow)])
+@pytest.mark.slow  # compiles the step twice
+@pytest.mark.parametrize('method', ['hnet', 'hypermask'])
 def test_ynnpack_reaches_the_compiled_step_and_changes_only_the_rounding(
     synthetic_task_set, monkeypatch, method):
   """The trainer compiles with its method's choice: by default an HNET step holds no YNNPACK
@@ -122,6 +123,7 @@ def test_ynnpack_reaches_the_compiled_step_and_changes_only_the_rounding(
   np.testing.assert_allclose(forced_losses, default_losses, rtol=1e-5)
 
 
+@pytest.mark.slow  # compiles the step twice
 def test_copy_insertions_region_analysis_drops_the_pass_through_copies_and_changes_no_number(
     synthetic_task_set, monkeypatch):
   """COPY_INSERTION: at task 0 the regulariser's switch passes the HNET gradients through
@@ -161,7 +163,7 @@ def test_quick_compile_is_added_to_the_state_initialisation_on_cpu_only(monkeypa
   assert backend.init_compiler_options('hnet') == {}
 
 
-@pytest.mark.parametrize('method', ['hnet', 'hypermask'])
+@pytest.mark.parametrize('method', ['hnet', pytest.param('hypermask', marks=pytest.mark.slow)])
 def test_the_state_initialisation_compiles_with_its_own_options_to_the_same_state(
     synthetic_task_set, monkeypatch, method):
   """QUICK_COMPILE: the trainer compiles init_state with backend.init_compiler_options (an

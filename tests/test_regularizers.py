@@ -30,9 +30,10 @@ HNETS = {'hmlp': lambda max_tasks: hypernet.HMLP(num_outputs=37, max_tasks=max_t
 
 @pytest.mark.parametrize('hnet', list(HNETS))
 @pytest.mark.parametrize('bucketed', [True, False])
-# 10 tasks (buckets 1, 2, 4, 8, 10) in the full suite only: 6 (1, 2, 4, 6) also ends in a
-# bucket that is not a power of two.
-@pytest.mark.parametrize('max_tasks', [1, 6, pytest.param(10, marks=pytest.mark.slow)])
+# 6 tasks (buckets 1, 2, 4, 6) and 10 (1, 2, 4, 8, 10), each ending in a bucket that is not a
+# power of two, in the full suite only.
+@pytest.mark.parametrize('max_tasks', [1, pytest.param(6, marks=pytest.mark.slow),
+                                       pytest.param(10, marks=pytest.mark.slow)])
 def test_batched_output_regulariser_equals_loop(max_tasks, bucketed, hnet):
   """Both forms, outputs_and_output_reg and output_reg_and_grad, with their gradients."""
   model = HNETS[hnet](max_tasks)

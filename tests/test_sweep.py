@@ -117,6 +117,7 @@ def test_a_run_in_a_sweep_equals_the_run_alone_and_the_tables_add_up(tmp_path, p
   assert f'| lam=0 | 3 | {np.mean(finals):.2f} ± {np.std(finals, ddof=1):.2f} |' in table
 
 
+@pytest.mark.slow  # a whole sweep
 def test_a_finished_sweep_is_not_rerun_and_another_sweep_is_refused(tmp_path, patched_data):
   workdir = str(tmp_path / 'sweep')
   first = train.train_and_evaluate(tiny_config(seed=(1, 2)), workdir)

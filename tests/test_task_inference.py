@@ -164,6 +164,7 @@ def test_fecam_finds_the_class_the_entropy_misses(split_data):
   assert inference.trainer.traces == {'infer_tasks': 1, 'task_statistics': 1}
 
 
+@pytest.mark.slow  # whole runs
 @pytest.mark.parametrize('method', ['hypermask', 'hnet'])
 def test_a_run_reports_entropy_inference_after_each_task(tmp_path, monkeypatch, split_data, caplog,
                                                          method):

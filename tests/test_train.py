@@ -72,6 +72,7 @@ def test_the_train_step_runs_no_loop_but_the_loop_over_steps(synthetic_task_set,
   assert program.count('stablehlo.while') == 1
 
 
+@pytest.mark.slow  # compiles a step to read its HLO
 def test_the_compiled_step_never_transposes_a_dense_weight_or_its_mask(synthetic_task_set):
   """The masks come out of the hypernetwork in PyTorch's [out, in] layout, and the target's
   Dense weights are stored in it (layers.Linear), so the compiled HyperMask step (masks,
@@ -170,6 +171,7 @@ def patched_data(monkeypatch, synthetic_task_set):
   monkeypatch.setattr(train.tasks, 'load_task_set', lambda config: synthetic_task_set)
 
 
+@pytest.mark.slow  # whole runs
 def test_run_writes_results_and_does_not_overwrite_them(tmp_path, patched_data):
   workdir = tmp_path / 'run'
   summary = train.train_and_evaluate(tiny_config(), str(workdir))
@@ -213,6 +215,7 @@ def test_run_writes_results_and_does_not_overwrite_them(tmp_path, patched_data):
   assert (workdir / 'summary.json').read_text() == before
 
 
+@pytest.mark.slow  # a whole run
 def test_a_protocol_without_validation_split_logs_no_validation_accuracy(tmp_path, monkeypatch):
   train_split, test_split = synthetic_mnist()
   monkeypatch.setattr(train.tasks, 'load_task_set', lambda config: tasks.permuted_mnist(
@@ -226,6 +229,7 @@ def test_a_protocol_without_validation_split_logs_no_validation_accuracy(tmp_pat
   assert None not in summary['final_accuracy']
 
 
+@pytest.mark.slow  # whole runs
 @pytest.mark.parametrize('method', ['hypermask', 'hnet', 'finetune', 'joint'])
 def test_every_method_runs_through_the_shared_loop(tmp_path, patched_data, method):
   summary = train.train_and_evaluate(tiny_config(method=method, chunk_size=500),

@@ -7,7 +7,9 @@ takes milliseconds. The copy, `hypermask_jax-SPLIT.npz` in the dataset's
 version folder, records the dataset's files it was decoded from (their names,
 sizes and modification times). Any change to them, a rebuild or a damaged
 record, makes it stale: the split is then read through TFDS again, which also
-reports the damage, and the copy is rewritten. It holds the images
+reports the damage, and the copy is rewritten. (Damage that keeps a file's
+size and time shows only where the records are read: running the prepare
+command again on the dataset always reads them.) It holds the images
 uncompressed (MNIST 55 MB, CIFAR-100 184 MB, Tiny ImageNet 1.35 GB); deleting
 it is always safe. A folder that cannot be written keeps no copy.
 """
