@@ -1,6 +1,7 @@
 """Task builders, on-device batches and augmentation, the TFDS loader and the offline importer."""
 
 import gzip
+import os
 import pathlib
 import re
 import subprocess
@@ -328,7 +329,13 @@ def test_the_decoded_copy_follows_the_dataset_files(tmp_path):
   (dataset_dir / 'hypermask_jax-train.npz').unlink()
   np.testing.assert_array_equal(load()[1], labels)  # none: read through TFDS, and written again
   np.testing.assert_array_equal(decoded_copy.load(str(dataset_dir), 'train')[1], labels)
-  # A rebuild from other raw files: the copy is stale, and replaced.
+  # Any change to the dataset's files (here only a record's time) makes the copy stale.
+  decoded_copy.save(str(dataset_dir), 'train', images[::-1], labels[::-1])
+  record = next(dataset_dir.glob('mnist-train.tfrecord*'))
+  os.utime(record, ns=(record.stat().st_atime_ns, record.stat().st_mtime_ns + 1))
+  np.testing.assert_array_equal(load()[1], labels)  # read through TFDS, and written again
+  np.testing.assert_array_equal(decoded_copy.load(str(dataset_dir), 'train')[1], labels)
+  # A rebuild from other raw files writes a copy of the new data.
   data_dir, _ = prepared_synthetic_mnist(tmp_path, seed=1)
   np.testing.assert_array_equal(load()[0], tfds_read(data_dir, 'train')[0])
   assert not np.array_equal(load()[0], images)
