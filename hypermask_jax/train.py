@@ -23,6 +23,7 @@ from hypermask_jax import preemption
 from hypermask_jax import sweep
 from hypermask_jax import sweep_results
 from hypermask_jax import trainer as trainer_lib
+from hypermask_jax.data import decoded_copy
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 from hypermask_jax.methods import base
@@ -152,6 +153,7 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
   write the figures and report.md when the run or the sweep ends.
   """
   backend.check_environment()
+  decoded_copy.enabled()  # a bad HYPERMASK_DECODED_COPY stops the run before it writes
   workdir = paths.absolute(workdir)
   runs = sweep.expand(config)
   shard_index, shard_count = sweep.parse_shard(sweep_shard)

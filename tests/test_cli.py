@@ -109,6 +109,8 @@ BAD_INPUT = [
     ('bad-backend-variable', lambda d: ['ENV:HYPERMASK_CHUNK_INPUT_GRAD=copy'],
      "error: HYPERMASK_CHUNK_INPUT_GRAD='copy': must be one of ('direct', 'transposed_copy') "
      '(or unset)'),
+    ('bad-decoded-copy-variable', lambda d: ['ENV:HYPERMASK_DECODED_COPY=no'],
+     "error: HYPERMASK_DECODED_COPY='no': must be 'on' or 'off' (or unset)"),
 ]
 
 

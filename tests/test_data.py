@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from hypermask_jax import errors
 from hypermask_jax.data import decoded_copy
 from hypermask_jax.data import prepare
 from hypermask_jax.data import tasks
@@ -244,9 +245,9 @@ def test_importer_rejects_a_bad_file(tmp_path):
     prepare.read_mnist(str(tmp_path))
 
 
-def prepare_cli(*args):
+def prepare_cli(*args, **env):
   return subprocess.run([sys.executable, '-m', 'hypermask_jax.data.prepare', *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=600, env={**os.environ, **env})
 
 
 @pytest.mark.slow
@@ -277,6 +278,11 @@ def test_prepare_command_reports_verifies_and_rebuilds(tmp_path):
   rebuilt = prepare_cli(*args, '--force')
   assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
   assert rebuilt.stdout.splitlines()[-1] == 'mnist: read back intact: train 30, test 10 examples'
+  before = sorted((p.name, p.stat().st_mtime_ns) for p in data_dir.rglob('*'))
+  refused = prepare_cli(*args, '--force', HYPERMASK_DECODED_COPY='no')
+  assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+      "error: HYPERMASK_DECODED_COPY='no': must be 'on' or 'off' (or unset)"]
+  assert sorted((p.name, p.stat().st_mtime_ns) for p in data_dir.rglob('*')) == before
 
 
 def test_force_reads_the_source_before_removing_the_old_dataset(tmp_path):
@@ -353,6 +359,24 @@ def test_mock_data_neither_reads_nor_writes_the_decoded_copy(tmp_path):
     images, _ = tfds_io.load_split('mnist', 'train', data_dir, download=False)
   assert len(images) == 12  # made up by the mock, not the 30 prepared
   assert (dataset_dir / 'hypermask_jax-train.npz').read_bytes() == copy
+
+
+def test_decoded_copies_can_be_turned_off(tmp_path, monkeypatch):
+  monkeypatch.setenv('HYPERMASK_DECODED_COPY', 'off')
+  data_dir, dataset_dir = prepared_synthetic_mnist(tmp_path)
+  assert not list(dataset_dir.glob(decoded_copy.PREFIX + '*'))  # prepare wrote none
+  images, labels = tfds_io.load_split('mnist', 'train', data_dir, download=False)
+  assert not list(dataset_dir.glob(decoded_copy.PREFIX + '*'))  # nor did the run
+  decoded_copy.save(str(dataset_dir), 'train', images[::-1], labels[::-1])
+  np.testing.assert_array_equal(  # a copy left from before is not read
+      tfds_io.load_split('mnist', 'train', data_dir, download=False)[1], labels)
+  monkeypatch.setenv('HYPERMASK_DECODED_COPY', 'on')
+  np.testing.assert_array_equal(  # with copies on, that copy is the one read
+      tfds_io.load_split('mnist', 'train', data_dir, download=False)[1], labels[::-1])
+  monkeypatch.setenv('HYPERMASK_DECODED_COPY', 'no')
+  with pytest.raises(errors.BadInput, match=r"^HYPERMASK_DECODED_COPY='no': must be 'on' or "
+                     r"'off' \(or unset\)$"):
+    tfds_io.load_split('mnist', 'train', data_dir, download=False)
 
 
 @pytest.mark.parametrize('damage', ['truncated', 'not-gzip'])

@@ -12,7 +12,10 @@ reports the damage, and the copy is rewritten. (Damage that keeps a file's
 size and time shows only where the records are read: running the prepare
 command again on the dataset always reads them.) It holds the images
 uncompressed (MNIST 55 MB, CIFAR-100 184 MB, Tiny ImageNet 1.35 GB); deleting
-it is always safe. A folder that cannot be written keeps no copy.
+it is always safe. A folder that cannot be written keeps no copy, and
+`HYPERMASK_DECODED_COPY=off` keeps none anywhere: runs and the prepare
+command then neither read nor write one, and every run reads its splits
+through TFDS.
 """
 
 import json
@@ -23,7 +26,18 @@ import zipfile
 
 import numpy as np
 
+from hypermask_jax import errors
+
 PREFIX = 'hypermask_jax-'
+VARIABLE = 'HYPERMASK_DECODED_COPY'
+
+
+def enabled():
+  """Whether copies are read and written: VARIABLE unset, empty or `on`; not with `off`."""
+  value = os.environ.get(VARIABLE, '')
+  if value not in ('', 'on', 'off'):
+    raise errors.BadInput(f"{VARIABLE}={value!r}: must be 'on' or 'off' (or unset)")
+  return value != 'off'
 
 
 def path(dataset_dir, split):

@@ -435,6 +435,7 @@ def main(argv):
   name = argv[1]
   logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines: this command prints its own
   try:
+    decoded_copy.enabled()  # a bad HYPERMASK_DECODED_COPY stops it before it writes
     done = prepare(name, _SOURCE_DIR.value, _DATA_DIR.value, _FORCE.value)
   except errors.BadInput as e:
     errors.exit_bad_input(e)

@@ -58,9 +58,11 @@ _TFDS_AS_DATASET = vars(tfds.core.DatasetBuilder)['as_dataset']
 
 
 def keeps_decoded_copy(dataset_dir):
-  """Whether reads from dataset_dir go through a decoded copy there (decoded_copy.py): the
-  folder is local and TFDS's own reader is in place, not tfds.testing.mock_data's."""
-  return (vars(tfds.core.DatasetBuilder)['as_dataset'] is _TFDS_AS_DATASET
+  """Whether reads from dataset_dir go through a decoded copy there (decoded_copy.py): copies
+  are not turned off, the folder is local and TFDS's own reader is in place, not
+  tfds.testing.mock_data's."""
+  return (decoded_copy.enabled()
+          and vars(tfds.core.DatasetBuilder)['as_dataset'] is _TFDS_AS_DATASET
           and os.path.isdir(dataset_dir))
 
 
