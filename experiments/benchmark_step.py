@@ -26,7 +26,8 @@ the memory bandwidth measured in this process just before (a jitted in-place
 stream, x * a + b over a 256 MiB float32 array, counting the bytes read and
 written); and the floating-point operations of one step, as XLA counts them in
 the compiled step with the task fixed (so only the regulariser branch that
-task runs counts), over the rate of a 1024 x 1024 float32 matmul (8192 x 8192
+task runs counts; not the CPU Adam kernel's, a custom call that XLA does not
+count, hypermask_jax/factored_adam.py), over the rate of a 1024 x 1024 float32 matmul (8192 x 8192
 on an accelerator, which a smaller one does not fill) measured in this
 process. The step can be no faster than the larger of the two; the share is
 that floor over the measured step time. The tasks are timed, and the peak

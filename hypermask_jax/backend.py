@@ -10,6 +10,7 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 | HYPERMASK_CHUNK_INPUT_GRAD | `direct`, `transposed_copy` | `transposed_copy` on CPU for fan-in 25-30, else `direct` |
 | HYPERMASK_ROW_INPUT_GRAD | `fold`, `two_rows` | `fold` on CPU, `two_rows` elsewhere |
 | HYPERMASK_CPU_YNNPACK | `on`, `off` | on CPU: `off` for HNET, `on` for the others |
+| HYPERMASK_FACTORED_ADAM | `ffi`, `xla` | `ffi` on CPU with one device where the kernel builds, else `xla` |
 
 - HYPERMASK_CONV: how layers.Conv3x3 computes its convolution. Inside a loop
   XLA:CPU runs the gradient convolutions JAX derives 15-40x slower than their
@@ -76,6 +77,17 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   hypernetwork 88 -> 105 ms at task 10, ZenkeNet 149 -> 172 ms at task 10,
   Split MNIST 17.4 -> 19.4 ms at task 5. The two round differently; on other
   backends the option does not exist.
+- HYPERMASK_FACTORED_ADAM: how HyperMask's full hypernetwork's output
+  kernel gets Adam's update: `ffi`, by factored_adam.py's C++ kernel, one
+  pass over the kernel and its two moments that sums only the gradient's
+  rows in use, or `xla`, optax's update with the gradient fused into XLA's
+  three loops. Measured in the published Permuted MNIST step: see
+  factored_adam.py and docs/benchmark_history.md. The kernel runs on CPU
+  only; the runs of a program split over several devices use `xla` (XLA
+  cannot partition the kernel's call), and where the kernel cannot be
+  compiled a warning says why and `xla` runs. On GPU and TPU XLA fuses the
+  update into one loop itself. With one row in use the two give the same
+  numbers; with more they may differ in the gradient's last bit.
 
 The variables are read when a function is traced (the compiler options,
 HYPERMASK_CPU_VECTOR_WIDTH and HYPERMASK_CPU_YNNPACK, when a Trainer is
@@ -84,17 +96,21 @@ monkeypatch.setenv); a run checks them all before it starts
 (`check_environment`), so a bad value stops it with one line.
 """
 
+import functools
 import os
 
+from absl import logging
 import jax
 
 from hypermask_jax import errors
+from hypermask_jax import factored_adam as factored_adam_lib
 
 CHOICES = {'HYPERMASK_CONV': ('nhwc_vjp', 'im2col', 'xla'),
            'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512'),
            'HYPERMASK_CHUNK_INPUT_GRAD': ('direct', 'transposed_copy'),
            'HYPERMASK_ROW_INPUT_GRAD': ('fold', 'two_rows'),
-           'HYPERMASK_CPU_YNNPACK': ('on', 'off')}
+           'HYPERMASK_CPU_YNNPACK': ('on', 'off'),
+           'HYPERMASK_FACTORED_ADAM': ('ffi', 'xla')}
 
 
 # On CPU, every compiled function. XLA's copy insertion by region analysis finds that a
@@ -195,3 +211,24 @@ def init_compiler_options(method):
   """The compiler options of the program that initialises the train state (QUICK_COMPILE)."""
   options = compiler_options(method)
   return {**options, **QUICK_COMPILE} if jax.default_backend() == 'cpu' else options
+
+
+def factored_adam():
+  """'ffi' or 'xla': how HyperMask's full-hypernetwork kernel gets Adam's update."""
+  forced = _forced('HYPERMASK_FACTORED_ADAM')
+  if forced == 'xla':
+    return 'xla'
+  reason = factored_adam_lib.unavailable_reason()
+  if not reason and jax.device_count() > 1:
+    reason = f'this process has {jax.device_count()} devices, which XLA cannot split it over'
+  if reason and forced == 'ffi':
+    raise BadVariable(f'HYPERMASK_FACTORED_ADAM=ffi: its CPU kernel cannot run here: {reason}')
+  if reason and jax.default_backend() == 'cpu':
+    _warn_once(f'hypermask_jax: the CPU Adam kernel is off ({reason}); HyperMask steps use '
+               "XLA's Adam")
+  return 'xla' if reason else 'ffi'
+
+
+@functools.cache
+def _warn_once(message):
+  logging.warning(message)

@@ -114,17 +114,20 @@ class HMLP(nn.Module):
   weight_init: str = 'torch'
 
   @nn.compact
-  def __call__(self, tasks, live_rows=None, targets=None):
+  def __call__(self, tasks, live_rows=None, targets=None, hidden_only=False):
     """tasks: int [k] -> raw outputs [k, num_outputs], one batched matmul for all k rows.
 
     live_rows (default k, may be traced): only the first live_rows rows go
     through the output layer's products; the others hold its bias. With
     targets, (outputs of tasks[0], squared distances), as `distances`.
+    hidden_only: the output layer's input rows [k, hidden[-1]] instead.
     """
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
     x = _hidden(jnp.take(embeddings, tasks, axis=0), self.hidden, self.activation,
                 self.weight_init)
+    if hidden_only:
+      return x
     return WideDense(self.num_outputs, init=self.weight_init, name='out')(x, live_rows, targets)
 
 

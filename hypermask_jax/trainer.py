@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from hypermask_jax import backend
+from hypermask_jax import factored_adam
 from hypermask_jax import schedules
 from hypermask_jax import targets
 from hypermask_jax.data import tasks
@@ -184,13 +185,16 @@ class Trainer:
         data.train, self.method.batch_tasks(state.task), order_rng, state.step,
         self.config.batch_size)
     x = data.inputs(images, batch_tasks, jax.random.fold_in(rng, 1), train=True)
-    tx = optimizer(state.schedule['plateau']['learning_rate'])
+    learning_rate = state.schedule['plateau']['learning_rate']
+    tx = optimizer(learning_rate)
     grads, aux, batch_stats = self.method.gradients(
         state.params, state.batch_stats, state.opt_state, tx, (x, labels, batch_tasks),
-        state.task, state.step, state.memory, hp, jax.random.fold_in(rng, 2))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-                         batch_stats=batch_stats, step=state.step + 1), aux
+        state.task, state.step, state.memory, hp, jax.random.fold_in(rng, 2),
+        factored=backend.factored_adam() == 'ffi')
+    params, opt_state = factored_adam.apply(tx, learning_rate, grads, state.opt_state,
+                                            state.params)
+    return state.replace(params=params, opt_state=opt_state, batch_stats=batch_stats,
+                         step=state.step + 1), aux
 
   def _train_steps(self, state, data, hp, num_steps):
     """Runs `num_steps` steps (a traced int in [1, max_steps_per_call]): (state, per-step metrics).

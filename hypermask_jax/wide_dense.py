@@ -77,6 +77,11 @@ class WideDense(nn.Module):
 
     With targets = (table [T, features], rows int [k - 1]): (output of row 0
     [features], squared distances [k - 1]), as `wide_dense_distances`.
+
+    With a 'probes' collection holding `rows` (zeros [k, features]), the
+    kernel gets no gradient and the probe gets the output rows' cotangent: the
+    kernel's gradient is then that cotangent's transpose times the live rows
+    of x, which factored_adam.py applies without building it.
     """
     fan_in = x.shape[-1]
     if self.init == 'xavier':
@@ -87,18 +92,22 @@ class WideDense(nn.Module):
                         (self.features, fan_in))
     bias = self.param('bias', bias_init, (self.features,))
     live_rows = x.shape[0] if live_rows is None else live_rows
+    probe = None
+    if self.has_variable('probes', 'rows'):  # the kernel's gradient is left to the caller
+      probe, kernel = self.get_variable('probes', 'rows'), jax.lax.stop_gradient(kernel)
     if targets is None:
-      return wide_dense(x, kernel, bias, live_rows)
-    return wide_dense_distances(x, kernel, bias, live_rows, *targets)
+      return wide_dense(x, kernel, bias, live_rows, probe)
+    return wide_dense_distances(x, kernel, bias, live_rows, *targets, probe)
 
 
 @jax.custom_vjp
-def wide_dense(x, kernel, bias, live_rows):
+def wide_dense(x, kernel, bias, live_rows, probe=None):
   """x [k, n] @ kernel [m, n]^T + bias [m] -> [k, m], with rows of x from live_rows on taken as 0.
 
   live_rows (int, may be traced): the rows whose outputs are needed; the
   others give the bias and no gradient. The products run over the smallest
   bucket of live_row_buckets(k) rows covering live_rows, chosen by lax.switch.
+  probe (None, or zeros [k, m]): its cotangent is the output's (_probe_grad).
   """
   x = _live(x, live_rows)
   rows = x.shape[0]
@@ -106,13 +115,26 @@ def wide_dense(x, kernel, bias, live_rows):
                     live_rows) + bias
 
 
-def _forward(x, kernel, bias, live_rows):
-  return wide_dense(x, kernel, bias, live_rows), (_live(x, live_rows), kernel, live_rows)
+def _forward(x, kernel, bias, live_rows, probe):
+  return (wide_dense(x, kernel, bias, live_rows, probe),
+          (_live(x, live_rows), kernel, live_rows, probe))
 
 
 def _backward(residuals, ct):
-  x, kernel, live_rows = residuals
-  return (*_gradients(lambda r: ct[:r], x, kernel, live_rows), None)
+  x, kernel, live_rows, probe = residuals
+  d_x, d_kernel, d_bias = _gradients(lambda r: ct[:r], x, kernel, live_rows)
+  return d_x, d_kernel, d_bias, None, _probe_grad(probe, ct, d_x)
+
+
+def _probe_grad(probe, ct, d_x):
+  """The probe's cotangent: the outputs' ct [k, m] (None without a probe).
+
+  The probe stands for zeros added to the output rows (never added: they are
+  zeros). Its cotangent leaves with a data dependency on d_x (0 * a finite
+  sum is 0), the last read of the kernel, so that an update of the kernel
+  from it can run in place, as Adam's does in _gradients.
+  """
+  return None if probe is None else ct + 0.0 * jnp.sum(d_x)
 
 
 def _gradients(ct_rows, x, kernel, live_rows):
@@ -145,7 +167,7 @@ wide_dense.defvjp(_forward, _backward)
 
 
 @jax.custom_vjp
-def wide_dense_distances(x, kernel, bias, live_rows, table, target_rows):
+def wide_dense_distances(x, kernel, bias, live_rows, table, target_rows, probe=None):
   """Row 0 of wide_dense(x, ...) [m], and the other rows' squared distances to targets [k - 1].
 
   Distance i: sum((y_{1+i} - table[target_rows[i]])**2), y = wide_dense(x,
@@ -165,10 +187,10 @@ def wide_dense_distances(x, kernel, bias, live_rows, table, target_rows):
   (the gradients to 2e-7 of their size), which Adam's first step of a task,
   an update of lr * sign(g), can turn into parameter differences of lr.
   """
-  return _distances_forward(x, kernel, bias, live_rows, table, target_rows)[0]
+  return _distances_forward(x, kernel, bias, live_rows, table, target_rows, probe)[0]
 
 
-def _distances_forward(x, kernel, bias, live_rows, table, target_rows):
+def _distances_forward(x, kernel, bias, live_rows, table, target_rows, probe):
   x = _live(x, live_rows)
   rows = x.shape[0]
 
@@ -179,15 +201,17 @@ def _distances_forward(x, kernel, bias, live_rows, table, target_rows):
     return y[0], _pad_rows(jnp.sum(jnp.square(diff), 1), rows - 1), _pad_rows(diff, rows - 1)
 
   out, distances, diff = _by_bucket(branch, rows, live_rows)
-  return (out, distances), (x, kernel, live_rows, diff)
+  return (out, distances), (x, kernel, live_rows, diff, probe)
 
 
 def _distances_backward(residuals, cts):
-  x, kernel, live_rows, diff = residuals
+  x, kernel, live_rows, diff, probe = residuals
   ct_out, ct_distances = cts
   ct_rows = lambda r: jnp.concatenate([ct_out[None],
                                        2.0 * ct_distances[:r - 1, None] * diff[:r - 1]])
-  return (*_gradients(ct_rows, x, kernel, live_rows), None, None, None)
+  d_x, d_kernel, d_bias = _gradients(ct_rows, x, kernel, live_rows)
+  return (d_x, d_kernel, d_bias, None, None, None,
+          _probe_grad(probe, None if probe is None else ct_rows(x.shape[0]), d_x))
 
 
 wide_dense_distances.defvjp(_distances_forward, _distances_backward)

@@ -59,9 +59,11 @@ class Method:
     """Training batches come from the current task only."""
     return task
 
-  def gradients(self, params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng):
-    """d loss / d params (HNET overrides this for its lookahead)."""
-    del opt_state, tx
+  def gradients(self, params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng,
+                factored=False):
+    """d loss / d params (HNET overrides this for its lookahead; HyperMask, with factored, to
+    give its hypernetwork's output kernel's gradient as a factored_adam.FactoredGradient)."""
+    del opt_state, tx, factored
     grads, (metrics, batch_stats) = jax.grad(self.loss, has_aux=True)(
         params, batch_stats, batch, task, step, memory, hp, rng)
     return grads, metrics, batch_stats
@@ -81,13 +83,15 @@ class HypernetworkMethod(Method):
     self.row_sizes = regularizers.row_sizes(config.max_tasks, config.reg_subset,
                                             bucketed=config.chunk_size > 0)
 
-  def hnet_outputs(self, hnet_params, tasks, live_rows=None, targets=None):
+  def hnet_outputs(self, hnet_params, tasks, live_rows=None, targets=None, probes=None):
     """Raw hypernetwork outputs [k, P] for int task indices [k] (HMLP: the first live_rows).
 
     With targets = (table [T, P], rows [k - 1]): (the output of tasks[0], the
     other rows' squared distances to table[rows]), see hypernet.distances.
+    probes: HMLP's output layer's probe (wide_dense.WideDense), or None.
     """
-    return self.hnet.apply({'params': hnet_params}, tasks, live_rows, targets)
+    variables = {'params': hnet_params, **({'probes': probes} if probes is not None else {})}
+    return self.hnet.apply(variables, tasks, live_rows, targets)
 
   def task_output(self, hnet_params, task):
     """The flat output that task `task`'s tensors are cut from (`Layout.split`).

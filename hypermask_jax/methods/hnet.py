@@ -88,7 +88,8 @@ class HNET(base.HypernetworkMethod):
     keep = (jnp.arange(emb.shape[0]) == task)[:, None]
     return {**grads, 'hnet': {**grads['hnet'], 'embeddings': jnp.where(keep, emb, 0.0)}}
 
-  def gradients(self, params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng):
+  def gradients(self, params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng,
+                factored=False):
     """d CE / d theta at theta, plus beta * d R / d theta at theta + delta.
 
     delta is 0, or with `lookahead` hypercl's dTheta: the optimiser's step on
@@ -98,7 +99,7 @@ class HNET(base.HypernetworkMethod):
     regulariser's gradient is taken inside its lax.switch
     (regularizers.output_reg_and_grad).
     """
-    del step
+    del step, factored
     rng_reg, rng_target = self.step_rngs(rng)
     (ce, (logits, batch_stats)), grads = jax.value_and_grad(self._task_loss, has_aux=True)(
         params, batch_stats, batch, task, rng_target)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hypermask_jax import factored_adam
 from hypermask_jax import layout
 from hypermask_jax import mask as mask_lib
 from hypermask_jax import regularizers
@@ -45,13 +46,16 @@ class HyperMask(base.HypernetworkMethod):
     """W * M for the forward pass: every weight but the output bias, which runs unmasked."""
     return mask_lib.apply_masks(params['target'], masks, layout.is_masked)
 
-  def loss(self, params, batch_stats, batch, task, step, memory, hp, rng):
-    """Returns (loss, (metrics, batch_stats)) for one batch of task `task` at step `step`."""
+  def loss(self, params, batch_stats, batch, task, step, memory, hp, rng, probes=None):
+    """Returns (loss, (metrics, batch_stats)) for one batch of task `task` at step `step`.
+
+    probes: the full hypernetwork's output-layer probe (`gradients`), or None.
+    """
     x, y, _ = batch
     rng_reg, rng_target = self.step_rngs(rng)
     output, reg = regularizers.outputs_and_output_reg(
         lambda tasks, live_rows, rows: self.hnet_outputs(
-            params['hnet'], tasks, live_rows, (memory['hnet_outputs'], rows)),
+            params['hnet'], tasks, live_rows, (memory['hnet_outputs'], rows), probes),
         task, self.row_sizes, rng_reg, self.config.max_tasks)
     sparsity = mask_lib.sparsity_at(hp['sparsity'], task, step, self.config.steps_per_task)
     masks = self.masks(params, output, sparsity)
@@ -64,6 +68,33 @@ class HyperMask(base.HypernetworkMethod):
     loss = ce + hp['beta'] / jnp.maximum(task, 1) * reg + hp['lam'] * l1
     return loss, ({'loss': loss, 'ce': ce, 'reg': reg, 'l1': l1,
                    'accuracy': base.accuracy(logits, y)}, batch_stats)
+
+  def gradients(self, params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng,
+                factored=False):
+    """d loss / d params; with factored and a full hypernetwork (HMLP), its output kernel's
+    gradient as a factored_adam.FactoredGradient, which is never built as an array.
+
+    The output layer's probe (wide_dense.WideDense) gives the cotangent of its
+    output rows, ct [1 + k, P], for the current task and the k rows
+    regularised (regularizers.outputs_and_output_reg's one row count for a
+    full hypernetwork); the layer's input rows x are the hidden rows of the
+    same tasks, and the first 1 + min(task, k) of them are live.
+    """
+    if not factored or self.config.chunk_size:
+      return super().gradients(params, batch_stats, opt_state, tx, batch, task, step, memory,
+                               hp, rng)
+    (k,) = self.row_sizes
+    probes = {'out': {'rows': jnp.zeros((1 + k, self.layout.size), jnp.float32)}}
+    (grads, probe_grads), (metrics, batch_stats) = jax.grad(
+        self.loss, argnums=(0, 8), has_aux=True)(params, batch_stats, batch, task, step, memory,
+                                                  hp, rng, probes)
+    rows, _ = regularizers.previous_rows(task, k, self.step_rngs(rng)[0], self.config.max_tasks)
+    tasks = jnp.concatenate([task[None], rows.astype(task.dtype)])
+    x = self.hnet.apply({'params': params['hnet']}, tasks, hidden_only=True)
+    kernel = factored_adam.FactoredGradient(probe_grads['out']['rows'], x,
+                                            1 + jnp.minimum(task, k))
+    out = {**grads['hnet']['out'], 'kernel': kernel}
+    return {**grads, 'hnet': {**grads['hnet'], 'out': out}}, metrics, batch_stats
 
   def eval_weights(self, params, task, hp):
     """The target weights task `task` runs with at evaluation (full sparsity)."""
