@@ -20,8 +20,8 @@ MNIST size (m = 2,036,010, n = 100, k = 10; fastest of 8 calls): 126 ms
 against XLA's 210-246 ms with one row in use, 184-222 against 202-237 ms
 with all ten. In the published steps (`experiments/compare_checkouts.py
 --before=. --before_env=HYPERMASK_FACTORED_ADAM=xla`, medians of the
-alternating calls, XLA -> this): Permuted MNIST 356 -> 267 ms at task 1 and
-471 -> 427 ms at task 10, Split MNIST 33.8 -> 26.9 ms at task 1 and 39.0 ->
+alternating calls, XLA -> this): Permuted MNIST 346 -> 256 ms at task 1 and
+444 -> 396 ms at task 10, Split MNIST 33.8 -> 26.9 ms at task 1 and 39.0 ->
 37.6 ms at task 5, ZenkeNet 284 -> 235 ms and ResNet-20 571 -> 519 ms at
 task 1. The parameters came out the same to the bit in all of them.
 
