@@ -186,3 +186,35 @@ def test_one_rows_input_gradient_is_its_vector_matrix_product(monkeypatch, m, fo
     assert f'f32[{m // fold},{fold}]' in jaxpr and 'pad' not in jaxpr
   else:
     assert 'pad' in jaxpr
+
+
+@pytest.mark.parametrize('with_targets', [False, True])
+def test_a_probe_gets_the_output_rows_cotangent_whose_product_with_x_is_the_kernel_gradient(
+    with_targets):
+  """With a probe (factored_adam.py's input), the kernel gets no gradient, the probe gets ct
+  [k, m], and ct^T @ (x's live rows) is the kernel gradient the layer gives without a probe;
+  every other gradient is unchanged."""
+  rows, outputs, live = 4, 997, 3
+  keys = jax.random.split(jax.random.key(3), 5)
+  x = jax.random.normal(keys[0], (rows, 7))
+  weights = jax.random.normal(keys[1], (rows, outputs))
+  table = jax.random.normal(keys[2], (rows + 2, outputs))
+  target_rows = jnp.array([4, 0, 2])
+  layer = wide_dense.WideDense(outputs)
+  params = nn.Module.init(layer, keys[3], x)['params']  # its field `init` hides the method
+
+  def loss(params, x, probes):
+    variables = {'params': params, **({'probes': {'rows': probes}} if probes is not None else {})}
+    if with_targets:
+      out, distances = layer.apply(variables, x, live, (table, target_rows))
+      return jnp.sum(jnp.tanh(out) * weights[0]) + jnp.sum(distances * jnp.arange(1.0, rows))
+    return jnp.sum(jnp.tanh(layer.apply(variables, x, live)) * weights)
+
+  want_params, want_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x, None)
+  got_params, got_x, ct = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(
+      params, x, jnp.zeros((rows, outputs)))
+  assert ct.shape == (rows, outputs) and np.all(got_params['kernel'] == 0)
+  live_x = jnp.where(jnp.arange(rows)[:, None] < live, x, 0.0)
+  np.testing.assert_allclose(ct.T @ live_x, want_params['kernel'], rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(got_params['bias'], want_params['bias'])
+  np.testing.assert_array_equal(got_x, want_x)
