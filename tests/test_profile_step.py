@@ -42,6 +42,8 @@ def test_lists_the_compiled_programs_ops_by_their_time_in_the_trace(tmp_path):
   assert list(tmp_path.glob('**/*.trace.json.gz'))
   # Eigen's dots can end their events before their work: said under the list when it has one.
   assert ('run by Eigen' in run.stdout) == any(opcode == 'dot' for *_, opcode, _ in rows)
+  # A custom call (the CPU Adam kernel, by default on CPU) has no event: said when there is one.
+  assert ('holds a custom call' in run.stdout) == (' custom-call(' in hlo)
 
 
 def test_refuses_a_task_outside_the_config():
