@@ -154,13 +154,15 @@ def _forced(variable):
 
 
 def check_environment():
-  """Raises BadVariable for the first variable of CHOICES set to a value it does not allow.
+  """Raises BadVariable for the first variable of CHOICES set to a value it does not allow,
+  or to one this machine cannot run.
 
   The choices are read when a function is traced, which may be after a run
   has written to its workdir; a run checks them all before it starts.
   """
   for variable in CHOICES:
     _forced(variable)
+  factored_adam()  # HYPERMASK_FACTORED_ADAM=ffi where the kernel cannot run
 
 
 def conv():

@@ -58,6 +58,8 @@ import numpy as np
 import optax
 
 SOURCE = pathlib.Path(__file__).with_name('factored_adam.cc')
+# Compiled programs, the persistent compilation cache's included, call the kernel by this name:
+# a change to its operands or attributes needs a new name.
 TARGET = 'hypermask_factored_adam'
 CACHE = '~/.cache/hypermask_jax/kernels'
 FLAGS = ('-O3', '-march=native', '-ffp-contract=off', '-fno-math-errno', '-std=c++17',

@@ -120,7 +120,7 @@ def test_training_with_the_kernel_matches_xla_adam(synthetic_task_set, monkeypat
 
 
 def test_a_kernel_that_cannot_be_built_falls_back_to_xla(monkeypatch, tmp_path):
-  """No compiler: `xla`, with the reason; forcing `ffi` then stops with one line."""
+  """No compiler: `xla`, with the reason; forcing `ffi` then stops a run before it starts."""
   monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
   monkeypatch.setattr(factored_adam, 'CACHE', str(tmp_path / 'kernels'))
   factored_adam._library.cache_clear()
@@ -130,9 +130,10 @@ def test_a_kernel_that_cannot_be_built_falls_back_to_xla(monkeypatch, tmp_path):
       assert factored_adam.unavailable_reason().startswith('compiling it failed (')
     assert backend.factored_adam() == 'xla'
     monkeypatch.setenv('HYPERMASK_FACTORED_ADAM', 'ffi')
-    with pytest.raises(backend.BadVariable, match='^HYPERMASK_FACTORED_ADAM=ffi: its CPU kernel '
-                       'cannot run here: '):
-      backend.factored_adam()
+    for check in (backend.factored_adam, backend.check_environment):  # a run checks at its start
+      with pytest.raises(backend.BadVariable, match='^HYPERMASK_FACTORED_ADAM=ffi: its CPU '
+                         'kernel cannot run here: '):
+        check()
   finally:
     factored_adam._library.cache_clear()
     factored_adam.unavailable_reason.cache_clear()
