@@ -86,8 +86,9 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   only; the runs of a program split over several devices use `xla` (XLA
   cannot partition the kernel's call), and where the kernel cannot be
   compiled a warning says why and `xla` runs. On GPU and TPU XLA fuses the
-  update into one loop itself. With one row in use the two give the same
-  numbers; with more they may differ in the gradient's last bit.
+  update into one loop itself. The two gave the same numbers to the bit in
+  every step measured; with more than one row in use, a compiler that fused
+  the gradient's sum otherwise could round its last bit differently.
 
 The variables are read when a function is traced (the compiler options,
 HYPERMASK_CPU_VECTOR_WIDTH and HYPERMASK_CPU_YNNPACK, when a Trainer is

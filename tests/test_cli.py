@@ -124,7 +124,14 @@ def folders(small_mnist_data_dir, tmp_path_factory):
           'tmp': tmp}
 
 
-@pytest.mark.parametrize('case,extra,message', BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+# The fast loop leaves these to the full suite: reading the damaged dataset imports TensorFlow
+# (6-10 s), and the decoded-copy variable is also checked in process (tests/test_data.py).
+SLOW_BAD_INPUT = ('dataset-damaged', 'bad-decoded-copy-variable')
+
+
+@pytest.mark.parametrize('case,extra,message', [
+    pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] in SLOW_BAD_INPUT else [])
+    for c in BAD_INPUT])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(folders, tmp_path, case, extra, message):
   workdir = tmp_path / 'run'
   (workdir / 'kept').mkdir(parents=True)  # an existing workdir must stay as it was
