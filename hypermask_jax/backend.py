@@ -223,7 +223,8 @@ def factored_adam():
     return 'xla'
   reason = factored_adam_lib.unavailable_reason()
   if not reason and jax.device_count() > 1:
-    reason = f'this process has {jax.device_count()} devices, which XLA cannot split it over'
+    reason = (f'this process has {jax.device_count()} devices, and XLA cannot split the '
+              "kernel's call over them")
   if reason and forced == 'ffi':
     raise BadVariable(f'HYPERMASK_FACTORED_ADAM=ffi: its CPU kernel cannot run here: {reason}')
   if reason and jax.default_backend() == 'cpu':

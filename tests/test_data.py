@@ -374,9 +374,11 @@ def test_decoded_copies_can_be_turned_off(tmp_path, monkeypatch):
   np.testing.assert_array_equal(  # with copies on, that copy is the one read
       tfds_io.load_split('mnist', 'train', data_dir, download=False)[1], labels[::-1])
   monkeypatch.setenv('HYPERMASK_DECODED_COPY', 'no')
-  with pytest.raises(errors.BadInput, match=r"^HYPERMASK_DECODED_COPY='no': must be 'on' or "
-                     r"'off' \(or unset\)$"):
-    tfds_io.load_split('mnist', 'train', data_dir, download=False)
+  for bad in (lambda: tfds_io.load_split('mnist', 'train', data_dir, download=False),
+              lambda: prepared_synthetic_mnist(tmp_path)):  # named, not reported as damage
+    with pytest.raises(errors.BadInput, match=r"^HYPERMASK_DECODED_COPY='no': must be 'on' or "
+                       r"'off' \(or unset\)$"):
+      bad()
 
 
 @pytest.mark.parametrize('damage', ['truncated', 'not-gzip'])

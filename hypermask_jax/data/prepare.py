@@ -406,6 +406,7 @@ def prepare(name, source_dir, data_dir, force=False):
   """
   if name not in READERS:
     raise SourceError(f'unknown dataset {name!r}; the importer knows {sorted(READERS)}')
+  decoded_copy.enabled()  # a bad HYPERMASK_DECODED_COPY stops it before it writes, not verify
   data_dir = paths.absolute(data_dir)
   texts = _catalogue_texts(name)
   dataset_dir = epath.Path(data_dir) / name / texts['version']
@@ -435,7 +436,6 @@ def main(argv):
   name = argv[1]
   logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines: this command prints its own
   try:
-    decoded_copy.enabled()  # a bad HYPERMASK_DECODED_COPY stops it before it writes
     done = prepare(name, _SOURCE_DIR.value, _DATA_DIR.value, _FORCE.value)
   except errors.BadInput as e:
     errors.exit_bad_input(e)
