@@ -82,8 +82,9 @@ def parameter_difference(a, b, steps):
   a, b = as_weights_of(a, b), as_weights_of(b, a)
   if {p: x.shape for p, x in a.items()} != {p: x.shape for p, x in b.items()}:
     return f'parameters after {steps} steps: not compared, the two versions have different ones'
-  difference = max(float(np.max(np.abs(a[p] - b[p]), initial=0.0)) for p in a)
-  return f'largest parameter difference after {steps} steps: {difference:.3g}'
+  difference, where = max((float(np.max(np.abs(a[p] - b[p]), initial=0.0)), p) for p in a)
+  return (f'largest parameter difference after {steps} steps: {difference:.3g}'
+          + (f' (in {"/".join(where)})' if difference else ''))
 
 
 def variables(pairs):

@@ -80,15 +80,18 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 - HYPERMASK_FACTORED_ADAM: how HyperMask's full hypernetwork's output
   kernel gets Adam's update: `ffi`, by factored_adam.py's C++ kernel, one
   pass over the kernel and its two moments that sums only the gradient's
-  rows in use, or `xla`, optax's update with the gradient fused into XLA's
-  three loops. Measured in the published Permuted MNIST step: see
+  rows in use and computes the layer's input gradient on the way, or `xla`,
+  optax's update with the gradient fused into XLA's three loops, and the
+  input gradient XLA's product. Measured in the published Permuted MNIST step: see
   factored_adam.py and docs/benchmark_history.md. The kernel runs on CPU
   only; the runs of a program split over several devices use `xla` (XLA
   cannot partition the kernel's call), and where the kernel cannot be
   compiled a warning says why and `xla` runs. On GPU and TPU XLA fuses the
-  update into one loop itself. The two gave the same numbers to the bit in
-  every step measured; with more than one row in use, a compiler that fused
-  the gradient's sum otherwise could round its last bit differently.
+  update into one loop itself. The two sum the input gradient in different
+  orders, so the hidden layers' gradients differ by float rounding; the
+  update itself is the same to the bit for the same gradient (with more than
+  one row in use, a compiler that fused the gradient's sum otherwise could
+  round its last bit differently).
 
 The variables are read when a function is traced (the compiler options,
 HYPERMASK_CPU_VECTOR_WIDTH and HYPERMASK_CPU_YNNPACK, when a Trainer is

@@ -5,7 +5,11 @@
 //   mu'  = b1 * mu + (1 - b1) * g
 //   nu'  = b2 * nu + (1 - b2) * g * g
 //   p'   = p - lr * (mu' / (1 - b1^t)) / (sqrt(nu' / (1 - b2^t)) + eps)
-// which is optax.adam's update followed by optax.apply_updates. scalars[b] holds (-lr,
+// which is optax.adam's update followed by optax.apply_updates, and, in the same pass, the
+// layer's input gradient from the kernel before the update:
+//   d_x[r, i] = sum over j of ct[b, r, j] * p[j, i] for r < live[b], 0 for the other rows,
+// summed over each block of rows in order, then over the blocks in order (the same sums
+// whichever thread runs a block). scalars[b] holds (-lr,
 // 1 / (1 - b1^t), 1 / (1 - b2^t)): XLA computes the bias corrections as these reciprocals
 // and multiplies by them. The multiply-adds are written as the fused multiply-adds XLA:CPU's
 // LLVM makes of the same expressions, so that the update is optax's to the bit (with more
@@ -28,6 +32,8 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t kBlockRows = 4096;  // kernel rows per unit of work
+constexpr int64_t kTileRows = 8;  // kernel rows whose input gradient terms are summed together
+constexpr int64_t kLanes = 16;  // floats summed side by side (one AVX-512 register)
 
 struct Progress {
   std::atomic<int64_t> next{0};
@@ -42,7 +48,8 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
                             ffi::Buffer<ffi::F32> mu, ffi::Buffer<ffi::F32> nu,
                             ffi::ResultBuffer<ffi::F32> p_out,
                             ffi::ResultBuffer<ffi::F32> mu_out,
-                            ffi::ResultBuffer<ffi::F32> nu_out, float b1, float one_minus_b1,
+                            ffi::ResultBuffer<ffi::F32> nu_out,
+                            ffi::ResultBuffer<ffi::F32> d_x_out, float b1, float one_minus_b1,
                             float b2, float one_minus_b2, float eps) {
   const auto p_dims = p.dimensions();
   const auto ct_dims = ct.dimensions();
@@ -57,12 +64,18 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
   if (static_cast<int64_t>(ct.element_count()) != runs * k * m ||
       static_cast<int64_t>(x.element_count()) != runs * k * n ||
       static_cast<int64_t>(live.element_count()) != runs ||
-      static_cast<int64_t>(scalars.element_count()) != runs * 3) {
+      static_cast<int64_t>(scalars.element_count()) != runs * 3 ||
+      static_cast<int64_t>(d_x_out->element_count()) != runs * k * n) {
     return ffi::Error::InvalidArgument("factored_adam: operand shapes do not match");
   }
   const int64_t blocks_per_run = (m + kBlockRows - 1) / kBlockRows;
   const int64_t total = runs * blocks_per_run;
+  float* d_x = d_x_out->typed_data();
+  std::fill(d_x, d_x + runs * k * n, 0.0f);
   if (total == 0) return ffi::Error::Success();
+  // Each block's sums of the input gradient, added up in block order once all are done.
+  std::unique_ptr<float[]> partial_sums(new float[total * k * n]);
+  float* partials = partial_sums.get();
   const float* ct_data = ct.typed_data();
   const float* x_data = x.typed_data();
   const int32_t* live_data = live.typed_data();
@@ -74,6 +87,11 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
   float* mu_new = mu_out->typed_data();
   float* nu_new = nu_out->typed_data();
 
+  // With several gradient rows, the kernel's rows are handled in tiles of kTileRows, copied
+  // (before the update) into rows padded with zeros to a whole number of kLanes floats, so
+  // that the sums below run over whole vectors. With one row, its gradient and its input
+  // gradient terms are computed in the update's own loop.
+  const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
   auto update_block = [=](int64_t unit) {
     const int64_t b = unit / blocks_per_run;
     const int64_t j_begin = (unit % blocks_per_run) * kBlockRows;
@@ -83,36 +101,72 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
     const float mu_scale = scalar_data[3 * b + 1];
     const float nu_scale = scalar_data[3 * b + 2];
     const float* c = ct_data + b * k * m;
-    const float* xs = x_data + b * k * n;
-    std::unique_ptr<float[]> g(new float[n]);
-    for (int64_t j = j_begin; j < j_end; ++j) {
-      const int64_t at = (b * m + j) * n;
-      if (rows == 0) {
-        std::fill(g.get(), g.get() + n, 0.0f);
-      } else {  // XLA's sum of products: fma(c0, x0, c1 * x1), then fma(cr, xr, sum)
+    // x's rows, the block's input gradient sums, a tile's kernel rows and one kernel row's
+    // gradient, each row padded; zeros to start with.
+    std::unique_ptr<float[]> scratch(new float[(2 * rows + kTileRows + 1) * padded]());
+    float* xs = scratch.get();
+    float* d = xs + rows * padded;
+    float* tile = d + rows * padded;
+    float* g = tile + kTileRows * padded;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(x_data + (b * k + r) * n, x_data + (b * k + r + 1) * n, xs + r * padded);
+    }
+    // Adam's update of entry `at` + i, whose value before it is w and gradient gi.
+    auto update = [&](int64_t at, int64_t i, float gi, float w) {
+      const float m1 = std::fma(mu_in[at + i], b1, gi * one_minus_b1);
+      const float v1 = std::fma(nu_in[at + i], b2, (gi * gi) * one_minus_b2);
+      const float step = (m1 * mu_scale) / (std::sqrt(v1 * nu_scale) + eps);
+      p_new[at + i] = std::fma(neg_lr, step, w);
+      mu_new[at + i] = m1;
+      nu_new[at + i] = v1;
+    };
+    if (rows == 1) {
+      for (int64_t j = j_begin; j < j_end; ++j) {
+        const int64_t at = (b * m + j) * n;
         const float c0 = c[j];
-        if (rows == 1) {
-          for (int64_t i = 0; i < n; ++i) g[i] = c0 * xs[i];
-        } else {
-          const float c1 = c[m + j];
-          for (int64_t i = 0; i < n; ++i) g[i] = std::fma(c0, xs[i], c1 * xs[n + i]);
-        }
-        for (int64_t r = 2; r < rows; ++r) {
-          const float cr = c[r * m + j];
-          const float* xr = xs + r * n;
-          for (int64_t i = 0; i < n; ++i) g[i] = std::fma(cr, xr[i], g[i]);
-        }
-      }
 #pragma GCC ivdep
-      for (int64_t i = 0; i < n; ++i) {
-        const float gi = g[i];
-        const float m1 = std::fma(mu_in[at + i], b1, gi * one_minus_b1);
-        const float v1 = std::fma(nu_in[at + i], b2, (gi * gi) * one_minus_b2);
-        const float step = (m1 * mu_scale) / (std::sqrt(v1 * nu_scale) + eps);
-        p_new[at + i] = std::fma(neg_lr, step, p_in[at + i]);
-        mu_new[at + i] = m1;
-        nu_new[at + i] = v1;
+        for (int64_t i = 0; i < n; ++i) {
+          const float w = p_in[at + i];
+          d[i] = std::fma(c0, w, d[i]);
+          update(at, i, c0 * xs[i], w);
+        }
       }
+    }
+    for (int64_t j0 = j_begin; j0 < j_end && rows != 1; j0 += kTileRows) {
+      const int64_t tile_rows = std::min(kTileRows, j_end - j0);
+      for (int64_t t = 0; t < tile_rows; ++t) {  // before the update overwrites p (in place)
+        std::copy(p_in + (b * m + j0 + t) * n, p_in + (b * m + j0 + t + 1) * n,
+                  tile + t * padded);
+      }
+      for (int64_t r = 0; r < rows; ++r) {  // d[r] += sum over the tile's rows t of c[r, t] p[t]
+        float* dr = d + r * padded;
+        for (int64_t t = 0; t < tile_rows; ++t) {
+          const float crt = c[r * m + j0 + t];
+          const float* pt = tile + t * padded;
+          for (int64_t i = 0; i < padded; ++i) dr[i] = std::fma(crt, pt[i], dr[i]);
+        }
+      }
+      for (int64_t t = 0; t < tile_rows; ++t) {
+        const int64_t j = j0 + t;
+        if (rows > 0) {  // XLA's sum of products: fma(c0, x0, c1 * x1), then fma(cr, xr, sum)
+          const float c0 = c[j];
+          const float c1 = c[m + j];
+          for (int64_t i = 0; i < padded; ++i) g[i] = std::fma(c0, xs[i], c1 * xs[padded + i]);
+          for (int64_t r = 2; r < rows; ++r) {
+            const float cr = c[r * m + j];
+            const float* xr = xs + r * padded;
+            for (int64_t i = 0; i < padded; ++i) g[i] = std::fma(cr, xr[i], g[i]);
+          }
+        }
+        const int64_t at = (b * m + j) * n;
+        const float* w = tile + t * padded;
+#pragma GCC ivdep
+        for (int64_t i = 0; i < n; ++i) update(at, i, g[i], w[i]);
+      }
+    }
+    float* partial = partials + unit * k * n;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(d + r * padded, d + r * padded + n, partial + r * n);
     }
   };
 
@@ -136,6 +190,13 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
   drain();
   std::unique_lock<std::mutex> lock(progress->mutex);
   progress->all_done.wait(lock, [&] { return progress->done.load() == total; });
+  for (int64_t unit = 0; unit < total; ++unit) {
+    const int64_t b = unit / blocks_per_run;
+    const int64_t rows = std::min<int64_t>(k, std::max<int32_t>(live_data[b], 0));
+    const float* d = partials + unit * k * n;
+    float* out = d_x + b * k * n;
+    for (int64_t i = 0; i < rows * n; ++i) out[i] += d[i];
+  }
   return ffi::Error::Success();
 }
 
@@ -154,6 +215,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FactoredAdam, FactoredAdamImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // p'
                                   .Ret<ffi::Buffer<ffi::F32>>()  // mu'
                                   .Ret<ffi::Buffer<ffi::F32>>()  // nu'
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_x [..., k, n]
                                   .Attr<float>("b1")
                                   .Attr<float>("one_minus_b1")
                                   .Attr<float>("b2")

@@ -15,6 +15,13 @@ arrays), and sums only the rows in use. XLA has no such fusion and optax no
 such update: that is why it is written by hand. On GPU and TPU XLA makes the
 one loop itself, so the kernel is for CPU only.
 
+The same pass also computes the layer's input gradient d_x = ct @ kernel
+(the live rows; the kernel as it was before the update), which XLA computes
+with a product of its own: one more read of the kernel (48-61 ms of the
+published Permuted MNIST step on the Intel Xeon below). The hidden layers
+before the output layer then get their gradients from d_x
+(FactoredGradient.backprop) before optax updates them.
+
 Measured on a 2-core Intel Xeon (Emerald Rapids). Alone at the Permuted
 MNIST size (m = 2,036,010, n = 100, k = 10; fastest of 8 calls): 126 ms
 against XLA's 210-246 ms with one row in use, 184-222 against 202-237 ms
@@ -24,15 +31,25 @@ alternating calls, XLA -> this): Permuted MNIST 346 -> 256 ms at task 1 and
 444 -> 396 ms at task 10, Split MNIST 33.8 -> 26.9 ms at task 1 and 39.0 ->
 37.6 ms at task 5, ZenkeNet 284 -> 235 ms and ResNet-20 571 -> 519 ms at
 task 1. The parameters came out the same to the bit in all of them.
+Computing the input gradient in the same pass (medians, the update alone ->
+with the input gradient): INPUT_GRAD_NUMBERS.
 
 How it is used: with `factored=True` HyperMask.gradients gives the kernel's
-gradient as a FactoredGradient (ct, x, live) instead of an array, and
-`apply` updates that leaf with the kernel and every other with optax. The
-kernel computes optax's expressions in XLA's order, its multiply-adds fused
-as XLA:CPU's compiler fuses them, so that the numbers are optax's: to the bit
-with one row in use (tests/test_factored_adam.py), and to the bit in the
-steps above with more, where a different compiler could round the sum's
-last bit differently.
+and its input's gradients as a FactoredGradient (ct, x, live, backprop)
+instead of arrays, and `apply` updates that leaf with the kernel, then every
+other with optax, their gradients completed by backprop(d_x). The kernel
+computes optax's expressions in XLA's order, its multiply-adds fused as
+XLA:CPU's compiler fuses them, so that the update is optax's for a given
+gradient: to the bit with one row in use (tests/test_factored_adam.py), and
+within the sum's last bit with more. d_x is summed over the kernel's rows in
+another order than XLA's product (in blocks of rows, then over the blocks in
+order, the same whichever thread runs a block), so the hidden layers'
+gradients differ from the XLA path's by float rounding (at the Permuted
+MNIST size, d_x was within 1.9e-6 of the float64 sum relative to its
+largest entry, XLA's product within 6.5e-5 with one row and 1.6e-6 with
+more). Adam turns a rounding difference in a gradient near 0 into a step of
+about the learning rate either way, so parameters differ by more after
+steps: the tests compare the gradients themselves.
 
 The kernel is compiled on first use with the C++ compiler ($CXX, else g++)
 against the XLA FFI headers that ship with jaxlib, for this machine's CPU
@@ -52,6 +69,7 @@ import subprocess
 import tempfile
 
 import flax
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,7 +78,7 @@ import optax
 SOURCE = pathlib.Path(__file__).with_name('factored_adam.cc')
 # Compiled programs, the persistent compilation cache's included, call the kernel by this name:
 # a change to its operands or attributes needs a new name.
-TARGET = 'hypermask_factored_adam'
+TARGET = 'hypermask_factored_adam_with_input_grad'
 CACHE = '~/.cache/hypermask_jax/kernels'
 FLAGS = ('-O3', '-march=native', '-ffp-contract=off', '-fno-math-errno', '-std=c++17',
          '-shared', '-fPIC')
@@ -69,10 +87,19 @@ B1, B2, EPS = 0.9, 0.999, 1e-8  # optax.adam's defaults, which trainer.optimizer
 
 @flax.struct.dataclass
 class FactoredGradient:
-  """The gradient ct^T @ x of a kernel [m, n]: ct [k, m], x [k, n]; rows from `live` on are 0."""
+  """The gradients of a layer y = x @ kernel^T + b, kernel [m, n], from its output rows'
+  cotangent ct [k, m] and its input rows x [k, n], of which the first `live` are in use.
+
+  The kernel's gradient is ct^T @ x over the live rows; the input's is
+  d_x = ct @ kernel over the live rows (0 for the others), with the kernel
+  before the update. backprop(d_x) is what d_x gives the other parameters
+  (x's own layers), a tree of some of their paths, to be added to their
+  gradients.
+  """
   ct: jax.Array
   x: jax.Array
   live: jax.Array  # int32 scalar
+  backprop: jax.tree_util.Partial
 
 
 def _cpu_id():
@@ -127,13 +154,14 @@ def unavailable_reason():
   return ''
 
 
-def _kernel_update(grad, p, mu, nu, learning_rate, count):
-  """(p', mu', nu') for one FactoredGradient leaf; count is the Adam count before this step."""
+def update(grad, p, mu, nu, learning_rate, count):
+  """(p', mu', nu', d_x) for a FactoredGradient leaf; count is the Adam count before this step."""
   _library()  # registers the kernel with XLA
   count = optax.safe_increment(count)
   scalars = jnp.stack([-learning_rate, 1 / (1 - B1 ** count).astype(jnp.float32),
                        1 / (1 - B2 ** count).astype(jnp.float32)]).astype(jnp.float32)
-  call = jax.ffi.ffi_call(TARGET, (jax.ShapeDtypeStruct(p.shape, p.dtype),) * 3,
+  call = jax.ffi.ffi_call(TARGET, (*(jax.ShapeDtypeStruct(p.shape, p.dtype),) * 3,
+                                   jax.ShapeDtypeStruct(grad.x.shape, grad.x.dtype)),
                           input_output_aliases={4: 0, 5: 1, 6: 2}, vmap_method='broadcast_all')
   return call(grad.ct, grad.x, jnp.asarray(grad.live, jnp.int32), scalars, p, mu, nu,
               b1=np.float32(B1), one_minus_b1=np.float32(1 - B1), b2=np.float32(B2),
@@ -172,11 +200,13 @@ def apply(tx, learning_rate, grads, opt_state, params):
 
   (grads_rest, picked_grads), (params_rest, picked_params) = split(grads), split(params)
   (mu_rest, picked_mu), (nu_rest, picked_nu) = split(adam.mu), split(adam.nu)
+  new = {path: update(picked_grads[path], picked_params[path], picked_mu[path], picked_nu[path],
+                      learning_rate, adam.count) for path in paths}
+  for path in paths:  # what each layer's input gradient gives the layers before it
+    grads_rest = _add(grads_rest, picked_grads[path].backprop(new[path][3]))
   updates, (new_adam, *new_rest) = tx.update(
       grads_rest, (adam._replace(mu=mu_rest, nu=nu_rest), *rest), params_rest)
   params_rest = optax.apply_updates(params_rest, updates)
-  new = {path: _kernel_update(picked_grads[path], picked_params[path], picked_mu[path],
-                              picked_nu[path], learning_rate, adam.count) for path in paths}
 
   def join(tree, index):
     return jax.tree_util.tree_map_with_path(
@@ -184,3 +214,11 @@ def apply(tx, learning_rate, grads, opt_state, params):
         is_leaf=lambda x: x is None)
   new_adam = new_adam._replace(mu=join(new_adam.mu, 1), nu=join(new_adam.nu, 2))
   return join(params_rest, 0), (new_adam, *new_rest)
+
+
+def _add(tree, extra):
+  """tree (nested dicts) with the leaves of extra, a tree of some of its paths, added."""
+  flat = traverse_util.flatten_dict(tree, keep_empty_nodes=True)
+  for path, leaf in traverse_util.flatten_dict(extra).items():
+    flat[path] = flat[path] + leaf
+  return traverse_util.unflatten_dict(flat)

@@ -78,10 +78,11 @@ class WideDense(nn.Module):
     With targets = (table [T, features], rows int [k - 1]): (output of row 0
     [features], squared distances [k - 1]), as `wide_dense_distances`.
 
-    With a 'probes' collection holding `rows` (zeros [k, features]), the
-    kernel gets no gradient and the probe gets the output rows' cotangent: the
-    kernel's gradient is then that cotangent's transpose times the live rows
-    of x, which factored_adam.py applies without building it.
+    With a 'probes' collection holding `rows` (zeros [k, features]), neither
+    the kernel nor x gets a gradient, and the probe gets the output rows'
+    cotangent ct: the kernel's gradient is ct's transpose times the live rows
+    of x, and x's is ct's live rows times the kernel, both of which
+    factored_adam.py computes in its one pass over the kernel.
     """
     fan_in = x.shape[-1]
     if self.init == 'xavier':
@@ -122,13 +123,26 @@ def _forward(x, kernel, bias, live_rows, probe):
 
 def _backward(residuals, ct):
   x, kernel, live_rows, probe = residuals
-  # The probe stands for zeros added to the output rows (never added: they are zeros), so its
-  # cotangent is the outputs'. The kernel's update from it (factored_adam.py) aliases the
-  # kernel; XLA orders it after the input gradient's read of the kernel without a copy (no
-  # data dependency needed: with one, the published Permuted MNIST step took 283 against
-  # 254 ms at task 1, the same numbers; tests/test_factored_adam.py checks for copies).
-  return (*_gradients(lambda r: ct[:r], x, kernel, live_rows), None,
-          None if probe is None else ct)
+  if probe is not None:
+    return _probe_gradients(ct)
+  return *_gradients(lambda r: ct[:r], x, kernel, live_rows), None, None
+
+
+def _probe_gradients(ct):
+  """(d_x, d_kernel, d_bias, d_live_rows, d_probe) with a probe: only the bias's and the probe's.
+
+  The probe stands for zeros added to the output rows (never added: they are
+  zeros), so its cotangent is the outputs'. The kernel's and x's gradients are
+  left to factored_adam.py, whose update reads the kernel once and aliases it.
+  """
+  return None, None, _bias_gradient(ct), None, ct
+
+
+def _bias_gradient(ct):
+  """The sum of ct's rows [k, m] (the rows past live_rows are zeros)."""
+  if ct.shape[0] <= FUSED_ROWS:
+    return sum(ct[i] for i in range(ct.shape[0]))
+  return ct.sum(0)
 
 
 def _gradients(ct_rows, x, kernel, live_rows):
@@ -150,11 +164,9 @@ def _gradients(ct_rows, x, kernel, live_rows):
   ct = ct_rows(rows)
   if rows <= FUSED_ROWS:  # the rows past live_rows are zeros in x: they add nothing
     d_kernel = sum(ct[i][:, None] * x[i][None, :] for i in range(rows))
-    d_bias = sum(ct[i] for i in range(rows))
   else:
     d_kernel = jax.lax.dot_general(ct, x, (((0,), (0,)), ((), ())))
-    d_bias = ct.sum(0)
-  return d_x, d_kernel, d_bias
+  return d_x, d_kernel, _bias_gradient(ct)
 
 
 wide_dense.defvjp(_forward, _backward)
@@ -203,8 +215,10 @@ def _distances_backward(residuals, cts):
   ct_out, ct_distances = cts
   ct_rows = lambda r: jnp.concatenate([ct_out[None],
                                        2.0 * ct_distances[:r - 1, None] * diff[:r - 1]])
-  return (*_gradients(ct_rows, x, kernel, live_rows), None, None, None,
-          None if probe is None else ct_rows(x.shape[0]))  # the probe's: as in _backward
+  if probe is not None:
+    d_x, d_kernel, d_bias, d_live_rows, d_probe = _probe_gradients(ct_rows(x.shape[0]))
+    return d_x, d_kernel, d_bias, d_live_rows, None, None, d_probe
+  return *_gradients(ct_rows, x, kernel, live_rows), None, None, None, None
 
 
 wide_dense_distances.defvjp(_distances_forward, _distances_backward)

@@ -127,7 +127,7 @@ for a, b in ((old, new), (new, old), (old, moved), (old, untransposed)):
   assert run.stdout.splitlines() == [
       'largest parameter difference after 6 steps: 0',
       'largest parameter difference after 6 steps: 0',
-      'largest parameter difference after 6 steps: 0.5',
+      'largest parameter difference after 6 steps: 0.5 (in target/dense_0/weight)',
       'parameters after 6 steps: not compared, the two versions have different ones']
 
 

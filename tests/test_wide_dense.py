@@ -191,9 +191,9 @@ def test_one_rows_input_gradient_is_its_vector_matrix_product(monkeypatch, m, fo
 @pytest.mark.parametrize('with_targets', [False, True])
 def test_a_probe_gets_the_output_rows_cotangent_whose_product_with_x_is_the_kernel_gradient(
     with_targets):
-  """With a probe (factored_adam.py's input), the kernel gets no gradient, the probe gets ct
-  [k, m], and ct^T @ (x's live rows) is the kernel gradient the layer gives without a probe;
-  every other gradient is unchanged."""
+  """With a probe (factored_adam.py's input), neither the kernel nor x gets a gradient, the
+  probe gets ct [k, m], and ct^T @ (x's live rows) and (ct's live rows) @ kernel are the
+  kernel's and x's gradients the layer gives without a probe; the bias's is unchanged."""
   rows, outputs, live = 4, 997, 3
   keys = jax.random.split(jax.random.key(3), 5)
   x = jax.random.normal(keys[0], (rows, 7))
@@ -213,8 +213,10 @@ def test_a_probe_gets_the_output_rows_cotangent_whose_product_with_x_is_the_kern
   want_params, want_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x, None)
   got_params, got_x, ct = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(
       params, x, jnp.zeros((rows, outputs)))
-  assert ct.shape == (rows, outputs) and np.all(got_params['kernel'] == 0)
-  live_x = jnp.where(jnp.arange(rows)[:, None] < live, x, 0.0)
-  np.testing.assert_allclose(ct.T @ live_x, want_params['kernel'], rtol=1e-4, atol=1e-4)
+  assert ct.shape == (rows, outputs) and np.all(got_params['kernel'] == 0) and np.all(got_x == 0)
+  is_live = jnp.arange(rows)[:, None] < live
+  np.testing.assert_allclose(ct.T @ jnp.where(is_live, x, 0.0), want_params['kernel'],
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(jnp.where(is_live, ct @ params['kernel'], 0.0), want_x, rtol=1e-5,
+                             atol=1e-5)
   np.testing.assert_array_equal(got_params['bias'], want_params['bias'])
-  np.testing.assert_array_equal(got_x, want_x)

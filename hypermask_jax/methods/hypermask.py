@@ -71,14 +71,17 @@ class HyperMask(base.HypernetworkMethod):
 
   def gradients(self, params, batch_stats, opt_state, tx, batch, task, step, memory, hp, rng,
                 factored=False):
-    """d loss / d params; with factored and a full hypernetwork (HMLP), its output kernel's
-    gradient as a factored_adam.FactoredGradient, which is never built as an array.
+    """d loss / d params; with factored and a full hypernetwork (HMLP), the gradients of its
+    output layer's kernel and input as a factored_adam.FactoredGradient: the kernel's is never
+    built as an array, and the input's is computed in the same pass over the kernel as its
+    update.
 
     The output layer's probe (wide_dense.WideDense) gives the cotangent of its
     output rows, ct [1 + k, P], for the current task and the k rows
     regularised (regularizers.outputs_and_output_reg's one row count for a
     full hypernetwork); the layer's input rows x are the hidden rows of the
-    same tasks, and the first 1 + min(task, k) of them are live.
+    same tasks, and the first 1 + min(task, k) of them are live. The hidden
+    layers' and the embeddings' gradients come from x's (FactoredGradient.backprop).
     """
     if not factored or self.config.chunk_size:
       return super().gradients(params, batch_stats, opt_state, tx, batch, task, step, memory,
@@ -90,9 +93,12 @@ class HyperMask(base.HypernetworkMethod):
                                                   hp, rng, probes)
     rows, _ = regularizers.previous_rows(task, k, self.step_rngs(rng)[0], self.config.max_tasks)
     tasks = jnp.concatenate([task[None], rows.astype(task.dtype)])
-    x = self.hnet.apply({'params': params['hnet']}, tasks, hidden_only=True)
+    hidden = {name: p for name, p in params['hnet'].items() if name != 'out'}
+    x, hidden_vjp = jax.vjp(
+        lambda hidden: self.hnet.apply({'params': hidden}, tasks, hidden_only=True), hidden)
     kernel = factored_adam.FactoredGradient(probe_grads['out']['rows'], x,
-                                            1 + jnp.minimum(task, k))
+                                            1 + jnp.minimum(task, k),
+                                            jax.tree_util.Partial(_hnet_grads, hidden_vjp))
     out = {**grads['hnet']['out'], 'kernel': kernel}
     return {**grads, 'hnet': {**grads['hnet'], 'out': out}}, metrics, batch_stats
 
@@ -104,3 +110,8 @@ class HyperMask(base.HypernetworkMethod):
   def param_counts(self, params):
     return {'hnet': base.count(params['hnet']), 'target': base.count(params['target']),
             'generated': self.layout.size}
+
+
+def _hnet_grads(hidden_vjp, d_x):
+  """The hypernetwork's hidden layers' and embeddings' gradients from its output layer's input's."""
+  return {'hnet': hidden_vjp(d_x)[0]}
