@@ -25,6 +25,10 @@
 #include <memory>
 #include <mutex>
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -33,7 +37,35 @@ namespace {
 
 constexpr int64_t kBlockRows = 4096;  // kernel rows per unit of work
 constexpr int64_t kTileRows = 8;  // kernel rows whose input gradient terms are summed together
-constexpr int64_t kLanes = 16;  // floats summed side by side (one AVX-512 register)
+
+// One vector register of floats, and the operations the sums below need. (The compilers'
+// portable vectors either leave fused multiply-adds out, as GCC's vector extensions do when
+// contraction is off, or run them lane by lane, as libstdc++'s std::experimental::simd did.)
+#if defined(__AVX512F__)
+using Lanes = __m512;
+constexpr int64_t kLanes = 16;
+inline Lanes load(const float* from) { return _mm512_loadu_ps(from); }
+inline void store(float* to, Lanes v) { _mm512_storeu_ps(to, v); }
+inline Lanes broadcast(float a) { return _mm512_set1_ps(a); }
+inline Lanes mul(Lanes a, Lanes b) { return _mm512_mul_ps(a, b); }
+inline Lanes fma(Lanes a, Lanes b, Lanes c) { return _mm512_fmadd_ps(a, b, c); }
+#elif defined(__AVX2__) && defined(__FMA__)
+using Lanes = __m256;
+constexpr int64_t kLanes = 8;
+inline Lanes load(const float* from) { return _mm256_loadu_ps(from); }
+inline void store(float* to, Lanes v) { _mm256_storeu_ps(to, v); }
+inline Lanes broadcast(float a) { return _mm256_set1_ps(a); }
+inline Lanes mul(Lanes a, Lanes b) { return _mm256_mul_ps(a, b); }
+inline Lanes fma(Lanes a, Lanes b, Lanes c) { return _mm256_fmadd_ps(a, b, c); }
+#else
+using Lanes = float;
+constexpr int64_t kLanes = 1;
+inline Lanes load(const float* from) { return *from; }
+inline void store(float* to, Lanes v) { *to = v; }
+inline Lanes broadcast(float a) { return a; }
+inline Lanes mul(Lanes a, Lanes b) { return a * b; }
+inline Lanes fma(Lanes a, Lanes b, Lanes c) { return std::fma(a, b, c); }
+#endif
 
 struct Progress {
   std::atomic<int64_t> next{0};
@@ -88,9 +120,10 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
   float* nu_new = nu_out->typed_data();
 
   // With several gradient rows, the kernel's rows are handled in tiles of kTileRows, copied
-  // (before the update) into rows padded with zeros to a whole number of kLanes floats, so
-  // that the sums below run over whole vectors. With one row, its gradient and its input
-  // gradient terms are computed in the update's own loop.
+  // (before the update) into rows padded with zeros to a whole number of kLanes floats. For
+  // each kLanes-wide column of a tile, the tile's rows stay in registers while the input
+  // gradient's row sums and the gradient's sums over the rows run over them. With one row,
+  // its gradient and its input gradient terms are computed in the update's own loop.
   const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
   auto update_block = [=](int64_t unit) {
     const int64_t b = unit / blocks_per_run;
@@ -101,9 +134,9 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
     const float mu_scale = scalar_data[3 * b + 1];
     const float nu_scale = scalar_data[3 * b + 2];
     const float* c = ct_data + b * k * m;
-    // x's rows, the block's input gradient sums, a tile's kernel rows and one kernel row's
-    // gradient, each row padded; zeros to start with.
-    std::unique_ptr<float[]> scratch(new float[(2 * rows + kTileRows + 1) * padded]());
+    // x's rows, the block's input gradient sums, a tile's kernel rows and their gradients,
+    // each row padded; zeros to start with.
+    std::unique_ptr<float[]> scratch(new float[(2 * rows + 2 * kTileRows) * padded]());
     float* xs = scratch.get();
     float* d = xs + rows * padded;
     float* tile = d + rows * padded;
@@ -138,30 +171,32 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
         std::copy(p_in + (b * m + j0 + t) * n, p_in + (b * m + j0 + t + 1) * n,
                   tile + t * padded);
       }
-      for (int64_t r = 0; r < rows; ++r) {  // d[r] += sum over the tile's rows t of c[r, t] p[t]
-        float* dr = d + r * padded;
+      for (int64_t i0 = 0; i0 < padded && rows > 0; i0 += kLanes) {
+        Lanes w[kTileRows];
+        for (int64_t t = 0; t < tile_rows; ++t) w[t] = load(tile + t * padded + i0);
+        for (int64_t r = 0; r < rows; ++r) {  // d[r] += sum over the tile's rows t of c[r, t] w[t]
+          const float* cr = c + r * m + j0;
+          Lanes sum = load(d + r * padded + i0);
+          for (int64_t t = 0; t < tile_rows; ++t) sum = fma(broadcast(cr[t]), w[t], sum);
+          store(d + r * padded + i0, sum);
+        }
         for (int64_t t = 0; t < tile_rows; ++t) {
-          const float crt = c[r * m + j0 + t];
-          const float* pt = tile + t * padded;
-          for (int64_t i = 0; i < padded; ++i) dr[i] = std::fma(crt, pt[i], dr[i]);
+          // XLA's sum of products: fma(c0, x0, c1 * x1), then fma(cr, xr, sum)
+          const int64_t j = j0 + t;
+          Lanes sum = fma(broadcast(c[j]), load(xs + i0),
+                          mul(broadcast(c[m + j]), load(xs + padded + i0)));
+          for (int64_t r = 2; r < rows; ++r) {
+            sum = fma(broadcast(c[r * m + j]), load(xs + r * padded + i0), sum);
+          }
+          store(g + t * padded + i0, sum);
         }
       }
       for (int64_t t = 0; t < tile_rows; ++t) {
-        const int64_t j = j0 + t;
-        if (rows > 0) {  // XLA's sum of products: fma(c0, x0, c1 * x1), then fma(cr, xr, sum)
-          const float c0 = c[j];
-          const float c1 = c[m + j];
-          for (int64_t i = 0; i < padded; ++i) g[i] = std::fma(c0, xs[i], c1 * xs[padded + i]);
-          for (int64_t r = 2; r < rows; ++r) {
-            const float cr = c[r * m + j];
-            const float* xr = xs + r * padded;
-            for (int64_t i = 0; i < padded; ++i) g[i] = std::fma(cr, xr[i], g[i]);
-          }
-        }
-        const int64_t at = (b * m + j) * n;
-        const float* w = tile + t * padded;
+        const int64_t at = (b * m + j0 + t) * n;
+        const float* gt = g + t * padded;
+        const float* wt = tile + t * padded;
 #pragma GCC ivdep
-        for (int64_t i = 0; i < n; ++i) update(at, i, g[i], w[i]);
+        for (int64_t i = 0; i < n; ++i) update(at, i, gt[i], wt[i]);
       }
     }
     float* partial = partials + unit * k * n;

@@ -1,9 +1,11 @@
 """The CPU Adam kernel for a factored gradient (factored_adam.py) against optax's update."""
 
 import os
+import pathlib
 import re
 import shutil
 import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -208,3 +210,25 @@ def test_the_kernel_source_compiles_without_warnings(tmp_path):
                         jax.ffi.include_dir(), str(factored_adam.SOURCE), '-o',
                         str(tmp_path / 'k.so')], capture_output=True, text=True)
   assert run.returncode == 0, run.stderr[-3000:]
+
+
+@needs_kernel
+@pytest.mark.slow
+@pytest.mark.parametrize('extra_flags', [('-mno-avx512f',), ('-mno-avx512f', '-mno-avx2', '-mno-fma')])
+def test_the_kernel_built_for_narrower_vectors_gives_the_same_numbers(tmp_path, extra_flags):
+  """The kernel's sums run on 16, 8 or 1 float at a time, as the compiler's target allows; built
+  for AVX2 and for no vector extension, it passes the same checks (in a process of its own, as
+  XLA keeps the first kernel registered under a name)."""
+  code = f"""
+from hypermask_jax import factored_adam
+factored_adam.FLAGS += {extra_flags!r}
+factored_adam.CACHE = {str(tmp_path)!r}
+from tests import test_factored_adam as t
+for rows, live, count in [(1, 1, 0), (4, 3, 0), (10, 10, 7)]:
+  t.test_the_kernel_is_optax_adam_on_the_dense_gradient(rows, live, count)
+print('checked')
+"""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=root)
+  assert run.returncode == 0 and run.stdout.strip() == 'checked', run.stderr[-3000:]
+  assert len(list(tmp_path.glob('factored_adam-*.so'))) == 1  # built with those flags
