@@ -20,19 +20,32 @@ The same pass also computes the layer's input gradient d_x = ct @ kernel
 with a product of its own: one more read of the kernel (48-61 ms of the
 published Permuted MNIST step on the Intel Xeon below). The hidden layers
 before the output layer then get their gradients from d_x
-(FactoredGradient.backprop) before optax updates them.
+(FactoredGradient.backprop) before optax updates them. With one row in use
+(a task without old tasks to regularise, the first) the row's terms are
+added in the update's loop; with more, the kernel's rows are taken 8 at a
+time, and the gradient's and d_x's sums over them run in vector registers
+(AVX-512's 16 floats, AVX2's 8, or 1 without either, as the compiler's
+target allows: written with the vector instructions, since GCC's vector
+types leave out the fused multiply-adds the update's numbers need, and
+libstdc++'s std::experimental::simd ran them one float at a time, 4x
+slower).
 
-Measured on a 2-core Intel Xeon (Emerald Rapids). Alone at the Permuted
-MNIST size (m = 2,036,010, n = 100, k = 10; fastest of 8 calls): 126 ms
-against XLA's 210-246 ms with one row in use, 184-222 against 202-237 ms
-with all ten. In the published steps (`experiments/compare_checkouts.py
+Measured on a 2-core Intel Xeon (Emerald Rapids). The update alone, at the
+Permuted MNIST size (m = 2,036,010, n = 100, k = 10; fastest of 8 calls):
+126 ms against XLA's 210-246 ms with one row in use, 184-222 against
+202-237 ms with all ten. In the published steps (`experiments/compare_checkouts.py
 --before=. --before_env=HYPERMASK_FACTORED_ADAM=xla`, medians of the
 alternating calls, XLA -> this): Permuted MNIST 346 -> 256 ms at task 1 and
 444 -> 396 ms at task 10, Split MNIST 33.8 -> 26.9 ms at task 1 and 39.0 ->
 37.6 ms at task 5, ZenkeNet 284 -> 235 ms and ResNet-20 571 -> 519 ms at
 task 1. The parameters came out the same to the bit in all of them.
-Computing the input gradient in the same pass (medians, the update alone ->
-with the input gradient): INPUT_GRAD_NUMBERS.
+With the input gradient in the same pass, the kernel alone took 125-132 ms
+with one row and 196-234 ms with ten, and the steps went (medians, the
+update alone and XLA's product -> both here): Permuted MNIST 343 -> 266 ms
+at task 1 and 403 -> 353 ms at task 10, Split MNIST 27.7 -> 24.8 ms at task
+1 and 43.1 -> 30.6 ms at task 5, ZenkeNet 275 -> 221 ms at task 1 and 467
+-> 384 ms at task 10, ResNet-20 549 -> 499 ms at task 1
+(docs/benchmark_history.md).
 
 How it is used: with `factored=True` HyperMask.gradients gives the kernel's
 and its input's gradients as a FactoredGradient (ct, x, live, backprop)
