@@ -1,7 +1,9 @@
 // Adam's update of a kernel whose gradient is a sum of outer products, in one pass over it.
 //
 // Built on first use by factored_adam.py, which says why and how it is used. For each run b
-// of a batch of runs, with g[j, i] = sum over r < live[b] of ct[b, r, j] * x[b, r, i]:
+// of a batch of runs, with the output rows' cotangent given as factors,
+//   ct[b, 0, j] = ct0[b, j],  ct[b, r, j] = scale[b, r - 1] * rows[b, r - 1, j] (r >= 1),
+// and g[j, i] = sum over r < live[b] of ct[b, r, j] * x[b, r, i]:
 //   mu'  = b1 * mu + (1 - b1) * g
 //   nu'  = b2 * nu + (1 - b2) * g * g
 //   p'   = p - lr * (mu' / (1 - b1^t)) / (sqrt(nu' / (1 - b2^t)) + eps)
@@ -74,7 +76,8 @@ struct Progress {
   std::condition_variable all_done;
 };
 
-ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
+ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct0,
+                            ffi::Buffer<ffi::F32> ct_rows, ffi::Buffer<ffi::F32> ct_scale,
                             ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> live,
                             ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::F32> p,
                             ffi::Buffer<ffi::F32> mu, ffi::Buffer<ffi::F32> nu,
@@ -84,16 +87,18 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
                             ffi::ResultBuffer<ffi::F32> d_x_out, float b1, float one_minus_b1,
                             float b2, float one_minus_b2, float eps) {
   const auto p_dims = p.dimensions();
-  const auto ct_dims = ct.dimensions();
-  if (p_dims.size() < 2 || ct_dims.size() < 2) {
-    return ffi::Error::InvalidArgument("factored_adam: p and ct need at least 2 dimensions");
+  const auto x_dims = x.dimensions();
+  if (p_dims.size() < 2 || x_dims.size() < 2) {
+    return ffi::Error::InvalidArgument("factored_adam: p and x need at least 2 dimensions");
   }
   const int64_t m = p_dims[p_dims.size() - 2];
   const int64_t n = p_dims[p_dims.size() - 1];
-  const int64_t k = ct_dims[ct_dims.size() - 2];
+  const int64_t k = x_dims[x_dims.size() - 2];
   const int64_t size = static_cast<int64_t>(p.element_count());
   const int64_t runs = m > 0 && n > 0 ? size / (m * n) : 0;
-  if (static_cast<int64_t>(ct.element_count()) != runs * k * m ||
+  if (k < 1 || static_cast<int64_t>(ct0.element_count()) != runs * m ||
+      static_cast<int64_t>(ct_rows.element_count()) != runs * (k - 1) * m ||
+      static_cast<int64_t>(ct_scale.element_count()) != runs * (k - 1) ||
       static_cast<int64_t>(x.element_count()) != runs * k * n ||
       static_cast<int64_t>(live.element_count()) != runs ||
       static_cast<int64_t>(scalars.element_count()) != runs * 3 ||
@@ -108,7 +113,9 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
   // Each block's sums of the input gradient, added up in block order once all are done.
   std::unique_ptr<float[]> partial_sums(new float[total * k * n]);
   float* partials = partial_sums.get();
-  const float* ct_data = ct.typed_data();
+  const float* ct0_data = ct0.typed_data();
+  const float* ct_rows_data = ct_rows.typed_data();
+  const float* ct_scale_data = ct_scale.typed_data();
   const float* x_data = x.typed_data();
   const int32_t* live_data = live.typed_data();
   const float* scalar_data = scalars.typed_data();
@@ -133,14 +140,18 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
     const float neg_lr = scalar_data[3 * b];
     const float mu_scale = scalar_data[3 * b + 1];
     const float nu_scale = scalar_data[3 * b + 2];
-    const float* c = ct_data + b * k * m;
+    const float* c0 = ct0_data + b * m;
+    const float* c_rows = ct_rows_data + b * (k - 1) * m;
+    const float* c_scale = ct_scale_data + b * (k - 1);
     // x's rows, the block's input gradient sums, a tile's kernel rows and their gradients,
-    // each row padded; zeros to start with.
-    std::unique_ptr<float[]> scratch(new float[(2 * rows + 2 * kTileRows) * padded]());
+    // each row padded, and the tile's rows of ct; zeros to start with.
+    std::unique_ptr<float[]> scratch(
+        new float[(2 * rows + 2 * kTileRows) * padded + rows * kTileRows]());
     float* xs = scratch.get();
     float* d = xs + rows * padded;
     float* tile = d + rows * padded;
     float* g = tile + kTileRows * padded;
+    float* cs = g + kTileRows * padded;  // cs[r * kTileRows + t] = ct[r, j0 + t]
     for (int64_t r = 0; r < rows; ++r) {
       std::copy(x_data + (b * k + r) * n, x_data + (b * k + r + 1) * n, xs + r * padded);
     }
@@ -156,12 +167,12 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
     if (rows == 1) {
       for (int64_t j = j_begin; j < j_end; ++j) {
         const int64_t at = (b * m + j) * n;
-        const float c0 = c[j];
+        const float c = c0[j];
 #pragma GCC ivdep
         for (int64_t i = 0; i < n; ++i) {
           const float w = p_in[at + i];
-          d[i] = std::fma(c0, w, d[i]);
-          update(at, i, c0 * xs[i], w);
+          d[i] = std::fma(c, w, d[i]);
+          update(at, i, c * xs[i], w);
         }
       }
     }
@@ -170,23 +181,26 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
       for (int64_t t = 0; t < tile_rows; ++t) {  // before the update overwrites p (in place)
         std::copy(p_in + (b * m + j0 + t) * n, p_in + (b * m + j0 + t + 1) * n,
                   tile + t * padded);
+        if (rows > 0) cs[t] = c0[j0 + t];
+        for (int64_t r = 1; r < rows; ++r) {
+          cs[r * kTileRows + t] = c_scale[r - 1] * c_rows[(r - 1) * m + j0 + t];
+        }
       }
       for (int64_t i0 = 0; i0 < padded && rows > 0; i0 += kLanes) {
         Lanes w[kTileRows];
         for (int64_t t = 0; t < tile_rows; ++t) w[t] = load(tile + t * padded + i0);
         for (int64_t r = 0; r < rows; ++r) {  // d[r] += sum over the tile's rows t of c[r, t] w[t]
-          const float* cr = c + r * m + j0;
+          const float* cr = cs + r * kTileRows;
           Lanes sum = load(d + r * padded + i0);
           for (int64_t t = 0; t < tile_rows; ++t) sum = fma(broadcast(cr[t]), w[t], sum);
           store(d + r * padded + i0, sum);
         }
         for (int64_t t = 0; t < tile_rows; ++t) {
           // XLA's sum of products: fma(c0, x0, c1 * x1), then fma(cr, xr, sum)
-          const int64_t j = j0 + t;
-          Lanes sum = fma(broadcast(c[j]), load(xs + i0),
-                          mul(broadcast(c[m + j]), load(xs + padded + i0)));
+          Lanes sum = fma(broadcast(cs[t]), load(xs + i0),
+                          mul(broadcast(cs[kTileRows + t]), load(xs + padded + i0)));
           for (int64_t r = 2; r < rows; ++r) {
-            sum = fma(broadcast(c[r * m + j]), load(xs + r * padded + i0), sum);
+            sum = fma(broadcast(cs[r * kTileRows + t]), load(xs + r * padded + i0), sum);
           }
           store(g + t * padded + i0, sum);
         }
@@ -240,7 +254,9 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FactoredAdam, FactoredAdamImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // ct [..., k, m]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ct0 [..., m]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // rows [..., k - 1, m]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale [..., k - 1]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x [..., k, n]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // live [...]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // scalars [..., 3]

@@ -48,7 +48,8 @@ at task 1 and 403 -> 353 ms at task 10, Split MNIST 27.7 -> 24.8 ms at task
 (docs/benchmark_history.md).
 
 How it is used: with `factored=True` HyperMask.gradients gives the kernel's
-and its input's gradients as a FactoredGradient (ct, x, live, backprop)
+and its input's gradients as a FactoredGradient (the output cotangent's
+factors, x, live, backprop)
 instead of arrays, and `apply` updates that leaf with the kernel, then every
 other with optax, their gradients completed by backprop(d_x). The kernel
 computes optax's expressions in XLA's order, its multiply-adds fused as
@@ -91,7 +92,7 @@ import optax
 SOURCE = pathlib.Path(__file__).with_name('factored_adam.cc')
 # Compiled programs, the persistent compilation cache's included, call the kernel by this name:
 # a change to its operands or attributes needs a new name.
-TARGET = 'hypermask_factored_adam_with_input_grad'
+TARGET = 'hypermask_factored_adam_input_grad'
 CACHE = '~/.cache/hypermask_jax/kernels'
 FLAGS = ('-O3', '-march=native', '-ffp-contract=off', '-fno-math-errno', '-std=c++17',
          '-shared', '-fPIC')
@@ -103,16 +104,25 @@ class FactoredGradient:
   """The gradients of a layer y = x @ kernel^T + b, kernel [m, n], from its output rows'
   cotangent ct [k, m] and its input rows x [k, n], of which the first `live` are in use.
 
-  The kernel's gradient is ct^T @ x over the live rows; the input's is
-  d_x = ct @ kernel over the live rows (0 for the others), with the kernel
-  before the update. backprop(d_x) is what d_x gives the other parameters
-  (x's own layers), a tree of some of their paths, to be added to their
-  gradients.
+  ct is given as factors, as the output regulariser forms it
+  (wide_dense.wide_dense_distances): its row 0 is ct0 [m], its row r >= 1
+  ct_scale[r - 1] * ct_rows[r - 1] (ct_rows [k - 1, m]), so that it is never
+  built as a [k, m] array. The kernel's gradient is ct^T @ x over the live
+  rows; the input's is d_x = ct @ kernel over the live rows (0 for the others),
+  with the kernel before the update. backprop(d_x) is what d_x gives the
+  other parameters (x's own layers), a tree of some of their paths, to be
+  added to their gradients.
   """
-  ct: jax.Array
+  ct0: jax.Array
+  ct_rows: jax.Array
+  ct_scale: jax.Array
   x: jax.Array
   live: jax.Array  # int32 scalar
   backprop: jax.tree_util.Partial
+
+  def ct(self):
+    """The cotangent [k, m] the factors stand for."""
+    return jnp.concatenate([self.ct0[None], self.ct_scale[:, None] * self.ct_rows])
 
 
 def _cpu_id():
@@ -175,8 +185,9 @@ def update(grad, p, mu, nu, learning_rate, count):
                        1 / (1 - B2 ** count).astype(jnp.float32)]).astype(jnp.float32)
   call = jax.ffi.ffi_call(TARGET, (*(jax.ShapeDtypeStruct(p.shape, p.dtype),) * 3,
                                    jax.ShapeDtypeStruct(grad.x.shape, grad.x.dtype)),
-                          input_output_aliases={4: 0, 5: 1, 6: 2}, vmap_method='broadcast_all')
-  return call(grad.ct, grad.x, jnp.asarray(grad.live, jnp.int32), scalars, p, mu, nu,
+                          input_output_aliases={6: 0, 7: 1, 8: 2}, vmap_method='broadcast_all')
+  return call(grad.ct0, grad.ct_rows, grad.ct_scale, grad.x, jnp.asarray(grad.live, jnp.int32),
+              scalars, p, mu, nu,
               b1=np.float32(B1), one_minus_b1=np.float32(1 - B1), b2=np.float32(B2),
               one_minus_b2=np.float32(1 - B2), eps=np.float32(EPS))
 

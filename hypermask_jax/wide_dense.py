@@ -78,11 +78,12 @@ class WideDense(nn.Module):
     With targets = (table [T, features], rows int [k - 1]): (output of row 0
     [features], squared distances [k - 1]), as `wide_dense_distances`.
 
-    With a 'probes' collection holding `rows` (zeros [k, features]), neither
+    With a 'probes' collection holding `rows` (`probe(k, features)`), neither
     the kernel nor x gets a gradient, and the probe gets the output rows'
-    cotangent ct: the kernel's gradient is ct's transpose times the live rows
-    of x, and x's is ct's live rows times the kernel, both of which
-    factored_adam.py computes in its one pass over the kernel.
+    cotangent ct as factors (`_probe_gradients`): the kernel's gradient is
+    ct's transpose times the live rows of x, and x's is ct's live rows times
+    the kernel, both of which factored_adam.py computes in its one pass over
+    the kernel.
     """
     fan_in = x.shape[-1]
     if self.init == 'xavier':
@@ -124,18 +125,32 @@ def _forward(x, kernel, bias, live_rows, probe):
 def _backward(residuals, ct):
   x, kernel, live_rows, probe = residuals
   if probe is not None:
-    return _probe_gradients(ct)
+    return _probe_gradients(_bias_gradient(ct), ct[0], ct[1:], jnp.ones((ct.shape[0] - 1,)))
   return *_gradients(lambda r: ct[:r], x, kernel, live_rows), None, None
 
 
-def _probe_gradients(ct):
+def probe(rows, features):
+  """A WideDense probe for `rows` output rows: zeros of the shapes of ct's factors."""
+  return (jnp.zeros((features,), jnp.float32), jnp.zeros((rows - 1, features), jnp.float32),
+          jnp.zeros((rows - 1,), jnp.float32))
+
+
+def _probe_gradients(d_bias, ct0, ct_rows, ct_scale):
   """(d_x, d_kernel, d_bias, d_live_rows, d_probe) with a probe: only the bias's and the probe's.
 
-  The probe stands for zeros added to the output rows (never added: they are
-  zeros), so its cotangent is the outputs'. The kernel's and x's gradients are
-  left to factored_adam.py, whose update reads the kernel once and aliases it.
+  The probe's cotangent is not a gradient: it carries the output rows'
+  cotangent ct [k, m] as factors, row 0 ct0 [m] and row r >= 1
+  ct_scale[r - 1] * ct_rows[r - 1], as the regulariser forms it
+  (wide_dense_distances: the distances' cotangents times the residuals), so
+  that [k, m] is never written: as one array, its concatenation took 9-10
+  ms of the published Permuted MNIST step (`profile_step.py`, 2-core Intel
+  Xeon), and the step went 238.5 -> 234.6 ms at task 1 and 398 -> 376 ms at
+  task 10 without it, Split MNIST 29.0 -> 28.3 ms at task 5 (medians,
+  `compare_checkouts.py`), the parameters the same to the bit. The kernel's
+  and x's gradients are left to factored_adam.py, whose update reads the
+  kernel once and aliases it.
   """
-  return None, None, _bias_gradient(ct), None, ct
+  return None, None, d_bias, None, (ct0, ct_rows, ct_scale)
 
 
 def _bias_gradient(ct):
@@ -215,8 +230,9 @@ def _distances_backward(residuals, cts):
   ct_out, ct_distances = cts
   ct_rows = lambda r: jnp.concatenate([ct_out[None],
                                        2.0 * ct_distances[:r - 1, None] * diff[:r - 1]])
-  if probe is not None:
-    d_x, d_kernel, d_bias, d_live_rows, d_probe = _probe_gradients(ct_rows(x.shape[0]))
+  if probe is not None:  # ct_rows(k) is not written: only its row sum is (the bias's)
+    d_x, d_kernel, d_bias, d_live_rows, d_probe = _probe_gradients(
+        _bias_gradient(ct_rows(x.shape[0])), ct_out, diff, 2.0 * ct_distances)
     return d_x, d_kernel, d_bias, d_live_rows, None, None, d_probe
   return *_gradients(ct_rows, x, kernel, live_rows), None, None, None, None
 

@@ -31,7 +31,8 @@ def optax_step(grad, params, mu, nu, rate, count):
   """optax.adam's step on the gradient as wide_dense writes it for XLA to fuse into the step:
   the sum of the rows' outer products, the rows from `live` on zeros."""
   x = jnp.where((jnp.arange(grad.x.shape[0]) < grad.live)[:, None], grad.x, 0.0)
-  dense = sum(grad.ct[i][:, None] * x[i][None, :] for i in range(x.shape[0]))
+  ct = grad.ct()
+  dense = sum(ct[i][:, None] * x[i][None, :] for i in range(x.shape[0]))
   tx = optax.adam(rate)
   state = (optax.ScaleByAdamState(count=count, mu=mu, nu=nu), optax.EmptyState())
   updates, (adam, _) = tx.update(dense, state, params)
@@ -54,10 +55,12 @@ def no_layers_before(d_x):
 def random_step_inputs(rng, rows, live, m=5003, n=37):
   """A FactoredGradient with rows [rows, m] x [rows, n] (live of them in use) and a state; m
   leaves the kernel's last tile of rows part full."""
-  ct, x, p, mu, nu = (rng.standard_normal(s).astype(np.float32)
-                      for s in [(rows, m), (rows, n), (m, n), (m, n), (m, n)])
-  grad = factored_adam.FactoredGradient(jnp.asarray(ct), jnp.asarray(x), jnp.int32(live),
-                                        jax.tree_util.Partial(no_layers_before))
+  ct0, ct_rows, ct_scale, x, p, mu, nu = (
+      rng.standard_normal(s).astype(np.float32)
+      for s in [(m,), (rows - 1, m), (rows - 1,), (rows, n), (m, n), (m, n), (m, n)])
+  grad = factored_adam.FactoredGradient(
+      jnp.asarray(ct0), jnp.asarray(ct_rows), jnp.asarray(ct_scale), jnp.asarray(x),
+      jnp.int32(live), jax.tree_util.Partial(no_layers_before))
   return grad, jnp.asarray(p), jnp.asarray(0.1 * mu), jnp.asarray(0.01 * nu * nu)
 
 
@@ -86,7 +89,7 @@ def test_the_kernel_is_optax_adam_on_the_dense_gradient(rows, live, count):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
   d_x = np.asarray(jax.jit(input_gradient)(*args))
   want = np.zeros(d_x.shape)
-  want[:live] = np.asarray(grad.ct[:live], np.float64) @ np.asarray(p, np.float64)
+  want[:live] = np.asarray(grad.ct()[:live], np.float64) @ np.asarray(p, np.float64)
   np.testing.assert_allclose(d_x, want, rtol=0, atol=1e-5 * np.abs(want).max(initial=1.0))
   np.testing.assert_array_equal(d_x[live:], 0.0)
 
@@ -169,11 +172,12 @@ def test_factored_gradients_are_the_dense_ones(synthetic_task_set, task):
   factored = jax.jit(lambda: gradients(True))()
   grad = factored['hnet']['out']['kernel']
   live = int(grad.live)
-  assert live == 1 + task and grad.ct.shape[0] > live  # rows past live are left out
+  ct = grad.ct()
+  assert live == 1 + task and ct.shape[0] > live  # rows past live are left out
   kernel = params['hnet']['out']['kernel']
-  d_x = jnp.zeros_like(grad.x).at[:live].set(grad.ct[:live] @ kernel)
+  d_x = jnp.zeros_like(grad.x).at[:live].set(ct[:live] @ kernel)
   rest = {**factored, 'hnet': {**factored['hnet'], 'out': {**factored['hnet']['out'],
-                                                           'kernel': grad.ct[:live].T @ grad.x[:live]}}}
+                                                           'kernel': ct[:live].T @ grad.x[:live]}}}
   got = factored_adam._add(rest, grad.backprop(d_x))
   assert float(jnp.abs(want['hnet']['dense_0']['kernel']).max()) > 0
   for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):

@@ -192,7 +192,7 @@ def test_one_rows_input_gradient_is_its_vector_matrix_product(monkeypatch, m, fo
 def test_a_probe_gets_the_output_rows_cotangent_whose_product_with_x_is_the_kernel_gradient(
     with_targets):
   """With a probe (factored_adam.py's input), neither the kernel nor x gets a gradient, the
-  probe gets ct [k, m], and ct^T @ (x's live rows) and (ct's live rows) @ kernel are the
+  probe gets ct [k, m] as factors, and ct^T @ (x's live rows) and (ct's live rows) @ kernel are the
   kernel's and x's gradients the layer gives without a probe; the bias's is unchanged."""
   rows, outputs, live = 4, 997, 3
   keys = jax.random.split(jax.random.key(3), 5)
@@ -211,9 +211,10 @@ def test_a_probe_gets_the_output_rows_cotangent_whose_product_with_x_is_the_kern
     return jnp.sum(jnp.tanh(layer.apply(variables, x, live)) * weights)
 
   want_params, want_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x, None)
-  got_params, got_x, ct = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(
-      params, x, jnp.zeros((rows, outputs)))
-  assert ct.shape == (rows, outputs) and np.all(got_params['kernel'] == 0) and np.all(got_x == 0)
+  got_params, got_x, (ct0, ct_rows, ct_scale) = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(
+      params, x, wide_dense.probe(rows, outputs))
+  ct = jnp.concatenate([ct0[None], ct_scale[:, None] * ct_rows])
+  assert np.all(got_params['kernel'] == 0) and np.all(got_x == 0)
   is_live = jnp.arange(rows)[:, None] < live
   np.testing.assert_allclose(ct.T @ jnp.where(is_live, x, 0.0), want_params['kernel'],
                              rtol=1e-4, atol=1e-4)

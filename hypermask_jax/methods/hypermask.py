@@ -16,6 +16,7 @@ from hypermask_jax import factored_adam
 from hypermask_jax import layout
 from hypermask_jax import mask as mask_lib
 from hypermask_jax import regularizers
+from hypermask_jax import wide_dense
 from hypermask_jax.methods import base
 
 
@@ -77,7 +78,7 @@ class HyperMask(base.HypernetworkMethod):
     update.
 
     The output layer's probe (wide_dense.WideDense) gives the cotangent of its
-    output rows, ct [1 + k, P], for the current task and the k rows
+    output rows, ct [1 + k, P] as factors, for the current task and the k rows
     regularised (regularizers.outputs_and_output_reg's one row count for a
     full hypernetwork); the layer's input rows x are the hidden rows of the
     same tasks, and the first 1 + min(task, k) of them are live. The hidden
@@ -87,7 +88,7 @@ class HyperMask(base.HypernetworkMethod):
       return super().gradients(params, batch_stats, opt_state, tx, batch, task, step, memory,
                                hp, rng)
     (k,) = self.row_sizes
-    probes = {'out': {'rows': jnp.zeros((1 + k, self.layout.size), jnp.float32)}}
+    probes = {'out': {'rows': wide_dense.probe(1 + k, self.layout.size)}}
     (grads, probe_grads), (metrics, batch_stats) = jax.grad(
         self.loss, argnums=(0, 8), has_aux=True)(params, batch_stats, batch, task, step, memory,
                                                   hp, rng, probes)
@@ -96,7 +97,7 @@ class HyperMask(base.HypernetworkMethod):
     hidden = {name: p for name, p in params['hnet'].items() if name != 'out'}
     x, hidden_vjp = jax.vjp(
         lambda hidden: self.hnet.apply({'params': hidden}, tasks, hidden_only=True), hidden)
-    kernel = factored_adam.FactoredGradient(probe_grads['out']['rows'], x,
+    kernel = factored_adam.FactoredGradient(*probe_grads['out']['rows'], x,
                                             1 + jnp.minimum(task, k),
                                             jax.tree_util.Partial(_hnet_grads, hidden_vjp))
     out = {**grads['hnet']['out'], 'kernel': kernel}
