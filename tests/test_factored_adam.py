@@ -185,6 +185,24 @@ def test_factored_gradients_are_the_dense_ones(synthetic_task_set, task):
                                err_msg=jax.tree_util.keystr(path))
 
 
+def test_the_kernel_flop_count():
+  """By hand with three rows in use (5 + 6 + 14 per entry); with one, XLA's own count of the same
+  step written with jax.numpy (optax's update, the gradient's product and x's)."""
+  m, n = 1000, 30
+  assert factored_adam.flops(m, n, 3) == m * n * 25
+
+  def dense_step(ct, x, p, mu, nu):
+    tx = optax.adam(1e-3)
+    state = (optax.ScaleByAdamState(count=jnp.int32(3), mu=mu, nu=nu), optax.EmptyState())
+    updates, (adam, _) = tx.update(ct.T * x, state, p)  # one row: [m, 1] * [1, n]
+    return optax.apply_updates(p, updates), adam.mu, adam.nu, ct @ p
+
+  shapes = [(1, m), (1, n), (m, n), (m, n), (m, n)]
+  cost = jax.jit(dense_step).lower(*[jnp.ones(s) for s in shapes]).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  assert factored_adam.flops(m, n, 1) == cost['flops']
+
+
 def test_a_kernel_that_cannot_be_built_falls_back_to_xla(monkeypatch, tmp_path):
   """No compiler: `xla`, with the reason; forcing `ffi` then stops a run before it starts."""
   monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
