@@ -49,9 +49,9 @@ at task 1 and 403 -> 353 ms at task 10, Split MNIST 27.7 -> 24.8 ms at task
 
 How it is used: with `factored=True` HyperMask.gradients gives the kernel's
 and its input's gradients as a FactoredGradient (the output cotangent's
-factors, x, live, backprop)
-instead of arrays, and `apply` updates that leaf with the kernel, then every
-other with optax, their gradients completed by backprop(d_x). The kernel
+factors, x, live, backprop) instead of arrays, and `apply` updates that leaf
+with the kernel, then every other with optax, their gradients completed by
+backprop(d_x). The kernel
 computes optax's expressions in XLA's order, its multiply-adds fused as
 XLA:CPU's compiler fuses them, so that the update is optax's for a given
 gradient: to the bit with one row in use (tests/test_factored_adam.py), and
