@@ -7,7 +7,7 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 |---|---|---|
 | HYPERMASK_CONV | `nhwc_vjp`, `im2col`, `xla` | `nhwc_vjp` on CPU, `xla` elsewhere |
 | HYPERMASK_CPU_VECTOR_WIDTH | `256`, `512` | `512` on CPUs with AVX-512, else XLA's own |
-| HYPERMASK_CHUNK_INPUT_GRAD | `direct`, `transposed_copy` | `transposed_copy` on CPU for fan-in 25-30, else `direct` |
+| HYPERMASK_CHUNK_BACKWARD | `ffi`, `direct`, `transposed_copy` | on CPU with one device: `ffi` for fan-in up to 64 where the kernel builds, else `transposed_copy` for fan-in 25-30; elsewhere `direct` |
 | HYPERMASK_ROW_INPUT_GRAD | `fold`, `two_rows` | `fold` on CPU, `two_rows` elsewhere |
 | HYPERMASK_CPU_YNNPACK | `on`, `off` | on CPU: `off` for HNET, `on` for the others |
 | HYPERMASK_FACTORED_ADAM | `ffi`, `xla` | `ffi` on CPU with one device where the kernel builds, else `xla` |
@@ -27,8 +27,11 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   takes 12% less CPU time with 512, the Adam update with its fused rank-k
   gradient 30% less. Elementwise results are identical; reductions may round
   differently.
-- HYPERMASK_CHUNK_INPUT_GRAD: how `hypernet.chunk_dense` computes its input
-  gradient, ct [rows, m] times the kernel [fan_in, m] transposed: `direct`,
+- HYPERMASK_CHUNK_BACKWARD: how `hypernet.chunk_dense` computes its backward
+  pass. `ffi`: cpu_kernels.cc's ChunkDenseBackward, the kernel's gradient
+  x^T ct and the input's ct @ kernel^T in one pass over the kernel and ct
+  (CHUNK_FFI_NOTE below). Otherwise the kernel's gradient is XLA's product,
+  and the input gradient, ct [rows, m] times the kernel [fan_in, m] transposed: `direct`,
   one dot contracting both operands' minor axis, or `transposed_copy`, a copy
   of the kernel as [m, fan_in] and a plain dot. Timed alone on the 2-core AMD
   EPYC (Zen 4), for 12 to 372 rows and fan-ins from 4 to 350, XLA:CPU's
@@ -107,11 +110,11 @@ from absl import logging
 import jax
 
 from hypermask_jax import errors
-from hypermask_jax import factored_adam as factored_adam_lib
+from hypermask_jax import cpu_kernels
 
 CHOICES = {'HYPERMASK_CONV': ('nhwc_vjp', 'im2col', 'xla'),
            'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512'),
-           'HYPERMASK_CHUNK_INPUT_GRAD': ('direct', 'transposed_copy'),
+           'HYPERMASK_CHUNK_BACKWARD': ('ffi', 'direct', 'transposed_copy'),
            'HYPERMASK_ROW_INPUT_GRAD': ('fold', 'two_rows'),
            'HYPERMASK_CPU_YNNPACK': ('on', 'off'),
            'HYPERMASK_FACTORED_ADAM': ('ffi', 'xla')}
@@ -167,6 +170,8 @@ def check_environment():
   for variable in CHOICES:
     _forced(variable)
   factored_adam()  # HYPERMASK_FACTORED_ADAM=ffi where the kernel cannot run
+  if _forced('HYPERMASK_CHUNK_BACKWARD') == 'ffi':
+    chunk_backward(0)  # likewise
 
 
 def conv():
@@ -174,10 +179,15 @@ def conv():
   return _forced('HYPERMASK_CONV') or ('nhwc_vjp' if jax.default_backend() == 'cpu' else 'xla')
 
 
-def chunk_input_grad(fan_in):
-  """'direct' or 'transposed_copy': how chunk_dense's input gradient is computed (see above)."""
-  slow_direct = jax.default_backend() == 'cpu' and 25 <= fan_in <= 30
-  return _forced('HYPERMASK_CHUNK_INPUT_GRAD') or ('transposed_copy' if slow_direct else 'direct')
+def chunk_backward(fan_in):
+  """'ffi', 'direct' or 'transposed_copy': how chunk_dense's backward pass is computed."""
+  forced = _forced('HYPERMASK_CHUNK_BACKWARD')
+  if forced != 'ffi' and (forced or jax.default_backend() != 'cpu'):
+    return forced or 'direct'
+  if _cpu_kernel('HYPERMASK_CHUNK_BACKWARD', forced == 'ffi', "the chunk layer's backward kernel",
+                 'HNET steps use XLA\'s products') and (forced or fan_in <= 64):
+    return 'ffi'
+  return 'transposed_copy' if 25 <= fan_in <= 30 else 'direct'
 
 
 def row_input_grad():
@@ -195,27 +205,32 @@ def cpu_has_avx512():
     return False
 
 
-def cpu_ynnpack(method):
-  """'on' or 'off': whether XLA:CPU uses YNNPACK in the steps of `method` (see above)."""
-  return _forced('HYPERMASK_CPU_YNNPACK') or ('off' if method == 'hnet' else 'on')
+def cpu_ynnpack(method, chunk_fan_in=None):
+  """'on' or 'off': whether XLA:CPU uses YNNPACK in the steps of `method`, whose chunked
+  hypernetwork's output layer has fan-in chunk_fan_in (None without one; see above)."""
+  forced = _forced('HYPERMASK_CPU_YNNPACK')
+  if forced or method != 'hnet':
+    return forced or 'on'
+  return 'on' if chunk_fan_in is not None and chunk_backward(chunk_fan_in) == 'ffi' else 'off'
 
 
-def compiler_options(method):
-  """XLA compiler options for the compiled functions of a run of `method` (config.method)."""
+def compiler_options(method, chunk_fan_in=None):
+  """XLA compiler options for the compiled functions of a run of `method` (config.method)
+  with a chunked hypernetwork's output layer of fan-in chunk_fan_in (hypernet.chunk_fan_in)."""
   if jax.default_backend() != 'cpu':
     return {}
   options = {}
   width = _forced('HYPERMASK_CPU_VECTOR_WIDTH') or ('512' if cpu_has_avx512() else None)
   if width:
     options['xla_cpu_prefer_vector_width'] = int(width)
-  if cpu_ynnpack(method) == 'off':
+  if cpu_ynnpack(method, chunk_fan_in) == 'off':
     options['xla_cpu_experimental_ynn_fusion_type'] = ''  # empty: no fusion goes to YNNPACK
   return {**options, **COPY_INSERTION}
 
 
-def init_compiler_options(method):
+def init_compiler_options(method, chunk_fan_in=None):
   """The compiler options of the program that initialises the train state (QUICK_COMPILE)."""
-  options = compiler_options(method)
+  options = compiler_options(method, chunk_fan_in)
   return {**options, **QUICK_COMPILE} if jax.default_backend() == 'cpu' else options
 
 
@@ -224,16 +239,22 @@ def factored_adam():
   forced = _forced('HYPERMASK_FACTORED_ADAM')
   if forced == 'xla':
     return 'xla'
-  reason = factored_adam_lib.unavailable_reason()
+  return 'ffi' if _cpu_kernel('HYPERMASK_FACTORED_ADAM', forced == 'ffi', 'the CPU Adam kernel',
+                              "HyperMask steps use XLA's Adam") else 'xla'
+
+
+def _cpu_kernel(variable, forced, kernel, instead):
+  """Whether cpu_kernels.py's kernels can run in this process's steps. Where they cannot,
+  raises BadVariable if `variable` forces them (`forced`), else warns once on CPU."""
+  reason = cpu_kernels.unavailable_reason()
   if not reason and jax.device_count() > 1:
     reason = (f'this process has {jax.device_count()} devices, and XLA cannot split the '
               "kernel's call over them")
-  if reason and forced == 'ffi':
-    raise BadVariable(f'HYPERMASK_FACTORED_ADAM=ffi: its CPU kernel cannot run here: {reason}')
+  if reason and forced:
+    raise BadVariable(f'{variable}=ffi: its CPU kernel cannot run here: {reason}')
   if reason and jax.default_backend() == 'cpu':
-    _warn_once(f'hypermask_jax: the CPU Adam kernel is off ({reason}); HyperMask steps use '
-               "XLA's Adam")
-  return 'xla' if reason else 'ffi'
+    _warn_once(f'hypermask_jax: {kernel} is off ({reason}); {instead}')
+  return not reason
 
 
 @functools.cache

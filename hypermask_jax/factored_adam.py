@@ -9,7 +9,7 @@ regularised previous ones). XLA:CPU fuses that sum into Adam's update
 outputs: the new first moment, second moment and kernel are three loops,
 which read and write 8 arrays of the kernel's size, and the first two each
 sum all k rows, the rows not yet in use (x's zero rows) included. Here the
-update is one loop in C++ (factored_adam.cc, an XLA FFI custom call) that
+update is one loop in C++ (cpu_kernels.cc, an XLA FFI custom call) that
 reads the kernel and both moments once and writes them once, in place (6
 arrays), and sums only the rows in use. XLA has no such fusion and optax no
 such update: that is why it is written by hand. On GPU and TPU XLA makes the
@@ -65,22 +65,10 @@ more). Adam turns a rounding difference in a gradient near 0 into a step of
 about the learning rate either way, so parameters differ by more after
 steps: the tests compare the gradients themselves.
 
-The kernel is compiled on first use with the C++ compiler ($CXX, else g++)
-against the XLA FFI headers that ship with jaxlib, for this machine's CPU
-(-march=native), into ~/.cache/hypermask_jax/kernels (one file per source,
-jaxlib, compiler and CPU; about 2 s). Where that fails (no compiler, say),
-`unavailable_reason` says why, and backend.factored_adam chooses optax's
-update with a warning.
+The kernel is built on first use with cpu_kernels.py's others. Where it
+cannot be (no compiler, say), backend.factored_adam chooses optax's update
+with a warning.
 """
-
-import ctypes
-import functools
-import hashlib
-import os
-import pathlib
-import platform
-import subprocess
-import tempfile
 
 import flax
 from flax import traverse_util
@@ -89,14 +77,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-SOURCE = pathlib.Path(__file__).with_name('factored_adam.cc')
-# Compiled programs, the persistent compilation cache's included, call the kernel by this name:
-# a change to its operands or attributes needs a new name.
-TARGET = 'hypermask_factored_adam_input_grad'
-CACHE = '~/.cache/hypermask_jax/kernels'
-FLAGS = ('-O3', '-march=native', '-ffp-contract=off', '-fno-math-errno', '-std=c++17',
-         '-shared', '-fPIC')
+from hypermask_jax import cpu_kernels
+
+TARGET = cpu_kernels.TARGETS['FactoredAdam']
 B1, B2, EPS = 0.9, 0.999, 1e-8  # optax.adam's defaults, which trainer.optimizer uses
+DENSE_MIN_SIZE = 2 ** 18  # the smallest array leaf `apply` gives DenseAdam
 
 
 @flax.struct.dataclass
@@ -125,71 +110,35 @@ class FactoredGradient:
     return jnp.concatenate([self.ct0[None], self.ct_scale[:, None] * self.ct_rows])
 
 
-def _cpu_id():
-  """The CPU's model and features, for the compiled kernel's key (-march=native)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      lines = [line for line in f if line.startswith(('model name', 'flags', 'Features'))]
-    return ''.join(sorted(set(lines)))
-  except OSError:
-    return platform.processor()
+def _scalars(learning_rate, count):
+  """(-lr, 1 / (1 - b1^t), 1 / (1 - b2^t)) for the step after `count`, as XLA computes them."""
+  count = optax.safe_increment(count)
+  return jnp.stack([-learning_rate, 1 / (1 - B1 ** count).astype(jnp.float32),
+                    1 / (1 - B2 ** count).astype(jnp.float32)]).astype(jnp.float32)
 
 
-@functools.cache
-def _library():
-  """The compiled kernel, registered with XLA; builds it if needed. Raises OSError or
-  subprocess.CalledProcessError where it cannot be built or loaded."""
-  compiler = os.environ.get('CXX', 'g++')
-  source = SOURCE.read_bytes()
-  key = hashlib.sha256(b'\0'.join([
-      source, jax.lib.__version__.encode(), compiler.encode(), ' '.join(FLAGS).encode(),
-      platform.machine().encode(), _cpu_id().encode()])).hexdigest()[:16]
-  folder = pathlib.Path(os.path.expanduser(CACHE))
-  path = folder / f'factored_adam-{key}.so'
-  if not path.exists():
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.so.tmp')  # another process may build it too
-    os.close(fd)
-    try:
-      subprocess.run([compiler, *FLAGS, '-isystem', jax.ffi.include_dir(), str(SOURCE), '-o', tmp],
-                     check=True, capture_output=True, text=True, timeout=300)
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-  library = ctypes.cdll.LoadLibrary(str(path))
-  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.FactoredAdam), platform='cpu')
-  return library
-
-
-@functools.cache
-def unavailable_reason():
-  """Why the kernel cannot run here ('' where it can): not on CPU, or it did not build."""
-  if jax.default_backend() != 'cpu':
-    return f'it runs only on CPU (the backend is {jax.default_backend()})'
-  try:
-    _library()
-  except subprocess.CalledProcessError as e:
-    lines = (e.stderr or '').strip().splitlines()
-    return f'compiling it failed ({lines[-1] if lines else e})'
-  except (OSError, subprocess.SubprocessError) as e:
-    return f'compiling it failed ({type(e).__name__}: {e})'
-  return ''
+_ATTRIBUTES = dict(b1=np.float32(B1), one_minus_b1=np.float32(1 - B1), b2=np.float32(B2),
+                   one_minus_b2=np.float32(1 - B2), eps=np.float32(EPS))
 
 
 def update(grad, p, mu, nu, learning_rate, count):
   """(p', mu', nu', d_x) for a FactoredGradient leaf; count is the Adam count before this step."""
-  _library()  # registers the kernel with XLA
-  count = optax.safe_increment(count)
-  scalars = jnp.stack([-learning_rate, 1 / (1 - B1 ** count).astype(jnp.float32),
-                       1 / (1 - B2 ** count).astype(jnp.float32)]).astype(jnp.float32)
+  cpu_kernels.library()  # registers the kernel with XLA
   call = jax.ffi.ffi_call(TARGET, (*(jax.ShapeDtypeStruct(p.shape, p.dtype),) * 3,
                                    jax.ShapeDtypeStruct(grad.x.shape, grad.x.dtype)),
                           input_output_aliases={6: 0, 7: 1, 8: 2}, vmap_method='broadcast_all')
   return call(grad.ct0, grad.ct_rows, grad.ct_scale, grad.x, jnp.asarray(grad.live, jnp.int32),
-              scalars, p, mu, nu,
-              b1=np.float32(B1), one_minus_b1=np.float32(1 - B1), b2=np.float32(B2),
-              one_minus_b2=np.float32(1 - B2), eps=np.float32(EPS))
+              _scalars(learning_rate, count), p, mu, nu, **_ATTRIBUTES)
+
+
+def dense_update(grad, p, mu, nu, learning_rate, count):
+  """(p', mu', nu') for a leaf with an array gradient, by the kernel: optax.adam's update and
+  optax.apply_updates to the bit (one pass in place, where XLA makes three loops)."""
+  cpu_kernels.library()  # registers the kernel with XLA
+  call = jax.ffi.ffi_call(cpu_kernels.TARGETS['DenseAdam'],
+                          (jax.ShapeDtypeStruct(p.shape, p.dtype),) * 3,
+                          input_output_aliases={2: 0, 3: 1, 4: 2}, vmap_method='broadcast_all')
+  return call(grad, _scalars(learning_rate, count), p, mu, nu, **_ATTRIBUTES)
 
 
 def flops(m, n, live):
@@ -204,23 +153,27 @@ def _is_factored(x):
   return isinstance(x, FactoredGradient)
 
 
-def apply(tx, learning_rate, grads, opt_state, params):
+def apply(tx, learning_rate, grads, opt_state, params, kernels=False):
   """(params, opt_state) after one step of tx, optax.adam(learning_rate) (trainer.optimizer).
 
   grads has params' structure, a FactoredGradient in place of an array where
   the method gives one; those leaves are updated by the kernel (with optax's
-  default b1, b2 and eps, as tx), the others by tx. Without factored leaves
-  this is exactly tx.update and optax.apply_updates.
+  default b1, b2 and eps, as tx), the others by tx. With `kernels`, so are
+  the leaves of at least DENSE_MIN_SIZE entries (dense_update). Without such
+  leaves this is exactly tx.update and optax.apply_updates.
   """
+  def by_kernel(g):
+    return _is_factored(g) or (kernels and g is not None and g.dtype == jnp.float32
+                               and g.size >= DENSE_MIN_SIZE)
   paths = [path for path, g in jax.tree_util.tree_leaves_with_path(grads, is_leaf=_is_factored)
-           if _is_factored(g)]
+           if by_kernel(g)]
   if not paths:
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
   adam, rest = opt_state[0], opt_state[1:]
   assert isinstance(adam, optax.ScaleByAdamState), type(adam)
 
-  def split(tree):  # (the tree with the factored leaves set to None, those leaves)
+  def split(tree):  # (the tree with the kernel's leaves set to None, those leaves)
     picked = {}
 
     def pick(path, leaf):
@@ -232,10 +185,12 @@ def apply(tx, learning_rate, grads, opt_state, params):
 
   (grads_rest, picked_grads), (params_rest, picked_params) = split(grads), split(params)
   (mu_rest, picked_mu), (nu_rest, picked_nu) = split(adam.mu), split(adam.nu)
-  new = {path: update(picked_grads[path], picked_params[path], picked_mu[path], picked_nu[path],
-                      learning_rate, adam.count) for path in paths}
-  for path in paths:  # what each layer's input gradient gives the layers before it
-    grads_rest = _add(grads_rest, picked_grads[path].backprop(new[path][3]))
+  new = {path: (update if _is_factored(picked_grads[path]) else dense_update)(
+      picked_grads[path], picked_params[path], picked_mu[path], picked_nu[path], learning_rate,
+      adam.count) for path in paths}
+  for path in paths:  # what each factored layer's input gradient gives the layers before it
+    if _is_factored(picked_grads[path]):
+      grads_rest = _add(grads_rest, picked_grads[path].backprop(new[path][3]))
   updates, (new_adam, *new_rest) = tx.update(
       grads_rest, (adam._replace(mu=mu_rest, nu=nu_rest), *rest), params_rest)
   params_rest = optax.apply_updates(params_rest, updates)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from hypermask_jax import backend
+from hypermask_jax import cpu_kernels
 from hypermask_jax.layers import torch_dense
 from hypermask_jax.wide_dense import WideDense
 
@@ -55,7 +56,10 @@ class ChunkDense(nn.Module):
   0.3 of the 9 ms published HNET Permuted MNIST step at task 1 on a Zen 5
   EPYC; no change on Split MNIST and Permuted MNIST-100); the input
   gradient is the output gradient times the kernel's transpose, in the form
-  `backend.chunk_input_grad` picks for the fan-in. The values equal nn.Dense's
+  `backend.chunk_backward` picks for the fan-in. On CPU, for fan-ins up to
+  64, the kernel's and the input's gradients are instead computed together by
+  cpu_kernels.cc's ChunkDenseBackward, in one pass over the kernel and the
+  output gradient (`chunk_dense_backward_ffi`). The values equal nn.Dense's
   and its gradients up to float rounding (tests/test_hypernet.py). HMLP's
   `wide_dense.WideDense` does not fit here: it stores the kernel transposed
   (not nn.Dense's params, which the chunked parity with hypnettorch maps), and
@@ -86,13 +90,36 @@ def _chunk_dense_forward(x, kernel, bias):
 
 def _chunk_dense_backward(residuals, ct):
   x, kernel = residuals
-  d_kernel = jax.lax.dot_general(x, ct, (((0,), (0,)), ((), ())))  # [n, m]
   d_bias = jax.lax.dot_general(jnp.ones((x.shape[0],), x.dtype), ct, (((0,), (0,)), ((), ())))
-  if backend.chunk_input_grad(kernel.shape[0]) == 'direct':
+  form = backend.chunk_backward(kernel.shape[0])
+  if form == 'ffi':
+    d_kernel, d_x = chunk_dense_backward_ffi(x, ct, kernel)
+    return d_x, d_kernel, d_bias
+  d_kernel = jax.lax.dot_general(x, ct, (((0,), (0,)), ((), ())))  # [n, m]
+  if form == 'direct':
     d_x = jax.lax.dot_general(ct, kernel, (((1,), (1,)), ((), ())))
   else:  # The barrier keeps the transposed kernel a copy, not folded back into the dot.
     d_x = ct @ jax.lax.optimization_barrier(kernel.T)
   return d_x, d_kernel, d_bias
+
+
+def chunk_dense_backward_ffi(x, ct, kernel):
+  """(x^T @ ct, ct @ kernel^T) for x [r, n], ct [r, m], kernel [n, m], by the CPU kernel.
+
+  XLA:CPU runs these two thin products ([n, r] x [r, m] and [r, m] x [m, n], r
+  and n in the tens, m in the tens of thousands) far below its matmul rate,
+  reading the kernel and ct once for each and copying the kernel transposed
+  for the second (`backend.py`). The kernel reads both once, for both
+  products: measured in CHUNK_FFI_NOTE (backend.py). It sums d_kernel over
+  the rows in order and d_x over the columns in blocks, so both differ from
+  XLA's products by float rounding.
+  """
+  cpu_kernels.library()  # registers the kernel with XLA
+  call = jax.ffi.ffi_call(cpu_kernels.TARGETS['ChunkDenseBackward'],
+                          (jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
+                           jax.ShapeDtypeStruct(x.shape, x.dtype)),
+                          vmap_method='broadcast_all')
+  return call(x, ct, kernel)
 
 
 chunk_dense.defvjp(_chunk_dense_forward, _chunk_dense_backward)
@@ -246,6 +273,14 @@ def chunked_distances(hidden, out, hidden0, out0, last_chunk_size):
   full = per_chunk(kernel, diff, d[:, :-1], u0[:, :-1])  # [k, n - 1]
   last = per_chunk(kernel[:, :last_chunk_size], diff[:, :last_chunk_size], d[:, -1], u0[:, -1])
   return jnp.sum(full, 1) + last
+
+
+def chunk_fan_in(config):
+  """The fan-in of a chunked hypernetwork's output layer (ChunkDense), None for a full one."""
+  if config.get('chunk_size', 0) <= 0:
+    return None
+  hidden = tuple(config.hnet_hidden)
+  return hidden[-1] if hidden else config.chunk_embedding_size + config.embedding_size
 
 
 def build(config, num_outputs):

@@ -32,6 +32,7 @@ import optax
 
 from hypermask_jax import backend
 from hypermask_jax import factored_adam
+from hypermask_jax import hypernet
 from hypermask_jax import schedules
 from hypermask_jax import targets
 from hypermask_jax.data import tasks
@@ -103,8 +104,9 @@ class Trainer:
     self.method = method
     self.traces = collections.Counter()
     self.whole_split_eval = targets.uses_batch_statistics_at_eval(method.target)
-    self.options = backend.compiler_options(config.method)
-    self.init_options = backend.init_compiler_options(config.method)
+    fan_in = hypernet.chunk_fan_in(config)
+    self.options = backend.compiler_options(config.method, fan_in)
+    self.init_options = backend.init_compiler_options(config.method, fan_in)
     jit = lambda fn, **kwargs: jax.jit(fn, compiler_options=self.options, **kwargs)
     self.init_state = jax.jit(self._init_state, compiler_options=self.init_options)
     self.begin_task = jit(self._begin_task, donate_argnums=0)
@@ -187,12 +189,12 @@ class Trainer:
     x = data.inputs(images, batch_tasks, jax.random.fold_in(rng, 1), train=True)
     learning_rate = state.schedule['plateau']['learning_rate']
     tx = optimizer(learning_rate)
+    kernels = backend.factored_adam() == 'ffi'
     grads, aux, batch_stats = self.method.gradients(
         state.params, state.batch_stats, state.opt_state, tx, (x, labels, batch_tasks),
-        state.task, state.step, state.memory, hp, jax.random.fold_in(rng, 2),
-        factored=backend.factored_adam() == 'ffi')
+        state.task, state.step, state.memory, hp, jax.random.fold_in(rng, 2), factored=kernels)
     params, opt_state = factored_adam.apply(tx, learning_rate, grads, state.opt_state,
-                                            state.params)
+                                            state.params, kernels=kernels)
     return state.replace(params=params, opt_state=opt_state, batch_stats=batch_stats,
                          step=state.step + 1), aux
 

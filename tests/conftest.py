@@ -3,6 +3,7 @@
 import gzip
 import os
 import pathlib
+import shutil
 
 # What the entry points (main.py, data/prepare.py) set for themselves from a shell. Importing
 # JAX would set '1' here, which the commands the tests run as subprocesses would inherit, and
@@ -21,6 +22,12 @@ from hypermask_jax.data import tasks
 from hypermask_jax.data import tfds_io
 
 SHARED_MNIST = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mnist'
+
+# Where a compiler is found, hypermask_jax/cpu_kernels.cc must build: a failed build fails
+# the tests marked with this.
+needs_cpu_kernels = pytest.mark.skipif(
+    jax.default_backend() != 'cpu' or not shutil.which(os.environ.get('CXX', 'g++')),
+    reason='the CPU kernels run on CPU only, and need a C++ compiler')
 
 
 def pytest_configure(config):

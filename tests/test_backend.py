@@ -37,15 +37,15 @@ def test_a_bad_value_names_the_variable_and_the_choices(monkeypatch):
     backend.conv()
 
 
-def test_the_chunk_input_gradient_copies_the_kernel_only_where_ynnpack_is_slow(monkeypatch):
-  monkeypatch.delenv('HYPERMASK_CHUNK_INPUT_GRAD', raising=False)
-  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
-  assert [backend.chunk_input_grad(n) for n in (10, 24, 25, 30, 31, 350)] == [
-      'direct', 'direct', 'transposed_copy', 'transposed_copy', 'direct', 'direct']
-  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert backend.chunk_input_grad(25) == 'direct'
-  monkeypatch.setenv('HYPERMASK_CHUNK_INPUT_GRAD', 'transposed_copy')
-  assert backend.chunk_input_grad(10) == 'transposed_copy'
+def test_the_chunk_backward_is_xlas_direct_products_off_cpu_unless_forced(monkeypatch):
+  """On GPU and TPU, one dot per gradient; the CPU's choices are checked in
+  tests/test_cpu_kernels.py."""
+  monkeypatch.delenv('HYPERMASK_CHUNK_BACKWARD', raising=False)
+  for accelerator in ('gpu', 'tpu'):
+    monkeypatch.setattr(jax, 'default_backend', lambda accelerator=accelerator: accelerator)
+    assert [backend.chunk_backward(n) for n in (10, 25, 350)] == ['direct'] * 3
+  monkeypatch.setenv('HYPERMASK_CHUNK_BACKWARD', 'transposed_copy')
+  assert backend.chunk_backward(10) == 'transposed_copy'
 
 
 def test_one_rows_input_gradient_is_folded_on_cpu_only_unless_forced(monkeypatch):
@@ -75,13 +75,25 @@ def test_512_bit_vectors_on_avx512_cpus_unless_forced(monkeypatch):
 
 
 def test_ynnpack_is_off_for_hnet_on_cpu_only_unless_forced(monkeypatch):
+  """Off for HNET unless its chunked hypernetwork's output layer runs its backward pass in
+  the CPU kernel (fan-in up to 64; with a full hypernetwork, None, it is off)."""
   monkeypatch.delenv('HYPERMASK_CPU_YNNPACK', raising=False)
+  monkeypatch.delenv('HYPERMASK_CHUNK_BACKWARD', raising=False)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
   monkeypatch.setattr(backend, 'cpu_has_avx512', lambda: False)
+  monkeypatch.setattr(backend, '_cpu_kernel', lambda *args: True)
   on = backend.COPY_INSERTION
   off = {'xla_cpu_experimental_ynn_fusion_type': '', **on}
   assert [backend.compiler_options(m) for m in ('hnet', 'hypermask', 'finetune', 'joint')] == [
       off, on, on, on]
+  assert [backend.compiler_options('hnet', n) for n in (10, 25, 64, 65, 350)] == [
+      on, on, on, off, off]
+  assert backend.compiler_options('hypermask', 350) == on
+  monkeypatch.setenv('HYPERMASK_CHUNK_BACKWARD', 'direct')
+  assert backend.compiler_options('hnet', 25) == off
+  monkeypatch.setattr(backend, '_cpu_kernel', lambda *args: False)  # no compiler, say
+  monkeypatch.delenv('HYPERMASK_CHUNK_BACKWARD')
+  assert backend.compiler_options('hnet', 25) == off
   monkeypatch.setenv('HYPERMASK_CPU_YNNPACK', 'off')
   assert backend.compiler_options('hypermask') == off
   monkeypatch.setenv('HYPERMASK_CPU_YNNPACK', 'on')
@@ -96,10 +108,12 @@ def test_ynnpack_is_off_for_hnet_on_cpu_only_unless_forced(monkeypatch):
 def test_ynnpack_reaches_the_compiled_step_and_changes_only_the_rounding(
     synthetic_task_set, monkeypatch, method):
   """The trainer compiles with its method's choice: by default an HNET step holds no YNNPACK
-  fusion and a HyperMask step does; forced the other way, the two steps' losses over two
-  tasks (the second regularising the first) agree to float rounding."""
+  fusion (here with XLA's products in the chunk layer's backward pass) and a HyperMask step
+  does; forced the other way, the two steps' losses over two tasks (the second regularising
+  the first) agree to float rounding."""
   config = (test_hnet.tiny_config(num_tasks=2) if method == 'hnet'
             else test_train.tiny_config(num_tasks=2))
+  monkeypatch.setenv('HYPERMASK_CHUNK_BACKWARD', 'direct')
   runs = {}
   for setting in ('default', 'on' if method == 'hnet' else 'off'):
     if setting == 'default':
@@ -135,8 +149,9 @@ def test_copy_insertions_region_analysis_drops_the_pass_through_copies_and_chang
   default = backend.compiler_options
   runs = {}
   for analysis in (True, False):
-    monkeypatch.setattr(backend, 'compiler_options', lambda method, analysis=analysis: {
-        k: v for k, v in default(method).items() if analysis or k not in backend.COPY_INSERTION})
+    monkeypatch.setattr(backend, 'compiler_options', lambda method, fan_in, analysis=analysis: {
+        k: v for k, v in default(method, fan_in).items()
+        if analysis or k not in backend.COPY_INSERTION})
     trainer = trainer_lib.Trainer(config, METHODS['hnet'](config, data.input_shape,
                                                           data.num_classes))
     state, task_set, hp = fresh_program(trainer, data)
@@ -180,7 +195,8 @@ def test_the_state_initialisation_compiles_with_its_own_options_to_the_same_stat
   default = jax.jit(trainer._init_state, compiler_options=trainer.options)(hp)
   for a, b in zip(jax.tree.leaves(quick), jax.tree.leaves(default), strict=True):
     np.testing.assert_array_equal(a, b)
-  monkeypatch.setattr(backend, 'init_compiler_options', lambda method: {'xla_no_such_option': 1})
+  monkeypatch.setattr(backend, 'init_compiler_options',
+                      lambda method, fan_in: {'xla_no_such_option': 1})
   with pytest.raises(Exception, match='xla_no_such_option'):
     new_trainer().init_state(hp)
 

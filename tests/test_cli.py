@@ -106,9 +106,9 @@ BAD_INPUT = [
     ('batch-too-large', lambda d: ['--config.batch_size=5000'],
      'error: config.batch_size=5000: larger than the smallest task training set (300 '
      'examples); must be at most 300'),
-    ('bad-backend-variable', lambda d: ['ENV:HYPERMASK_CHUNK_INPUT_GRAD=copy'],
-     "error: HYPERMASK_CHUNK_INPUT_GRAD='copy': must be one of ('direct', 'transposed_copy') "
-     '(or unset)'),
+    ('bad-backend-variable', lambda d: ['ENV:HYPERMASK_CHUNK_BACKWARD=copy'],
+     "error: HYPERMASK_CHUNK_BACKWARD='copy': must be one of ('ffi', 'direct', "
+     "'transposed_copy') (or unset)"),
     ('bad-decoded-copy-variable', lambda d: ['ENV:HYPERMASK_DECODED_COPY=no'],
      "error: HYPERMASK_DECODED_COPY='no': must be 'on' or 'off' (or unset)"),
 ]

@@ -10,6 +10,7 @@ import pytest
 from hypermask_jax import hypernet
 from hypermask_jax import layout as layout_lib
 from hypermask_jax import targets
+from tests.conftest import needs_cpu_kernels
 
 
 def test_chunked_output_equals_a_per_chunk_loop():
@@ -138,14 +139,15 @@ def test_build_picks_the_hypernetwork(chunk_size, expected):
   assert isinstance(hypernet.build(Config, 25), expected)
 
 
-@pytest.mark.parametrize('input_grad', ['direct', 'transposed_copy'])
+@pytest.mark.parametrize('form', [
+    'direct', 'transposed_copy', pytest.param('ffi', marks=needs_cpu_kernels)])
 @pytest.mark.parametrize('init', hypernet.INITS)
 def test_the_chunk_output_layer_is_a_dense_layer_with_a_hand_written_gradient(
-    init, input_grad, monkeypatch):
+    init, form, monkeypatch):
   """Same params (names, shapes, initial values) and outputs as nn.Dense; its gradients are
   those computed by hand: kernel x^T ct, bias the sum of ct over every row, input ct kernel^T
-  (in both of the input gradient's forms)."""
-  monkeypatch.setenv('HYPERMASK_CHUNK_INPUT_GRAD', input_grad)
+  (in each of the backward pass's forms)."""
+  monkeypatch.setenv('HYPERMASK_CHUNK_BACKWARD', form)
   x = jax.random.normal(jax.random.key(1), (2, 12, 10))
   dense = hypernet._dense(300, 10, init, None)
   ours = hypernet.ChunkDense(300, init)
@@ -162,10 +164,14 @@ def test_the_chunk_output_layer_is_a_dense_layer_with_a_hand_written_gradient(
                              atol=1e-5)
 
 
-def test_the_chunk_layers_kernel_and_bias_gradients_are_matmuls_written_as_the_params():
-  """Compiled, the kernel gradient comes out of its own matmul as [fan_in, m] and the bias
-  gradient out of another: no slice of a [fan_in + 1, m] product (a copy of the layer's
-  gradient, as one matmul of [x, 1] made) and no reduction over the rows (YNNPACK's, slow)."""
+@pytest.mark.parametrize('form', ['direct', pytest.param('ffi', marks=needs_cpu_kernels)])
+def test_the_chunk_layers_kernel_and_bias_gradients_are_matmuls_written_as_the_params(
+    form, monkeypatch):
+  """Compiled, the kernel gradient comes out of its own matmul (or the CPU kernel) as
+  [fan_in, m] and the bias gradient out of another: no slice of a [fan_in + 1, m] product (a
+  copy of the layer's gradient, as one matmul of [x, 1] made) and no reduction over the rows
+  (YNNPACK's, slow)."""
+  monkeypatch.setenv('HYPERMASK_CHUNK_BACKWARD', form)
   x = jax.random.normal(jax.random.key(1), (12, 10))
   layer = hypernet.ChunkDense(4200)
   params = layer.init(jax.random.key(0), x)

@@ -1,0 +1,529 @@
+// XLA FFI kernels for XLA:CPU, built on first use by cpu_kernels.py into one library.
+//
+// FactoredAdam: Adam's update of a kernel whose gradient is a sum of outer products, in one
+// pass over it (factored_adam.py says why and how it is used). For each run b
+// of a batch of runs, with the output rows' cotangent given as factors,
+//   ct[b, 0, j] = ct0[b, j],  ct[b, r, j] = scale[b, r - 1] * rows[b, r - 1, j] (r >= 1),
+// and g[j, i] = sum over r < live[b] of ct[b, r, j] * x[b, r, i]:
+//   mu'  = b1 * mu + (1 - b1) * g
+//   nu'  = b2 * nu + (1 - b2) * g * g
+//   p'   = p - lr * (mu' / (1 - b1^t)) / (sqrt(nu' / (1 - b2^t)) + eps)
+// which is optax.adam's update followed by optax.apply_updates, and, in the same pass, the
+// layer's input gradient from the kernel before the update:
+//   d_x[r, i] = sum over j of ct[b, r, j] * p[j, i] for r < live[b], 0 for the other rows,
+// summed over each block of rows in order, then over the blocks in order (the same sums
+// whichever thread runs a block). scalars[b] holds (-lr,
+// 1 / (1 - b1^t), 1 / (1 - b2^t)): XLA computes the bias corrections as these reciprocals
+// and multiplies by them. The multiply-adds are written as the fused multiply-adds XLA:CPU's
+// LLVM makes of the same expressions, so that the update is optax's to the bit (with more
+// than one row, as far as the compilers fuse the sum's terms alike). p, mu and nu are
+// updated in place (their outputs alias them).
+//
+// ChunkDenseBackward: the backward pass of the chunked hypernetwork's output layer
+// y = x @ kernel + bias (hypernet.chunk_dense; kernel [n, m], x [rows, n], m much larger
+// than n and rows), in one pass over the kernel and the cotangent ct [rows, m]:
+//   d_kernel[i, j] = sum over r of x[r, i] * ct[r, j]   (r in order, fused multiply-adds)
+//   d_x[r, i]      = sum over j of ct[r, j] * kernel[i, j]
+// d_x summed over each block of columns (16 lanes, then the lanes in order), then over the
+// blocks in order, as FactoredAdam's.
+//
+// Both split the work into blocks, run on XLA's intra-op threads and the calling thread.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <utility>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kBlockRows = 4096;  // kernel rows per unit of work
+constexpr int64_t kTileRows = 8;  // kernel rows whose input gradient terms are summed together
+constexpr int64_t kBlockColumns = 1024;  // ChunkDenseBackward: kernel columns per unit of work
+constexpr int64_t kGroupRows = 8;  // ChunkDenseBackward: most cotangent rows per pass
+constexpr int kPairRows = 2;  // ChunkDenseBackward: kernel rows per pass
+constexpr int64_t kDenseBlock = 16384;  // DenseAdam: entries per unit of work
+
+// One vector register of floats, and the operations the sums below need. (The compilers'
+// portable vectors either leave fused multiply-adds out, as GCC's vector extensions do when
+// contraction is off, or run them lane by lane, as libstdc++'s std::experimental::simd did.)
+#if defined(__AVX512F__)
+using Lanes = __m512;
+constexpr int64_t kLanes = 16;
+inline Lanes load(const float* from) { return _mm512_loadu_ps(from); }
+inline void store(float* to, Lanes v) { _mm512_storeu_ps(to, v); }
+inline Lanes broadcast(float a) { return _mm512_set1_ps(a); }
+inline Lanes mul(Lanes a, Lanes b) { return _mm512_mul_ps(a, b); }
+inline Lanes fma(Lanes a, Lanes b, Lanes c) { return _mm512_fmadd_ps(a, b, c); }
+inline Lanes zero() { return _mm512_setzero_ps(); }
+#elif defined(__AVX2__) && defined(__FMA__)
+using Lanes = __m256;
+constexpr int64_t kLanes = 8;
+inline Lanes load(const float* from) { return _mm256_loadu_ps(from); }
+inline void store(float* to, Lanes v) { _mm256_storeu_ps(to, v); }
+inline Lanes broadcast(float a) { return _mm256_set1_ps(a); }
+inline Lanes mul(Lanes a, Lanes b) { return _mm256_mul_ps(a, b); }
+inline Lanes fma(Lanes a, Lanes b, Lanes c) { return _mm256_fmadd_ps(a, b, c); }
+inline Lanes zero() { return _mm256_setzero_ps(); }
+#else
+using Lanes = float;
+constexpr int64_t kLanes = 1;
+inline Lanes load(const float* from) { return *from; }
+inline void store(float* to, Lanes v) { *to = v; }
+inline Lanes broadcast(float a) { return a; }
+inline Lanes mul(Lanes a, Lanes b) { return a * b; }
+inline Lanes fma(Lanes a, Lanes b, Lanes c) { return std::fma(a, b, c); }
+inline Lanes zero() { return 0.0f; }
+#endif
+
+// The lanes' sum, in lane order.
+inline float sum_lanes(Lanes v) {
+  float lanes[kLanes];
+  store(lanes, v);
+  float sum = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+  return sum;
+}
+
+// Adam's update of one entry (FactoredAdam's and DenseAdam's): optax's expressions in XLA's
+// order, with the multiply-adds XLA:CPU's LLVM fuses. Which product of a moment's sum it fuses
+// depends on the gradient's form: a product formed in the same loop (FactoredAdam's one row)
+// or an array read from memory (DenseAdam's): the template argument.
+struct AdamUpdate {
+  const float* mu_in;
+  const float* nu_in;
+  float* p_new;
+  float* mu_new;
+  float* nu_new;
+  float b1, one_minus_b1, b2, one_minus_b2, eps;
+  float neg_lr, mu_scale, nu_scale;  // one run's scalars
+
+  // Entry `at`, whose value before the update is w and gradient g.
+  template <bool kGradientInMemory>
+  void apply(int64_t at, float g, float w) const {
+    const float m1 = kGradientInMemory ? std::fma(g, one_minus_b1, mu_in[at] * b1)
+                                       : std::fma(mu_in[at], b1, g * one_minus_b1);
+    const float v1 = kGradientInMemory ? std::fma(g * g, one_minus_b2, nu_in[at] * b2)
+                                       : std::fma(nu_in[at], b2, (g * g) * one_minus_b2);
+    const float step = (m1 * mu_scale) / (std::sqrt(v1 * nu_scale) + eps);
+    p_new[at] = std::fma(neg_lr, step, w);
+    mu_new[at] = m1;
+    nu_new[at] = v1;
+  }
+};
+
+struct Progress {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mutex;
+  std::condition_variable all_done;
+};
+
+// Runs work(unit) for every unit in [0, total) on the pool's threads and the calling thread,
+// and returns when all are done. Work stealing over units: helpers that start late find none
+// left, and the caller never waits for a helper to start, only for units in progress to
+// finish. `work` is copied into the helpers' tasks, which may outlive this call.
+template <typename Work>
+void RunUnits(ffi::ThreadPool& pool, int64_t total, const Work& work) {
+  auto progress = std::make_shared<Progress>();
+  auto drain = [progress, work, total]() {
+    for (int64_t unit; (unit = progress->next.fetch_add(1)) < total;) {
+      work(unit);
+      if (progress->done.fetch_add(1) + 1 == total) {
+        std::lock_guard<std::mutex> lock(progress->mutex);
+        progress->all_done.notify_all();
+      }
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total) - 1;
+  for (int64_t h = 0; h < helpers; ++h) {
+    auto task = drain;
+    pool.Schedule(std::move(task));
+  }
+  drain();
+  std::unique_lock<std::mutex> lock(progress->mutex);
+  progress->all_done.wait(lock, [&] { return progress->done.load() == total; });
+}
+
+ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct0,
+                            ffi::Buffer<ffi::F32> ct_rows, ffi::Buffer<ffi::F32> ct_scale,
+                            ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> live,
+                            ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::F32> p,
+                            ffi::Buffer<ffi::F32> mu, ffi::Buffer<ffi::F32> nu,
+                            ffi::ResultBuffer<ffi::F32> p_out,
+                            ffi::ResultBuffer<ffi::F32> mu_out,
+                            ffi::ResultBuffer<ffi::F32> nu_out,
+                            ffi::ResultBuffer<ffi::F32> d_x_out, float b1, float one_minus_b1,
+                            float b2, float one_minus_b2, float eps) {
+  const auto p_dims = p.dimensions();
+  const auto x_dims = x.dimensions();
+  if (p_dims.size() < 2 || x_dims.size() < 2) {
+    return ffi::Error::InvalidArgument("factored_adam: p and x need at least 2 dimensions");
+  }
+  const int64_t m = p_dims[p_dims.size() - 2];
+  const int64_t n = p_dims[p_dims.size() - 1];
+  const int64_t k = x_dims[x_dims.size() - 2];
+  const int64_t size = static_cast<int64_t>(p.element_count());
+  const int64_t runs = m > 0 && n > 0 ? size / (m * n) : 0;
+  if (k < 1 || static_cast<int64_t>(ct0.element_count()) != runs * m ||
+      static_cast<int64_t>(ct_rows.element_count()) != runs * (k - 1) * m ||
+      static_cast<int64_t>(ct_scale.element_count()) != runs * (k - 1) ||
+      static_cast<int64_t>(x.element_count()) != runs * k * n ||
+      static_cast<int64_t>(live.element_count()) != runs ||
+      static_cast<int64_t>(scalars.element_count()) != runs * 3 ||
+      static_cast<int64_t>(d_x_out->element_count()) != runs * k * n) {
+    return ffi::Error::InvalidArgument("factored_adam: operand shapes do not match");
+  }
+  const int64_t blocks_per_run = (m + kBlockRows - 1) / kBlockRows;
+  const int64_t total = runs * blocks_per_run;
+  float* d_x = d_x_out->typed_data();
+  std::fill(d_x, d_x + runs * k * n, 0.0f);
+  if (total == 0) return ffi::Error::Success();
+  // Each block's sums of the input gradient, added up in block order once all are done.
+  std::unique_ptr<float[]> partial_sums(new float[total * k * n]);
+  float* partials = partial_sums.get();
+  const float* ct0_data = ct0.typed_data();
+  const float* ct_rows_data = ct_rows.typed_data();
+  const float* ct_scale_data = ct_scale.typed_data();
+  const float* x_data = x.typed_data();
+  const int32_t* live_data = live.typed_data();
+  const float* scalar_data = scalars.typed_data();
+  const float* p_in = p.typed_data();
+  const float* mu_in = mu.typed_data();
+  const float* nu_in = nu.typed_data();
+  float* p_new = p_out->typed_data();
+  float* mu_new = mu_out->typed_data();
+  float* nu_new = nu_out->typed_data();
+
+  // With several gradient rows, the kernel's rows are handled in tiles of kTileRows, copied
+  // (before the update) into rows padded with zeros to a whole number of kLanes floats. For
+  // each kLanes-wide column of a tile, the tile's rows stay in registers while the input
+  // gradient's row sums and the gradient's sums over the rows run over them. With one row,
+  // its gradient and its input gradient terms are computed in the update's own loop.
+  const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
+  auto update_block = [=](int64_t unit) {
+    const int64_t b = unit / blocks_per_run;
+    const int64_t j_begin = (unit % blocks_per_run) * kBlockRows;
+    const int64_t j_end = std::min(m, j_begin + kBlockRows);
+    const int64_t rows = std::min<int64_t>(k, std::max<int32_t>(live_data[b], 0));
+    const float neg_lr = scalar_data[3 * b];
+    const float mu_scale = scalar_data[3 * b + 1];
+    const float nu_scale = scalar_data[3 * b + 2];
+    const float* c0 = ct0_data + b * m;
+    const float* c_rows = ct_rows_data + b * (k - 1) * m;
+    const float* c_scale = ct_scale_data + b * (k - 1);
+    // x's rows, the block's input gradient sums, a tile's kernel rows and their gradients,
+    // each row padded, and the tile's rows of ct; zeros to start with.
+    std::unique_ptr<float[]> scratch(
+        new float[(2 * rows + 2 * kTileRows) * padded + rows * kTileRows]());
+    float* xs = scratch.get();
+    float* d = xs + rows * padded;
+    float* tile = d + rows * padded;
+    float* g = tile + kTileRows * padded;
+    float* cs = g + kTileRows * padded;  // cs[r * kTileRows + t] = ct[r, j0 + t]
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(x_data + (b * k + r) * n, x_data + (b * k + r + 1) * n, xs + r * padded);
+    }
+    // Adam's update of entry `at` + i, whose value before it is w and gradient gi.
+    const AdamUpdate update{mu_in, nu_in, p_new, mu_new, nu_new, b1, one_minus_b1, b2,
+                            one_minus_b2, eps, neg_lr, mu_scale, nu_scale};
+    if (rows == 1) {
+      for (int64_t j = j_begin; j < j_end; ++j) {
+        const int64_t at = (b * m + j) * n;
+        const float c = c0[j];
+#pragma GCC ivdep
+        for (int64_t i = 0; i < n; ++i) {
+          const float w = p_in[at + i];
+          d[i] = std::fma(c, w, d[i]);
+          update.apply<false>(at + i, c * xs[i], w);
+        }
+      }
+    }
+    for (int64_t j0 = j_begin; j0 < j_end && rows != 1; j0 += kTileRows) {
+      const int64_t tile_rows = std::min(kTileRows, j_end - j0);
+      for (int64_t t = 0; t < tile_rows; ++t) {  // before the update overwrites p (in place)
+        std::copy(p_in + (b * m + j0 + t) * n, p_in + (b * m + j0 + t + 1) * n,
+                  tile + t * padded);
+        if (rows > 0) cs[t] = c0[j0 + t];
+        for (int64_t r = 1; r < rows; ++r) {
+          cs[r * kTileRows + t] = c_scale[r - 1] * c_rows[(r - 1) * m + j0 + t];
+        }
+      }
+      for (int64_t i0 = 0; i0 < padded && rows > 0; i0 += kLanes) {
+        Lanes w[kTileRows];
+        for (int64_t t = 0; t < tile_rows; ++t) w[t] = load(tile + t * padded + i0);
+        for (int64_t r = 0; r < rows; ++r) {  // d[r] += sum over the tile's rows t of c[r, t] w[t]
+          const float* cr = cs + r * kTileRows;
+          Lanes sum = load(d + r * padded + i0);
+          for (int64_t t = 0; t < tile_rows; ++t) sum = fma(broadcast(cr[t]), w[t], sum);
+          store(d + r * padded + i0, sum);
+        }
+        for (int64_t t = 0; t < tile_rows; ++t) {
+          // XLA's sum of products: fma(c0, x0, c1 * x1), then fma(cr, xr, sum)
+          Lanes sum = fma(broadcast(cs[t]), load(xs + i0),
+                          mul(broadcast(cs[kTileRows + t]), load(xs + padded + i0)));
+          for (int64_t r = 2; r < rows; ++r) {
+            sum = fma(broadcast(cs[r * kTileRows + t]), load(xs + r * padded + i0), sum);
+          }
+          store(g + t * padded + i0, sum);
+        }
+      }
+      for (int64_t t = 0; t < tile_rows; ++t) {
+        const int64_t at = (b * m + j0 + t) * n;
+        const float* gt = g + t * padded;
+        const float* wt = tile + t * padded;
+#pragma GCC ivdep
+        for (int64_t i = 0; i < n; ++i) update.apply<false>(at + i, gt[i], wt[i]);
+      }
+    }
+    float* partial = partials + unit * k * n;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(d + r * padded, d + r * padded + n, partial + r * n);
+    }
+  };
+
+  RunUnits(pool, total, update_block);
+  for (int64_t unit = 0; unit < total; ++unit) {
+    const int64_t b = unit / blocks_per_run;
+    const int64_t rows = std::min<int64_t>(k, std::max<int32_t>(live_data[b], 0));
+    const float* d = partials + unit * k * n;
+    float* out = d_x + b * k * n;
+    for (int64_t i = 0; i < rows * n; ++i) out[i] += d[i];
+  }
+  return ffi::Error::Success();
+}
+
+
+// ChunkDenseBackward over I kernel rows i, i + 1, ... and the columns [j_begin, j_end) of a
+// block, for G rows of ct (G and I template arguments, so that the G * I sums stay in
+// registers, and each vector of ct read serves I kernel rows): adds their terms to d_kernel's
+// rows (which `first` starts from 0) and stores their d_x sums.
+struct RowPass {
+  const float* kernel_row;  // kernel[i, :]; row i + u at kernel_row + u * m
+  float* d_kernel_row;  // d_kernel[i, :], likewise
+  const float* ct;  // ct[r0, :]; row r0 + t at ct + t * m
+  const float* x;  // x[r0, i]; x[r0 + t, i + u] at x + t * n + u
+  float* d_x;  // the block's sum for d_x[r0, i], laid out as x
+  int64_t n, m, j_begin, j_lanes_end, j_end;
+  bool first;
+};
+
+template <int G, int I>
+void ChunkRowPass(const RowPass& a) {
+  Lanes sums[G][I];
+  float tail_sums[G][I];
+  for (int t = 0; t < G; ++t) {
+    for (int u = 0; u < I; ++u) {
+      sums[t][u] = zero();
+      tail_sums[t][u] = 0.0f;
+    }
+  }
+  for (int64_t j = a.j_begin; j < a.j_lanes_end; j += kLanes) {
+    Lanes w[I], g[I];
+    for (int u = 0; u < I; ++u) {
+      w[u] = load(a.kernel_row + u * a.m + j);
+      g[u] = a.first ? zero() : load(a.d_kernel_row + u * a.m + j);
+    }
+    for (int t = 0; t < G; ++t) {
+      const Lanes c = load(a.ct + t * a.m + j);
+      for (int u = 0; u < I; ++u) {
+        g[u] = fma(broadcast(a.x[t * a.n + u]), c, g[u]);
+        sums[t][u] = fma(c, w[u], sums[t][u]);
+      }
+    }
+    for (int u = 0; u < I; ++u) store(a.d_kernel_row + u * a.m + j, g[u]);
+  }
+  for (int64_t j = a.j_lanes_end; j < a.j_end; ++j) {
+    for (int u = 0; u < I; ++u) {
+      float g = a.first ? 0.0f : a.d_kernel_row[u * a.m + j];
+      for (int t = 0; t < G; ++t) {
+        const float c = a.ct[t * a.m + j];
+        g = std::fma(a.x[t * a.n + u], c, g);
+        tail_sums[t][u] = std::fma(c, a.kernel_row[u * a.m + j], tail_sums[t][u]);
+      }
+      a.d_kernel_row[u * a.m + j] = g;
+    }
+  }
+  for (int t = 0; t < G; ++t) {
+    for (int u = 0; u < I; ++u) a.d_x[t * a.n + u] = sum_lanes(sums[t][u]) + tail_sums[t][u];
+  }
+}
+
+// ChunkRowPass<rows, I> for rows in 1..sizeof...(G).
+template <int I, int... G>
+void ChunkRowPassOf(int64_t rows, const RowPass& a, std::integer_sequence<int, G...>) {
+  ((rows == G + 1 ? ChunkRowPass<G + 1, I>(a) : void()), ...);
+}
+
+ffi::Error ChunkDenseBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                  ffi::Buffer<ffi::F32> ct, ffi::Buffer<ffi::F32> kernel,
+                                  ffi::ResultBuffer<ffi::F32> d_kernel_out,
+                                  ffi::ResultBuffer<ffi::F32> d_x_out) {
+  const auto x_dims = x.dimensions();
+  const auto kernel_dims = kernel.dimensions();
+  if (x_dims.size() < 2 || kernel_dims.size() < 2) {
+    return ffi::Error::InvalidArgument("chunk_dense_backward: x and kernel need 2 dimensions");
+  }
+  const int64_t rows = x_dims[x_dims.size() - 2];
+  const int64_t n = x_dims[x_dims.size() - 1];
+  const int64_t m = kernel_dims[kernel_dims.size() - 1];
+  const int64_t runs = rows > 0 && n > 0 ? static_cast<int64_t>(x.element_count()) / (rows * n) : 0;
+  if (kernel_dims[kernel_dims.size() - 2] != n ||
+      static_cast<int64_t>(kernel.element_count()) != runs * n * m ||
+      static_cast<int64_t>(ct.element_count()) != runs * rows * m ||
+      static_cast<int64_t>(d_kernel_out->element_count()) != runs * n * m ||
+      static_cast<int64_t>(d_x_out->element_count()) != runs * rows * n) {
+    return ffi::Error::InvalidArgument("chunk_dense_backward: operand shapes do not match");
+  }
+  float* d_x = d_x_out->typed_data();
+  float* d_kernel = d_kernel_out->typed_data();
+  std::fill(d_x, d_x + runs * rows * n, 0.0f);
+  const int64_t blocks_per_run = (m + kBlockColumns - 1) / kBlockColumns;
+  const int64_t total = runs * blocks_per_run;
+  if (total == 0 || rows == 0) {
+    std::fill(d_kernel, d_kernel + runs * n * m, 0.0f);
+    return ffi::Error::Success();
+  }
+  // Each block's d_x sums, added up in block order once all are done.
+  std::unique_ptr<float[]> partial_sums(new float[total * rows * n]);
+  float* partials = partial_sums.get();
+  const float* x_data = x.typed_data();
+  const float* ct_data = ct.typed_data();
+  const float* kernel_data = kernel.typed_data();
+  // ct's rows in passes of at most kGroupRows, as even as they go.
+  const int64_t passes = (rows + kGroupRows - 1) / kGroupRows;
+  const int64_t group = (rows + passes - 1) / passes;
+  auto run_block = [=](int64_t unit) {
+    const int64_t b = unit / blocks_per_run;
+    const int64_t j_begin = (unit % blocks_per_run) * kBlockColumns;
+    const int64_t j_end = std::min(m, j_begin + kBlockColumns);
+    RowPass a;
+    a.n = n;
+    a.m = m;
+    a.j_begin = j_begin;
+    a.j_end = j_end;
+    a.j_lanes_end = j_begin + (j_end - j_begin) / kLanes * kLanes;
+    for (int64_t i = 0; i < n; i += kPairRows) {  // two kernel rows at a time, the last alone
+      a.kernel_row = kernel_data + (b * n + i) * m;
+      a.d_kernel_row = d_kernel + (b * n + i) * m;
+      for (int64_t r0 = 0; r0 < rows; r0 += group) {
+        a.ct = ct_data + (b * rows + r0) * m;
+        a.x = x_data + (b * rows + r0) * n + i;
+        a.d_x = partials + (unit * rows + r0) * n + i;
+        a.first = r0 == 0;
+        const int64_t size = std::min(group, rows - r0);
+        if (i + 1 < n) {
+          ChunkRowPassOf<kPairRows>(size, a, std::make_integer_sequence<int, kGroupRows>());
+        } else {
+          ChunkRowPassOf<1>(size, a, std::make_integer_sequence<int, kGroupRows>());
+        }
+      }
+    }
+  };
+  RunUnits(pool, total, run_block);
+  for (int64_t unit = 0; unit < total; ++unit) {
+    const float* d = partials + unit * rows * n;
+    float* out = d_x + unit / blocks_per_run * rows * n;
+    for (int64_t i = 0; i < rows * n; ++i) out[i] += d[i];
+  }
+  return ffi::Error::Success();
+}
+
+
+ffi::Error DenseAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
+                         ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::F32> p,
+                         ffi::Buffer<ffi::F32> mu, ffi::Buffer<ffi::F32> nu,
+                         ffi::ResultBuffer<ffi::F32> p_out, ffi::ResultBuffer<ffi::F32> mu_out,
+                         ffi::ResultBuffer<ffi::F32> nu_out, float b1, float one_minus_b1,
+                         float b2, float one_minus_b2, float eps) {
+  const int64_t runs = static_cast<int64_t>(scalars.element_count()) / 3;
+  const int64_t total_size = static_cast<int64_t>(p.element_count());
+  if (runs < 1 || static_cast<int64_t>(scalars.element_count()) != runs * 3 ||
+      total_size % runs != 0 || static_cast<int64_t>(g.element_count()) != total_size ||
+      static_cast<int64_t>(mu.element_count()) != total_size ||
+      static_cast<int64_t>(nu.element_count()) != total_size) {
+    return ffi::Error::InvalidArgument("dense_adam: operand shapes do not match");
+  }
+  const int64_t size = total_size / runs;
+  const int64_t blocks_per_run = (size + kDenseBlock - 1) / kDenseBlock;
+  const float* g_data = g.typed_data();
+  const float* p_in = p.typed_data();
+  const float* scalar_data = scalars.typed_data();
+  const AdamUpdate common{mu.typed_data(), nu.typed_data(), p_out->typed_data(),
+                          mu_out->typed_data(), nu_out->typed_data(), b1, one_minus_b1, b2,
+                          one_minus_b2, eps, 0.0f, 0.0f, 0.0f};
+  auto update_block = [=](int64_t unit) {
+    const int64_t b = unit / blocks_per_run;
+    AdamUpdate update = common;
+    update.neg_lr = scalar_data[3 * b];
+    update.mu_scale = scalar_data[3 * b + 1];
+    update.nu_scale = scalar_data[3 * b + 2];
+    const int64_t begin = b * size + (unit % blocks_per_run) * kDenseBlock;
+    const int64_t end = std::min(b * size + size, begin + kDenseBlock);
+#pragma GCC ivdep
+    for (int64_t at = begin; at < end; ++at) update.apply<true>(at, g_data[at], p_in[at]);
+  };
+  if (size > 0) RunUnits(pool, runs * blocks_per_run, update_block);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FactoredAdam, FactoredAdamImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ct0 [..., m]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // rows [..., k - 1, m]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale [..., k - 1]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [..., k, n]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // live [...]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scalars [..., 3]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // p [..., m, n]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mu
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // nu
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // p'
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // mu'
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // nu'
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_x [..., k, n]
+                                  .Attr<float>("b1")
+                                  .Attr<float>("one_minus_b1")
+                                  .Attr<float>("b2")
+                                  .Attr<float>("one_minus_b2")
+                                  .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ChunkDenseBackward, ChunkDenseBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [..., rows, n]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ct [..., rows, m]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel [..., n, m]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_kernel [..., n, m]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // d_x [..., rows, n]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DenseAdam, DenseAdamImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // g [..., size]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scalars [..., 3]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // p [..., size]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mu
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // nu
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // p'
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // mu'
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // nu'
+                                  .Attr<float>("b1")
+                                  .Attr<float>("one_minus_b1")
+                                  .Attr<float>("b2")
+                                  .Attr<float>("one_minus_b2")
+                                  .Attr<float>("eps"));

@@ -1,0 +1,91 @@
+"""The C++ kernels XLA:CPU calls (cpu_kernels.cc): built on first use, registered with XLA.
+
+cpu_kernels.cc holds the XLA FFI custom calls that replace XLA:CPU's own
+code where it is slow: FactoredAdam (factored_adam.py) and ChunkDenseBackward
+(hypernet.chunk_dense). They are compiled on first use with the C++ compiler
+($CXX, else g++) against the XLA FFI headers that ship with jaxlib, for this
+machine's CPU (-march=native), into one library in
+~/.cache/hypermask_jax/kernels (one file per source, jaxlib, compiler and
+CPU; about 3 s). Where that fails (no compiler, say), `unavailable_reason`
+says why, and backend.py chooses XLA's own code with a warning.
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import subprocess
+import tempfile
+
+import jax
+
+SOURCE = pathlib.Path(__file__).with_name('cpu_kernels.cc')
+# XLA's names for the kernels, which compiled programs call them by: named after the source,
+# so that a program compiled against other kernels (in the persistent compilation cache, say)
+# never calls these, and two checkouts' kernels can be loaded in one process
+# (experiments/compare_checkouts.py).
+_SOURCE_TEXT = SOURCE.read_text()  # what is built, whatever the file holds by then
+_VERSION = hashlib.sha256(_SOURCE_TEXT.encode()).hexdigest()[:12]
+TARGETS = {'FactoredAdam': f'hypermask_factored_adam_{_VERSION}',
+           'DenseAdam': f'hypermask_dense_adam_{_VERSION}',
+           'ChunkDenseBackward': f'hypermask_chunk_dense_backward_{_VERSION}'}
+CACHE = '~/.cache/hypermask_jax/kernels'
+FLAGS = ('-O3', '-march=native', '-ffp-contract=off', '-fno-math-errno', '-std=c++17',
+         '-shared', '-fPIC')
+
+
+def _cpu_id():
+  """The CPU's model and features, for the compiled library's key (-march=native)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      lines = [line for line in f if line.startswith(('model name', 'flags', 'Features'))]
+    return ''.join(sorted(set(lines)))
+  except OSError:
+    return platform.processor()
+
+
+@functools.cache
+def library():
+  """The compiled kernels, registered with XLA under TARGETS' names; builds them if needed.
+  Raises OSError or subprocess.CalledProcessError where they cannot be built or loaded."""
+  compiler = os.environ.get('CXX', 'g++')
+  key = hashlib.sha256(b'\0'.join([
+      _SOURCE_TEXT.encode(), jax.lib.__version__.encode(), compiler.encode(),
+      ' '.join(FLAGS).encode(),
+      platform.machine().encode(), _cpu_id().encode()])).hexdigest()[:16]
+  folder = pathlib.Path(os.path.expanduser(CACHE))
+  path = folder / f'cpu_kernels-{key}.so'
+  if not path.exists():
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.so.tmp')  # another process may build it too
+    os.close(fd)
+    try:
+      subprocess.run([compiler, *FLAGS, '-isystem', jax.ffi.include_dir(), '-x', 'c++', '-',
+                      '-o', tmp], input=_SOURCE_TEXT, check=True, capture_output=True,
+                     text=True, timeout=300)
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  loaded = ctypes.cdll.LoadLibrary(str(path))
+  for symbol, target in TARGETS.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(loaded, symbol)),
+                                platform='cpu')
+  return loaded
+
+
+@functools.cache
+def unavailable_reason():
+  """Why the kernels cannot run here ('' where they can): not on CPU, or they did not build."""
+  if jax.default_backend() != 'cpu':
+    return f'they run only on CPU (the backend is {jax.default_backend()})'
+  try:
+    library()
+  except subprocess.CalledProcessError as e:
+    lines = (e.stderr or '').strip().splitlines()
+    return f'compiling them failed ({lines[-1] if lines else e})'
+  except (OSError, subprocess.SubprocessError) as e:
+    return f'compiling them failed ({type(e).__name__}: {e})'
+  return ''

@@ -1,0 +1,130 @@
+"""The C++ kernels (cpu_kernels.py): how they are built, and the chunk layer's backward pass
+(hypernet.chunk_dense_backward_ffi) against its two products in float64. The Adam kernel's
+numbers are checked in tests/test_factored_adam.py."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hypermask_jax import backend
+from hypermask_jax import cpu_kernels
+from hypermask_jax import hypernet
+from tests.conftest import needs_cpu_kernels
+
+
+def operands(rows, n, m, seed=0):
+  r = np.random.default_rng(seed)
+  return tuple(jnp.asarray(r.standard_normal(shape), jnp.float32)
+               for shape in ((rows, n), (rows, m), (n, m)))
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize('rows,n,m', [
+    (25, 25, 4100),  # HNET Permuted MNIST's fan-in: 4 passes of 7, 6, 6, 6 rows; 5 blocks, a tail
+    (12, 10, 42000),  # HNET Split MNIST's layer
+    (3, 5, 37),  # one block, shorter than two vectors
+    (8, 1, 1024)])  # one pass of 8 rows, exactly one block
+def test_the_chunk_backward_kernel_is_the_two_products(rows, n, m):
+  """d_kernel = x^T ct and d_x = ct kernel^T, each within float32 rounding of the float64
+  products (relative to their largest entries)."""
+  x, ct, kernel = operands(rows, n, m)
+  d_kernel, d_x = jax.jit(hypernet.chunk_dense_backward_ffi)(x, ct, kernel)
+  x64, ct64, kernel64 = (np.asarray(a, np.float64) for a in (x, ct, kernel))
+  for got, want in ((d_kernel, x64.T @ ct64), (d_x, ct64 @ kernel64.T)):
+    assert got.shape == want.shape and got.dtype == jnp.float32
+    assert np.abs(np.asarray(got, np.float64) - want).max() <= 2e-6 * np.abs(want).max()
+
+
+@needs_cpu_kernels
+def test_the_chunk_backward_kernel_under_vmap_is_each_run_alone():
+  runs = [operands(9, 4, 2100, seed) for seed in range(3)]
+  stacked = [jnp.stack(parts) for parts in zip(*runs)]
+  d_kernel, d_x = jax.jit(jax.vmap(hypernet.chunk_dense_backward_ffi))(*stacked)
+  for i, run in enumerate(runs):
+    alone = jax.jit(hypernet.chunk_dense_backward_ffi)(*run)
+    np.testing.assert_array_equal(d_kernel[i], alone[0])
+    np.testing.assert_array_equal(d_x[i], alone[1])
+
+
+@needs_cpu_kernels
+def test_the_chunk_backward_is_the_kernel_on_cpu_for_small_fan_ins_unless_forced(monkeypatch):
+  """The default on CPU: the kernel up to fan-in 64, XLA's products above (Permuted MNIST-100's
+  350), and the compiled backward pass calls the kernel exactly when chosen."""
+  monkeypatch.delenv('HYPERMASK_CHUNK_BACKWARD', raising=False)
+  assert [backend.chunk_backward(n) for n in (10, 25, 64, 65, 350)] == [
+      'ffi', 'ffi', 'ffi', 'direct', 'direct']
+  for forced in ('direct', 'transposed_copy', 'ffi'):
+    monkeypatch.setenv('HYPERMASK_CHUNK_BACKWARD', forced)
+    assert backend.chunk_backward(350) == forced
+    x, ct, kernel = operands(4, 3, 500)
+    grad = jax.grad(lambda x, kernel: jnp.sum(hypernet.chunk_dense(x, kernel, kernel[0]) * ct),
+                    (0, 1))
+    hlo = jax.jit(grad).lower(x, kernel).as_text()
+    assert (cpu_kernels.TARGETS['ChunkDenseBackward'] in hlo) == (forced == 'ffi')
+
+
+def test_kernels_that_cannot_be_built_fall_back_to_xla(monkeypatch, tmp_path):
+  """No compiler: XLA's code, with the reason; forcing a kernel then stops a run before it
+  starts, with one line naming the variable."""
+  monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
+  monkeypatch.setattr(cpu_kernels, 'CACHE', str(tmp_path / 'kernels'))
+  for variable in ('HYPERMASK_FACTORED_ADAM', 'HYPERMASK_CHUNK_BACKWARD'):
+    monkeypatch.delenv(variable, raising=False)
+  cpu_kernels.library.cache_clear()
+  cpu_kernels.unavailable_reason.cache_clear()
+  try:
+    if jax.default_backend() == 'cpu':
+      assert cpu_kernels.unavailable_reason().startswith('compiling them failed (')
+    assert backend.factored_adam() == 'xla'
+    assert [backend.chunk_backward(n) for n in (10, 25)] == ['direct', 'transposed_copy']
+    for variable in ('HYPERMASK_FACTORED_ADAM', 'HYPERMASK_CHUNK_BACKWARD'):
+      monkeypatch.setenv(variable, 'ffi')
+      with pytest.raises(backend.BadVariable, match=f'^{variable}=ffi: its CPU kernel cannot '
+                         'run here: '):
+        backend.check_environment()  # a run checks at its start
+      monkeypatch.delenv(variable)
+  finally:
+    cpu_kernels.library.cache_clear()
+    cpu_kernels.unavailable_reason.cache_clear()
+
+
+@needs_cpu_kernels
+@pytest.mark.slow
+def test_the_kernel_source_compiles_without_warnings(tmp_path):
+  """The flags the library builds with, and -Wall -Wextra: the source stays clean (the XLA
+  headers, included as system headers, are not checked)."""
+  run = subprocess.run([os.environ.get('CXX', 'g++'), *cpu_kernels.FLAGS, '-Wall', '-Wextra',
+                        '-Werror', '-isystem', jax.ffi.include_dir(), str(cpu_kernels.SOURCE),
+                        '-o', str(tmp_path / 'k.so')], capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr[-3000:]
+
+
+@needs_cpu_kernels
+@pytest.mark.slow
+@pytest.mark.parametrize('extra_flags', [('-mno-avx512f',), ('-mno-avx512f', '-mno-avx2', '-mno-fma')])
+def test_the_kernels_built_for_narrower_vectors_give_the_same_numbers(tmp_path, extra_flags):
+  """The kernels' sums run on 16, 8 or 1 float at a time, as the compiler's target allows; built
+  for AVX2 and for no vector extension, they pass the same checks (in a process of their own, as
+  XLA keeps the first kernel registered under a name)."""
+  code = f"""
+from hypermask_jax import cpu_kernels
+cpu_kernels.FLAGS += {extra_flags!r}
+cpu_kernels.CACHE = {str(tmp_path)!r}
+from tests import test_cpu_kernels
+from tests import test_factored_adam
+for rows, live, count in [(1, 1, 0), (4, 3, 0), (10, 10, 7)]:
+  test_factored_adam.test_the_kernel_is_optax_adam_on_the_dense_gradient(rows, live, count)
+for shape in [(25, 25, 4100), (3, 5, 37)]:
+  test_cpu_kernels.test_the_chunk_backward_kernel_is_the_two_products(*shape)
+print('checked')
+"""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=root)
+  assert run.returncode == 0 and run.stdout.strip() == 'checked', run.stderr[-3000:]
+  assert len(list(tmp_path.glob('cpu_kernels-*.so'))) == 1  # built with those flags
