@@ -26,10 +26,10 @@ the memory bandwidth measured in this process just before (a jitted in-place
 stream, x * a + b over a 256 MiB float32 array, counting the bytes read and
 written); and the floating-point operations of one step, as XLA counts them in
 the compiled step with the task fixed (so only the regulariser branch that
-task runs counts), plus the CPU Adam kernel's (hypermask_jax/factored_adam.py,
-a custom call that XLA does not count: the gradient's and the input
-gradient's multiply-adds over the rows in use and Adam's update, counted by
-hand), over the rate of a 1024 x 1024 float32 matmul (8192 x 8192
+task runs counts), plus the CPU kernels' (hypermask_jax/cpu_kernels.cc,
+custom calls that XLA does not count: the factored Adam kernel's gradient and
+input gradient multiply-adds over the rows in use and Adam's update, the chunk
+layer's two backward products, dense Adam's update; counted by hand), over the rate of a 1024 x 1024 float32 matmul (8192 x 8192
 on an accelerator, which a smaller one does not fill) measured in this
 process. The step can be no faster than the larger of the two; the share is
 that floor over the measured step time. The tasks are timed, and the peak
@@ -56,6 +56,7 @@ import numpy as np
 
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
+from hypermask_jax import cpu_kernels
 from hypermask_jax import environment
 from hypermask_jax import errors
 from hypermask_jax import factored_adam
@@ -151,7 +152,7 @@ def matmul_rate(size=1024, repeats=5, passes=8):
 
 def step_flops(trainer, state, data, hp, task):
   """XLA's count of the floating-point operations of one train step at `task`, plus the CPU
-  Adam kernel's (factored_adam.flops), which XLA does not count.
+  kernels' (factored_adam.flops, cpu_kernels.flops), which XLA does not count.
 
   XLA's cost analysis counts a branch point as its largest branch, so the
   step is compiled here with only the branches that `task` runs: the
@@ -171,10 +172,11 @@ def step_flops(trainer, state, data, hp, task):
     trainer.traces['train_step'] = traced  # the traces printed are those of the training program
   cost = compiled.cost_analysis()
   flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
-  if factored_adam.TARGET in compiled.as_text():
+  hlo = compiled.as_text()
+  if factored_adam.TARGET in hlo:
     kernel = state.params['hnet']['out']['kernel']  # [runs, m, n]
     flops += kernel.shape[0] * factored_adam.flops(*kernel.shape[1:], live)
-  return flops
+  return flops + cpu_kernels.flops(hlo)
 
 
 def step_bytes(config, method, params, task):

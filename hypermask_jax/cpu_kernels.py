@@ -13,9 +13,11 @@ says why, and backend.py chooses XLA's own code with a warning.
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import pathlib
 import platform
+import re
 import subprocess
 import tempfile
 
@@ -89,3 +91,24 @@ def unavailable_reason():
   except (OSError, subprocess.SubprocessError) as e:
     return f'compiling them failed ({type(e).__name__}: {e})'
   return ''
+
+
+def flops(hlo):
+  """The floating-point operations of the calls to the kernels that take array operands (the
+  chunk layer's backward pass, dense Adam) in a compiled program's text, which XLA's cost
+  analysis leaves out, from the shapes of their results: 4 rows n m for ChunkDenseBackward
+  (d_kernel [n, m], d_x [rows, n]; the two products' multiply-adds, each counted as 2), 14 per
+  entry for DenseAdam (Adam's update, as factored_adam.flops counts it). FactoredAdam's depend
+  on its live rows, a traced value: factored_adam.flops."""
+  total = 0
+  for line in hlo.splitlines():
+    target = re.search(r'custom_call_target="([^"]+)"', line)
+    if not target or target[1] not in (TARGETS['ChunkDenseBackward'], TARGETS['DenseAdam']):
+      continue
+    results = [[int(d) for d in dims.split(',') if d]
+               for dims in re.findall(r'f32\[([\d,]*)\]', line.split('custom-call(')[0])]
+    if target[1] == TARGETS['DenseAdam']:
+      total += 14 * math.prod(results[0])
+    else:
+      total += 4 * math.prod(results[0]) * results[1][-2]
+  return total

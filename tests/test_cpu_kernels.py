@@ -14,6 +14,7 @@ import pytest
 
 from hypermask_jax import backend
 from hypermask_jax import cpu_kernels
+from hypermask_jax import factored_adam
 from hypermask_jax import hypernet
 from tests.conftest import needs_cpu_kernels
 
@@ -128,3 +129,23 @@ print('checked')
   run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=root)
   assert run.returncode == 0 and run.stdout.strip() == 'checked', run.stderr[-3000:]
   assert len(list(tmp_path.glob('cpu_kernels-*.so'))) == 1  # built with those flags
+
+
+@needs_cpu_kernels
+def test_the_kernels_flops_are_counted_from_the_compiled_program():
+  """cpu_kernels.flops (XLA counts nothing for a custom call): the chunk backward's two
+  products as XLA counts the same products written in jax.numpy, dense Adam's 14 per entry,
+  each call of a vmapped program with its runs."""
+  x, ct, kernel = operands(6, 5, 300)
+  products = lambda x, ct, kernel: (x.T @ ct, ct @ kernel.T)
+  cost = jax.jit(products).lower(x, ct, kernel).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  hlo = jax.jit(hypernet.chunk_dense_backward_ffi).lower(x, ct, kernel).compile().as_text()
+  assert cpu_kernels.flops(hlo) == cost['flops'] == 4 * 6 * 5 * 300
+  twice = jax.jit(jax.vmap(hypernet.chunk_dense_backward_ffi)).lower(
+      *(jnp.stack([a, a]) for a in (x, ct, kernel))).compile().as_text()
+  assert cpu_kernels.flops(twice) == 2 * 4 * 6 * 5 * 300
+  p = jnp.ones((3, 700))
+  adam = jax.jit(lambda g, p, mu, nu: factored_adam.dense_update(g, p, mu, nu, 1e-3, 0))
+  assert cpu_kernels.flops(adam.lower(p, p, p, p).compile().as_text()) == 14 * 2100
+  assert cpu_kernels.flops(jax.jit(products).lower(x, ct, kernel).compile().as_text()) == 0
