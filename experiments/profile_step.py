@@ -25,10 +25,11 @@ without YNNPACK (`hypermask_jax/backend.py`), have most such dots: on HNET
 Permuted MNIST at task 1 the chunk layer's forward, [25, 25] x [25, 78000],
 was listed at 0.04 ms per step, where the same product alone took
 0.30-0.43 ms. The script says so under its list when the list holds a `dot`.
-XLA:CPU records no event for a custom call: the HyperMask steps' Adam update
-of the hypernetwork's output kernel on CPU (`hypermask_jax/factored_adam.py`)
-is not listed, and its time shows only in the step's; the script says so
-when the program holds one.
+XLA:CPU records no event for a custom call: the C++ kernels of
+`hypermask_jax/cpu_kernels.cc` (on CPU, HyperMask's Adam update of the
+hypernetwork's output kernel, Adam over the other large parameters, the
+chunk layer's backward pass) are not listed, and their time shows only in
+the step's; the script says so when the program holds one.
 
 --trace_dir keeps the trace (for TensorBoard's profile plugin or Perfetto)
 and the compiled program's text (`train_chunk.hlo.txt`) in that folder.
@@ -152,8 +153,8 @@ def main(argv):
     print('(on CPU a `dot` run by Eigen may end its event before its work, which then counts '
           'only in the step: its time above can be too small)')
   if jax.default_backend() == 'cpu' and ' custom-call(' in hlo:
-    print('(the program holds a custom call, such as the CPU Adam kernel of '
-          'hypermask_jax/factored_adam.py; the trace has no event for it, so its time counts '
+    print('(the program holds a custom call, such as the CPU kernels of '
+          'hypermask_jax/cpu_kernels.cc; the trace has no event for it, so its time counts '
           'only in the step)')
   if _TRACE_DIR.value:
     print(f'trace and compiled program in {trace_dir}')

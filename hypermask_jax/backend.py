@@ -9,8 +9,8 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 | HYPERMASK_CPU_VECTOR_WIDTH | `256`, `512` | `512` on CPUs with AVX-512, else XLA's own |
 | HYPERMASK_CHUNK_BACKWARD | `ffi`, `direct`, `transposed_copy` | on CPU with one device: `ffi` for fan-in up to 64 where the kernel builds, else `transposed_copy` for fan-in 25-30; elsewhere `direct` |
 | HYPERMASK_ROW_INPUT_GRAD | `fold`, `two_rows` | `fold` on CPU, `two_rows` elsewhere |
-| HYPERMASK_CPU_YNNPACK | `on`, `off` | on CPU: `off` for HNET, `on` for the others |
-| HYPERMASK_FACTORED_ADAM | `ffi`, `xla` | `ffi` on CPU with one device where the kernel builds, else `xla` |
+| HYPERMASK_CPU_YNNPACK | `on`, `off` | on CPU: `off` for HNET unless its chunk layer's backward pass is `ffi`, `on` for the others |
+| HYPERMASK_FACTORED_ADAM | `ffi`, `xla` | `ffi` on CPU with one device where the kernels build, else `xla` |
 
 - HYPERMASK_CONV: how layers.Conv3x3 computes its convolution. Inside a loop
   XLA:CPU runs the gradient convolutions JAX derives 15-40x slower than their
@@ -29,9 +29,25 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   differently.
 - HYPERMASK_CHUNK_BACKWARD: how `hypernet.chunk_dense` computes its backward
   pass. `ffi`: cpu_kernels.cc's ChunkDenseBackward, the kernel's gradient
-  x^T ct and the input's ct @ kernel^T in one pass over the kernel and ct
-  (CHUNK_FFI_NOTE below). Otherwise the kernel's gradient is XLA's product,
-  and the input gradient, ct [rows, m] times the kernel [fan_in, m] transposed: `direct`,
+  x^T ct and the input's ct @ kernel^T together, in one pass over the kernel
+  and ct, where XLA:CPU reads both twice and runs the thin products well
+  below its matmul rate. At HNET Permuted MNIST's size (25 rows of 78,000,
+  fan-in 25) on a 2-core Intel Xeon (Emerald Rapids), both products took
+  1.36-1.82 ms (fastest, median of 40 calls) in the kernel against 2.5-3.7 ms
+  for XLA's forms below, and the published HNET steps, with YNNPACK on as
+  below, went (`experiments/compare_checkouts.py` against the commit
+  before, medians, with dense Adam, factored_adam.py): Permuted MNIST 17.54
+  -> 13.10 ms at task 1 and 30.77 -> 30.42 ms at task 10, Split MNIST 2.87
+  -> 2.68 ms at task 1 and 5.69 -> 5.57 ms at task 5
+  (docs/benchmark_history.md). It is the default on CPU
+  for fan-ins up to 64, where the products are thin; above (Permuted
+  MNIST-100's 350, a product of 4 GFLOP) XLA's blocked matmuls are the
+  faster. The kernel sums d_kernel over the rows in order and d_x in blocks
+  of columns, so both differ from XLA's products by float rounding. The runs
+  of a program split over several devices, and a machine where the kernel
+  cannot be built, use XLA's products. Otherwise the kernel's gradient is
+  XLA's product, and the input gradient, ct [rows, m] times the kernel
+  [fan_in, m] transposed: `direct`,
   one dot contracting both operands' minor axis, or `transposed_copy`, a copy
   of the kernel as [m, fan_in] and a plain dot. Timed alone on the 2-core AMD
   EPYC (Zen 4), for 12 to 372 rows and fan-ins from 4 to 350, XLA:CPU's
@@ -47,8 +63,8 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   dot was no faster than the copy: HNET Permuted MNIST took 20.2 against
   19.8 ms per step at task 10, 8.16 against 8.00 ms at task 1, with the same
   parameters (`experiments/compare_checkouts.py --before=.
-  --before_env=HYPERMASK_CHUNK_INPUT_GRAD=direct`, medians). The two forms
-  may round differently.
+  --before_env=HYPERMASK_CHUNK_INPUT_GRAD=direct`, medians; the variable's
+  name then). The two forms may round differently.
 - HYPERMASK_ROW_INPUT_GRAD: how `wide_dense.WideDense` computes one row's
   input gradient, the row times its [m, n] kernel (the HyperMask steps at
   their first task): `fold`, a matmul of s rows over the kernel viewed as
@@ -78,23 +94,36 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   26.4 ms, +2% to +7% in two). HyperMask with YNNPACK -> without: ResNet-20
   264 -> 716 ms at task 1, Permuted MNIST 220 -> 291 ms and with a chunked
   hypernetwork 88 -> 105 ms at task 10, ZenkeNet 149 -> 172 ms at task 10,
-  Split MNIST 17.4 -> 19.4 ms at task 5. The two round differently; on other
-  backends the option does not exist.
-- HYPERMASK_FACTORED_ADAM: how HyperMask's full hypernetwork's output
-  kernel gets Adam's update: `ffi`, by factored_adam.py's C++ kernel, one
-  pass over the kernel and its two moments that sums only the gradient's
-  rows in use and computes the layer's input gradient on the way, or `xla`,
-  optax's update with the gradient fused into XLA's three loops, and the
-  input gradient XLA's product. Measured in the published Permuted MNIST step: see
-  factored_adam.py and docs/benchmark_history.md. The kernel runs on CPU
-  only; the runs of a program split over several devices use `xla` (XLA
-  cannot partition the kernel's call), and where the kernel cannot be
-  compiled a warning says why and `xla` runs. On GPU and TPU XLA fuses the
-  update into one loop itself. The two sum the input gradient in different
-  orders, so the hidden layers' gradients differ by float rounding; the
-  update itself is the same to the bit for the same gradient (with more than
-  one row in use, a compiler that fused the gradient's sum otherwise could
-  round its last bit differently).
+  Split MNIST 17.4 -> 19.4 ms at task 5. With the chunk layer's backward
+  pass in the CPU kernel (HYPERMASK_CHUNK_BACKWARD=ffi), YNNPACK's slow thin
+  products are gone from the HNET steps, and its faster products of the
+  target network pay: on the 2-core Intel Xeon, with YNNPACK -> without
+  (medians): HNET Permuted MNIST 15.32 -> 17.74 ms at task 1 and 43.45 ->
+  44.60 ms at task 10, HNET Split MNIST 3.55 -> 3.73 ms at task 1 and 7.85 ->
+  8.01 ms at task 5. So HNET steps compile with YNNPACK where that kernel
+  runs their chunk layer, and without it otherwise (Permuted MNIST-100's
+  fan-in 350, the full hypernetwork, no compiler). The two round
+  differently; on other backends the option does not exist.
+- HYPERMASK_FACTORED_ADAM: how the largest parameters get Adam's update.
+  `ffi`: by cpu_kernels.cc's C++ kernels (factored_adam.py): HyperMask's full
+  hypernetwork's output kernel by FactoredAdam, one pass over the kernel and
+  its two moments that sums only the gradient's rows in use and computes the
+  layer's input gradient on the way, and every other array of at least
+  factored_adam.DENSE_MIN_SIZE entries by DenseAdam, one pass in place where
+  XLA:CPU makes three loops (the HNET chunk layer's kernel, the target
+  network's large kernels). `xla`: optax's update, with the factored
+  gradient fused into XLA's three loops, and the input gradient XLA's
+  product. Measured in the published steps: see factored_adam.py and
+  docs/benchmark_history.md. The kernels run on CPU only; the runs of a
+  program split over several devices use `xla` (XLA cannot partition the
+  kernels' calls), and where the kernels cannot be compiled a warning says
+  why and `xla` runs. On GPU and TPU XLA fuses the update into one loop
+  itself. FactoredAdam and XLA sum the input gradient in different orders,
+  so the hidden layers' gradients differ by float rounding; the update
+  itself is the same to the bit for the same gradient (with more than one
+  row in use, a compiler that fused the gradient's sum otherwise could round
+  its last bit differently), and DenseAdam's moments are optax's to the bit
+  and its parameters within the rounding of their last multiply-add.
 
 The variables are read when a function is traced (the compiler options,
 HYPERMASK_CPU_VECTOR_WIDTH and HYPERMASK_CPU_YNNPACK, when a Trainer is
@@ -184,8 +213,9 @@ def chunk_backward(fan_in):
   forced = _forced('HYPERMASK_CHUNK_BACKWARD')
   if forced != 'ffi' and (forced or jax.default_backend() != 'cpu'):
     return forced or 'direct'
-  if _cpu_kernel('HYPERMASK_CHUNK_BACKWARD', forced == 'ffi', "the chunk layer's backward kernel",
-                 'HNET steps use XLA\'s products') and (forced or fan_in <= 64):
+  if (forced or fan_in <= 64) and _cpu_kernel(
+      'HYPERMASK_CHUNK_BACKWARD', forced == 'ffi', "the chunk layer's backward kernel",
+      "the chunked hypernetworks' backward pass uses XLA's products"):
     return 'ffi'
   return 'transposed_copy' if 25 <= fan_in <= 30 else 'direct'
 
@@ -235,12 +265,12 @@ def init_compiler_options(method, chunk_fan_in=None):
 
 
 def factored_adam():
-  """'ffi' or 'xla': how HyperMask's full-hypernetwork kernel gets Adam's update."""
+  """'ffi' or 'xla': how the largest parameters get Adam's update (see above)."""
   forced = _forced('HYPERMASK_FACTORED_ADAM')
   if forced == 'xla':
     return 'xla'
-  return 'ffi' if _cpu_kernel('HYPERMASK_FACTORED_ADAM', forced == 'ffi', 'the CPU Adam kernel',
-                              "HyperMask steps use XLA's Adam") else 'xla'
+  return 'ffi' if _cpu_kernel('HYPERMASK_FACTORED_ADAM', forced == 'ffi', 'the CPU Adam kernels',
+                              "the steps use optax's Adam") else 'xla'
 
 
 def _cpu_kernel(variable, forced, kernel, instead):

@@ -109,10 +109,10 @@ def chunk_dense_backward_ffi(x, ct, kernel):
   XLA:CPU runs these two thin products ([n, r] x [r, m] and [r, m] x [m, n], r
   and n in the tens, m in the tens of thousands) far below its matmul rate,
   reading the kernel and ct once for each and copying the kernel transposed
-  for the second (`backend.py`). The kernel reads both once, for both
-  products: measured in CHUNK_FFI_NOTE (backend.py). It sums d_kernel over
-  the rows in order and d_x over the columns in blocks, so both differ from
-  XLA's products by float rounding.
+  for the second. The kernel reads both once, for both products (measured in
+  backend.py, HYPERMASK_CHUNK_BACKWARD). It sums d_kernel over the rows in
+  order and d_x over the columns in blocks, so both differ from XLA's
+  products by float rounding.
   """
   cpu_kernels.library()  # registers the kernel with XLA
   call = jax.ffi.ffi_call(cpu_kernels.TARGETS['ChunkDenseBackward'],
