@@ -269,15 +269,21 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct0,
           for (int64_t t = 0; t < tile_rows; ++t) sum = fma(broadcast(cr[t]), w[t], sum);
           store(d + r * padded + i0, sum);
         }
-        for (int64_t t = 0; t < tile_rows; ++t) {
-          // XLA's sum of products: fma(c0, x0, c1 * x1), then fma(cr, xr, sum)
-          Lanes sum = fma(broadcast(cs[t]), load(xs + i0),
-                          mul(broadcast(cs[kTileRows + t]), load(xs + padded + i0)));
-          for (int64_t r = 2; r < rows; ++r) {
-            sum = fma(broadcast(cs[r * kTileRows + t]), load(xs + r * padded + i0), sum);
+        // XLA's sum of products for each tile row t: fma(c0, x0, c1 * x1), then fma(cr, xr,
+        // sum), each x row read once for the whole tile (the sums of all kTileRows rows, in
+        // registers; past tile_rows they are not used).
+        Lanes sums[kTileRows];
+        const Lanes x1 = load(xs + padded + i0);
+        for (int64_t t = 0; t < kTileRows; ++t) sums[t] = mul(broadcast(cs[kTileRows + t]), x1);
+        const Lanes x0 = load(xs + i0);
+        for (int64_t t = 0; t < kTileRows; ++t) sums[t] = fma(broadcast(cs[t]), x0, sums[t]);
+        for (int64_t r = 2; r < rows; ++r) {
+          const Lanes xr = load(xs + r * padded + i0);
+          for (int64_t t = 0; t < kTileRows; ++t) {
+            sums[t] = fma(broadcast(cs[r * kTileRows + t]), xr, sums[t]);
           }
-          store(g + t * padded + i0, sum);
         }
+        for (int64_t t = 0; t < kTileRows; ++t) store(g + t * padded + i0, sums[t]);
       }
       for (int64_t t = 0; t < tile_rows; ++t) {
         const int64_t at = (b * m + j0 + t) * n;
