@@ -384,9 +384,9 @@ ffi::Error ChunkDenseBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const int64_t rows = x_dims[x_dims.size() - 2];
   const int64_t n = x_dims[x_dims.size() - 1];
   const int64_t m = kernel_dims[kernel_dims.size() - 1];
-  const int64_t runs = rows > 0 && n > 0 ? static_cast<int64_t>(x.element_count()) / (rows * n) : 0;
+  const int64_t runs = n > 0 && m > 0 ? static_cast<int64_t>(kernel.element_count()) / (n * m) : 0;
   if (kernel_dims[kernel_dims.size() - 2] != n ||
-      static_cast<int64_t>(kernel.element_count()) != runs * n * m ||
+      static_cast<int64_t>(x.element_count()) != runs * rows * n ||
       static_cast<int64_t>(ct.element_count()) != runs * rows * m ||
       static_cast<int64_t>(d_kernel_out->element_count()) != runs * n * m ||
       static_cast<int64_t>(d_x_out->element_count()) != runs * rows * n) {

@@ -147,8 +147,9 @@ def update(grad, p, mu, nu, learning_rate, count):
 
 
 def dense_update(grad, p, mu, nu, learning_rate, count):
-  """(p', mu', nu') for a leaf with an array gradient, by the kernel: optax.adam's update and
-  optax.apply_updates to the bit (one pass in place, where XLA makes three loops)."""
+  """(p', mu', nu') for a leaf with an array gradient, by DenseAdam in one pass in place, where
+  XLA makes three loops: optax.adam's update and optax.apply_updates, the moments to the bit and
+  p within the rounding of its last multiply-add (see above)."""
   cpu_kernels.library()  # registers the kernel with XLA
   call = jax.ffi.ffi_call(cpu_kernels.TARGETS['DenseAdam'],
                           (jax.ShapeDtypeStruct(p.shape, p.dtype),) * 3,
