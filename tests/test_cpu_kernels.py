@@ -16,6 +16,10 @@ from hypermask_jax import backend
 from hypermask_jax import cpu_kernels
 from hypermask_jax import factored_adam
 from hypermask_jax import hypernet
+from hypermask_jax import trainer as trainer_lib
+from hypermask_jax.methods.hnet import HNET
+from tests import test_hnet
+from tests.conftest import fresh_program
 from tests.conftest import needs_cpu_kernels
 
 
@@ -149,3 +153,31 @@ def test_the_kernels_flops_are_counted_from_the_compiled_program():
   adam = jax.jit(lambda g, p, mu, nu: factored_adam.dense_update(g, p, mu, nu, 1e-3, 0))
   assert cpu_kernels.flops(adam.lower(p, p, p, p).compile().as_text()) == 14 * 2100
   assert cpu_kernels.flops(jax.jit(products).lower(x, ct, kernel).compile().as_text()) == 0
+
+
+@needs_cpu_kernels
+@pytest.mark.slow  # compiles the step twice
+def test_hnet_training_with_the_chunk_backward_kernel_matches_xlas_products(
+    synthetic_task_set, monkeypatch):
+  """Two tasks of a small HNET program (the second regularising the first, with the
+  lookahead), the chunk layer's backward pass by the kernel and by XLA's products, YNNPACK off
+  in both: the same losses within float rounding, and one trace of the step each."""
+  config = test_hnet.tiny_config(num_tasks=2)
+  monkeypatch.setenv('HYPERMASK_CPU_YNNPACK', 'off')
+  losses = {}
+  for form in ('ffi', 'direct'):
+    monkeypatch.setenv('HYPERMASK_CHUNK_BACKWARD', form)
+    trainer = trainer_lib.Trainer(config, HNET(config, synthetic_task_set.input_shape,
+                                               synthetic_task_set.num_classes))
+    state, data, hp = fresh_program(trainer, synthetic_task_set)
+    hlo = trainer.train_steps.lower(state, data, hp, np.int32(5)).compile().as_text()
+    assert (cpu_kernels.TARGETS['ChunkDenseBackward'] in hlo) == (form == 'ffi')
+    per_task = []
+    for task in range(2):
+      state = trainer.begin_task(state, task, hp)
+      state, metrics = trainer.train_steps(state, data, hp, np.int32(5))
+      per_task.append(np.asarray(metrics['loss'])[..., :5])
+    losses[form] = np.stack(per_task)
+    assert trainer.traces['train_step'] == 1
+  assert np.all(np.isfinite(losses['ffi']))
+  np.testing.assert_allclose(losses['ffi'], losses['direct'], rtol=1e-5)
