@@ -1,13 +1,14 @@
 """The C++ kernels XLA:CPU calls (cpu_kernels.cc): built on first use, registered with XLA.
 
 cpu_kernels.cc holds the XLA FFI custom calls that replace XLA:CPU's own
-code where it is slow: FactoredAdam (factored_adam.py) and ChunkDenseBackward
-(hypernet.chunk_dense). They are compiled on first use with the C++ compiler
-($CXX, else g++) against the XLA FFI headers that ship with jaxlib, for this
-machine's CPU (-march=native), into one library in
+code where it is slow: FactoredAdam and DenseAdam (factored_adam.py) and
+ChunkDenseBackward (hypernet.chunk_dense). They are compiled on first use
+with the C++ compiler ($CXX, else g++) against the XLA FFI headers that ship
+with jaxlib, for this machine's CPU (-march=native), into one library in
 ~/.cache/hypermask_jax/kernels (one file per source, jaxlib, compiler and
-CPU; about 3 s). Where that fails (no compiler, say), `unavailable_reason`
-says why, and backend.py chooses XLA's own code with a warning.
+CPU; about 8 s of one core). Where that fails (no compiler, say),
+`unavailable_reason` says why, and backend.py chooses XLA's own code with a
+warning.
 """
 
 import ctypes
