@@ -24,10 +24,13 @@
 // than n and rows), in one pass over the kernel and the cotangent ct [rows, m]:
 //   d_kernel[i, j] = sum over r of x[r, i] * ct[r, j]   (r in order, fused multiply-adds)
 //   d_x[r, i]      = sum over j of ct[r, j] * kernel[i, j]
-// d_x summed over each block of columns (16 lanes, then the lanes in order), then over the
-// blocks in order, as FactoredAdam's.
+// d_x summed over each block of columns (a vector's lanes, then the lanes in order), then
+// over the blocks in order, as FactoredAdam's.
 //
-// Both split the work into blocks, run on XLA's intra-op threads and the calling thread.
+// DenseAdam: FactoredAdam's update for a parameter whose gradient g is an array (any shape,
+// the runs of a batch laid end to end), in place, one pass.
+//
+// All three split the work into blocks, run on XLA's intra-op threads and the calling thread.
 
 #include <algorithm>
 #include <atomic>
