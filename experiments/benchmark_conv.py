@@ -42,12 +42,14 @@ SHAPES = ((32, 32, 32, 1), (16, 64, 64, 1), (8, 128, 128, 1), (32, 32, 64, 2), (
 
 
 def training_steps(conv):
-  """(params, x, weights) -> --steps steps of SGD on sum(conv(relu(x)) * weights): the params
-  after them and each step's input gradient."""
+  """(params, x, weights) -> --steps steps of SGD on sum(sin(conv(relu(x))) * weights): the
+  params after them and each step's input gradient. (With a loss linear in the conv's output,
+  as until 2026-12-06, the output gradient is the same at every step, so XLA computed the
+  kernel's gradient once, before the loop, and the steps timed the input gradient alone.)"""
 
   def steps(params, x, weights):
     def step(params, _):
-      loss = lambda p, x: jnp.sum(conv.apply({'params': p}, jax.nn.relu(x)) * weights)
+      loss = lambda p, x: jnp.sum(jnp.sin(conv.apply({'params': p}, jax.nn.relu(x))) * weights)
       d_params, d_x = jax.grad(loss, argnums=(0, 1))(params, x)
       return jax.tree.map(lambda p, d: p - 1e-3 * d, params, d_params), d_x
     return jax.lax.scan(step, params, None, length=_STEPS.value)

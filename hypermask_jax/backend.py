@@ -5,7 +5,7 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 
 | variable | values | default |
 |---|---|---|
-| HYPERMASK_CONV | `nhwc_vjp`, `im2col`, `xla` | `nhwc_vjp` on CPU, `xla` elsewhere |
+| HYPERMASK_CONV | `nhwc_vjp`, `im2col`, `xla`, `ffi` | on CPU with one device: `ffi` where the kernels build, else `nhwc_vjp`; elsewhere `xla` |
 | HYPERMASK_CPU_VECTOR_WIDTH | `256`, `512` | `512` on CPUs with AVX-512, else XLA's own |
 | HYPERMASK_CHUNK_BACKWARD | `ffi`, `direct`, `transposed_copy` | on CPU with one device: `ffi` for fan-in up to 64 where the kernel builds, else `transposed_copy` for fan-in 25-30; elsewhere `direct` |
 | HYPERMASK_ROW_INPUT_GRAD | `fold`, `two_rows` | `fold` on CPU, `two_rows` elsewhere |
@@ -18,8 +18,23 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   the form XLA:CPU hands to its convolution library (strided convs stay
   im2col), which made the published ResNet-20 HyperMask step at task 1 on the
   2-core AMD EPYC (Zen 5) 13-24% faster than `im2col` (`layers.Conv3x3`,
-  `layers.nhwc_vjp_conv3x3`). On GPU and TPU XLA's own convolution and
-  gradient (cuDNN, the MXU) are the fast ones.
+  `layers.nhwc_vjp_conv3x3`). `ffi` (`layers.kernel_conv3x3`) runs the
+  convolutions of stride 1 whose channel counts are multiples of 16 (all but
+  the first layer's) and their two gradients in cpu_kernels.cc's Conv3x3 and
+  Conv3x3KernelGrad, the others as `nhwc_vjp`. XLA:CPU's library (YNNPACK)
+  ran ResNet-20's convolutions at 100-240 GFLOP/s in the published step
+  (`experiments/profile_step.py`), the 32-channel ones and the kernels'
+  gradients slowest, and the `nhwc_vjp` kernel gradients' transposed copies
+  of the activations took 24 ms per step more; the kernels ran them at
+  250-290 GFLOP/s alone. On a 2-core Intel Xeon (Emerald Rapids),
+  `experiments/compare_checkouts.py --before=.
+  --before_env=HYPERMASK_CONV=nhwc_vjp`, medians of 5 alternating calls of
+  5 steps at task 1: ResNet-20 467.2 -> 324.9 ms, ZenkeNet 172.4 -> 146.8 ms
+  (docs/benchmark_history.md). Their sums run in another order than
+  YNNPACK's, so the results differ by float rounding. The runs of a program
+  split over several devices, and a machine where the kernels cannot be
+  built, use `nhwc_vjp`. On GPU and TPU XLA's own convolution and gradient
+  (cuDNN, the MXU) are the fast ones.
 - HYPERMASK_CPU_VECTOR_WIDTH: the vector width XLA:CPU compiles for (its
   `xla_cpu_prefer_vector_width`). XLA emits 256-bit vectors even where the
   CPU has 512-bit ones (LLVM's default, against the clock drop of older Intel
@@ -141,7 +156,7 @@ import jax
 from hypermask_jax import errors
 from hypermask_jax import cpu_kernels
 
-CHOICES = {'HYPERMASK_CONV': ('nhwc_vjp', 'im2col', 'xla'),
+CHOICES = {'HYPERMASK_CONV': ('nhwc_vjp', 'im2col', 'xla', 'ffi'),
            'HYPERMASK_CPU_VECTOR_WIDTH': ('256', '512'),
            'HYPERMASK_CHUNK_BACKWARD': ('ffi', 'direct', 'transposed_copy'),
            'HYPERMASK_ROW_INPUT_GRAD': ('fold', 'two_rows'),
@@ -201,11 +216,19 @@ def check_environment():
   factored_adam()  # HYPERMASK_FACTORED_ADAM=ffi where the kernel cannot run
   if _forced('HYPERMASK_CHUNK_BACKWARD') == 'ffi':
     chunk_backward(0)  # likewise
+  if _forced('HYPERMASK_CONV') == 'ffi':
+    conv()  # likewise
 
 
 def conv():
-  """'nhwc_vjp', 'im2col' or 'xla': how 3x3 convolutions are computed (layers.Conv3x3)."""
-  return _forced('HYPERMASK_CONV') or ('nhwc_vjp' if jax.default_backend() == 'cpu' else 'xla')
+  """'ffi', 'nhwc_vjp', 'im2col' or 'xla': how 3x3 convolutions are computed (layers.Conv3x3)."""
+  forced = _forced('HYPERMASK_CONV')
+  if forced != 'ffi' and (forced or jax.default_backend() != 'cpu'):
+    return forced or 'xla'
+  if _cpu_kernel('HYPERMASK_CONV', forced == 'ffi', 'the 3x3 convolution kernel',
+                 "the 3x3 convolutions use XLA's (nhwc_vjp)"):
+    return 'ffi'
+  return 'nhwc_vjp'
 
 
 def chunk_backward(fan_in):
@@ -269,7 +292,7 @@ def factored_adam():
   forced = _forced('HYPERMASK_FACTORED_ADAM')
   if forced == 'xla':
     return 'xla'
-  return 'ffi' if _cpu_kernel('HYPERMASK_FACTORED_ADAM', forced == 'ffi', 'the CPU Adam kernels',
+  return 'ffi' if _cpu_kernel('HYPERMASK_FACTORED_ADAM', forced == 'ffi', 'the CPU Adam kernel',
                               "the steps use optax's Adam") else 'xla'
 
 

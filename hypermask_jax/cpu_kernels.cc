@@ -30,7 +30,20 @@
 // DenseAdam: FactoredAdam's update for a parameter whose gradient g is an array (any shape,
 // the runs of a batch laid end to end), in place, one pass.
 //
-// All three split the work into blocks, run on XLA's intra-op threads and the calling thread.
+// Conv3x3: the 3x3 convolution of stride 1 (layers.kernel_conv3x3), x [N, H, W, C] padded by
+// `padding` zeros on each side, kernel [3, 3, C, F]:
+//   out[n, h, w, f] = sum over i, j < 3 and c of x_padded[n, h + i, w + j, c] * kernel[i, j, c, f]
+// summed in the order (i, j, c), in registers, for tiles of 8 positions of a row and one or
+// two vectors of features; one image per unit of work. (The input's gradient is this
+// convolution of the output gradient with the kernel flipped and transposed.)
+//
+// Conv3x3KernelGrad: the kernel's gradient,
+//   d_kernel[i, j, c, f] = sum over n, h, w of x_padded[n, h + i, w + j, c] * ct[n, h, w, f]
+// summed over each image's positions in order (8 channels and one or two vectors of features
+// in registers), over the images of each of G fixed groups in order, then over the groups in
+// order: the same sums whichever thread runs a group.
+//
+// All split the work into blocks, run on XLA's intra-op threads and the calling thread.
 
 #include <algorithm>
 #include <atomic>
@@ -40,6 +53,7 @@
 #include <memory>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -57,6 +71,8 @@ constexpr int64_t kBlockColumns = 1024;  // ChunkDenseBackward: kernel columns p
 constexpr int64_t kGroupRows = 8;  // ChunkDenseBackward: most cotangent rows per pass
 constexpr int kPairRows = 2;  // ChunkDenseBackward: kernel rows per pass
 constexpr int64_t kDenseBlock = 16384;  // DenseAdam: entries per unit of work
+constexpr int64_t kConvTile = 8;  // Conv3x3: output positions per tile
+constexpr int kGradChannels = 8;  // Conv3x3KernelGrad: input channels per tile
 
 // One vector register of floats, and the operations the sums below need. (The compilers'
 // portable vectors either leave fused multiply-adds out, as GCC's vector extensions do when
@@ -68,6 +84,7 @@ inline Lanes load(const float* from) { return _mm512_loadu_ps(from); }
 inline void store(float* to, Lanes v) { _mm512_storeu_ps(to, v); }
 inline Lanes broadcast(float a) { return _mm512_set1_ps(a); }
 inline Lanes mul(Lanes a, Lanes b) { return _mm512_mul_ps(a, b); }
+inline Lanes add(Lanes a, Lanes b) { return _mm512_add_ps(a, b); }
 inline Lanes fma(Lanes a, Lanes b, Lanes c) { return _mm512_fmadd_ps(a, b, c); }
 inline Lanes zero() { return _mm512_setzero_ps(); }
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -77,6 +94,7 @@ inline Lanes load(const float* from) { return _mm256_loadu_ps(from); }
 inline void store(float* to, Lanes v) { _mm256_storeu_ps(to, v); }
 inline Lanes broadcast(float a) { return _mm256_set1_ps(a); }
 inline Lanes mul(Lanes a, Lanes b) { return _mm256_mul_ps(a, b); }
+inline Lanes add(Lanes a, Lanes b) { return _mm256_add_ps(a, b); }
 inline Lanes fma(Lanes a, Lanes b, Lanes c) { return _mm256_fmadd_ps(a, b, c); }
 inline Lanes zero() { return _mm256_setzero_ps(); }
 #else
@@ -86,6 +104,7 @@ inline Lanes load(const float* from) { return *from; }
 inline void store(float* to, Lanes v) { *to = v; }
 inline Lanes broadcast(float a) { return a; }
 inline Lanes mul(Lanes a, Lanes b) { return a * b; }
+inline Lanes add(Lanes a, Lanes b) { return a + b; }
 inline Lanes fma(Lanes a, Lanes b, Lanes c) { return std::fma(a, b, c); }
 inline Lanes zero() { return 0.0f; }
 #endif
@@ -487,6 +506,203 @@ ffi::Error DenseAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   return ffi::Error::Success();
 }
 
+// Conv3x3 and Conv3x3KernelGrad: one image at a time, copied with its zero border into
+// a buffer of this thread's, reused across calls (which covers the last tile's reads past the
+// image's end).
+struct ConvShape {
+  int64_t images, h, w, c, f, padding, out_h, out_w;
+  int64_t padded_w() const { return w + 2 * padding; }
+  int64_t padded_floats() const { return ((h + 2 * padding) * padded_w() + kConvTile + 2) * c; }
+};
+
+const float* PaddedImage(const float* x, const ConvShape& s) {
+  thread_local std::vector<float> buffer;
+  buffer.assign(s.padded_floats(), 0.0f);
+  const int64_t wp = s.padded_w();
+  for (int64_t h = 0; h < s.h; ++h) {
+    std::copy(x + h * s.w * s.c, x + (h + 1) * s.w * s.c,
+              buffer.data() + ((h + s.padding) * wp + s.padding) * s.c);
+  }
+  return buffer.data();
+}
+
+// kConvTile output positions of one row, V vectors of features from f0: the 9 c terms of
+// each summed into registers, in the order (i, j, c).
+template <int V>
+void ConvTile(const float* padded, const ConvShape& s, const float* kernel, int64_t f0,
+              float* out, int64_t valid) {
+  Lanes acc[kConvTile][V];
+  for (int p = 0; p < kConvTile; ++p) {
+    for (int v = 0; v < V; ++v) acc[p][v] = zero();
+  }
+  const int64_t wp = s.padded_w();
+  for (int64_t i = 0; i < 3; ++i) {
+    for (int64_t j = 0; j < 3; ++j) {
+      const float* x = padded + (i * wp + j) * s.c;
+      const float* k = kernel + (i * 3 + j) * s.c * s.f + f0;
+      for (int64_t c = 0; c < s.c; ++c) {
+        Lanes kv[V];
+        for (int v = 0; v < V; ++v) kv[v] = load(k + c * s.f + v * kLanes);
+        for (int p = 0; p < kConvTile; ++p) {
+          const Lanes xb = broadcast(x[p * s.c + c]);
+          for (int v = 0; v < V; ++v) acc[p][v] = fma(xb, kv[v], acc[p][v]);
+        }
+      }
+    }
+  }
+  for (int p = 0; p < valid; ++p) {
+    for (int v = 0; v < V; ++v) store(out + p * s.f + f0 + v * kLanes, acc[p][v]);
+  }
+}
+
+// d_kernel[i, j, c0 .. c0 + kGradChannels, f0 ..] += the image's sums over its output
+// positions, in order, of padded x times ct.
+template <int V>
+void KernelGradTile(const float* padded, const float* ct, const ConvShape& s, int64_t i,
+                    int64_t j, int64_t c0, int64_t f0, float* d_kernel) {
+  Lanes acc[kGradChannels][V];
+  for (int a = 0; a < kGradChannels; ++a) {
+    for (int v = 0; v < V; ++v) acc[a][v] = zero();
+  }
+  const int64_t wp = s.padded_w();
+  for (int64_t h = 0; h < s.out_h; ++h) {
+    const float* x = padded + ((h + i) * wp + j) * s.c + c0;
+    const float* g = ct + h * s.out_w * s.f + f0;
+    for (int64_t w = 0; w < s.out_w; ++w) {
+      Lanes gv[V];
+      for (int v = 0; v < V; ++v) gv[v] = load(g + w * s.f + v * kLanes);
+      for (int a = 0; a < kGradChannels; ++a) {
+        const Lanes xb = broadcast(x[w * s.c + a]);
+        for (int v = 0; v < V; ++v) acc[a][v] = fma(xb, gv[v], acc[a][v]);
+      }
+    }
+  }
+  float* d = d_kernel + ((i * 3 + j) * s.c + c0) * s.f + f0;
+  for (int a = 0; a < kGradChannels; ++a) {
+    for (int v = 0; v < V; ++v) {
+      float* to = d + a * s.f + v * kLanes;
+      store(to, add(load(to), acc[a][v]));
+    }
+  }
+}
+
+// Reads the shape of a convolution's operands x [..., N, H, W, C] and second [..., A, B, C', F]
+// (the kernel [3, 3, C, F], or the output gradient [N, H', W', F]); runs = the leading count.
+bool ReadConvShape(const ffi::Buffer<ffi::F32>& x, int64_t f, int64_t padding, ConvShape* s,
+                   int64_t* runs) {
+  const auto dims = x.dimensions();
+  if (dims.size() < 4 || padding < 0 || padding > 2) return false;
+  const int64_t n = dims.size();
+  *s = ConvShape{dims[n - 4], dims[n - 3], dims[n - 2], dims[n - 1], f, padding,
+                 dims[n - 3] + 2 * padding - 2, dims[n - 2] + 2 * padding - 2};
+  const int64_t image = s->h * s->w * s->c;
+  *runs = image > 0 && s->images > 0
+              ? static_cast<int64_t>(x.element_count()) / (s->images * image) : 0;
+  return *runs > 0 && s->out_h > 0 && s->out_w > 0 && s->f > 0;
+}
+
+ffi::Error Conv3x3Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                       ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> out,
+                       int64_t padding) {
+  const auto kernel_dims = kernel.dimensions();
+  ConvShape s;
+  int64_t runs;
+  if (kernel_dims.size() < 4 ||
+      !ReadConvShape(x, kernel_dims[kernel_dims.size() - 1], padding, &s, &runs) ||
+      s.f % kLanes != 0 ||
+      static_cast<int64_t>(kernel.element_count()) != runs * 9 * s.c * s.f ||
+      static_cast<int64_t>(out->element_count()) != runs * s.images * s.out_h * s.out_w * s.f) {
+    return ffi::Error::InvalidArgument("conv3x3: operand shapes do not match");
+  }
+  const float* x_data = x.typed_data();
+  const float* kernel_data = kernel.typed_data();
+  float* out_data = out->typed_data();
+  const int64_t pair = s.f % (2 * kLanes) == 0 ? 2 * kLanes : kLanes;
+  auto run_image = [=](int64_t unit) {
+    const float* padded = PaddedImage(x_data + unit * s.h * s.w * s.c, s);
+    const float* k = kernel_data + unit / s.images * 9 * s.c * s.f;
+    float* o = out_data + unit * s.out_h * s.out_w * s.f;
+    for (int64_t f0 = 0; f0 < s.f; f0 += pair) {
+      for (int64_t h = 0; h < s.out_h; ++h) {
+        for (int64_t w0 = 0; w0 < s.out_w; w0 += kConvTile) {
+          const float* at = padded + (h * s.padded_w() + w0) * s.c;
+          float* to = o + (h * s.out_w + w0) * s.f;
+          const int64_t valid = std::min(kConvTile, s.out_w - w0);
+          if (pair == kLanes) {
+            ConvTile<1>(at, s, k, f0, to, valid);
+          } else {
+            ConvTile<2>(at, s, k, f0, to, valid);
+          }
+        }
+      }
+    }
+  };
+  RunUnits(pool, runs * s.images, run_image);
+  return ffi::Error::Success();
+}
+
+ffi::Error Conv3x3KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                 ffi::Buffer<ffi::F32> ct,
+                                 ffi::ResultBuffer<ffi::F32> d_kernel_out,
+                                 ffi::ResultBuffer<ffi::F32> partials_out, int64_t padding) {
+  const auto ct_dims = ct.dimensions();
+  ConvShape s;
+  int64_t runs;
+  if (ct_dims.size() < 4 ||
+      !ReadConvShape(x, ct_dims[ct_dims.size() - 1], padding, &s, &runs) ||
+      s.f % kLanes != 0 || s.c % kGradChannels != 0 ||
+      ct_dims[ct_dims.size() - 3] != s.out_h || ct_dims[ct_dims.size() - 2] != s.out_w ||
+      static_cast<int64_t>(ct.element_count()) != runs * s.images * s.out_h * s.out_w * s.f ||
+      static_cast<int64_t>(d_kernel_out->element_count()) != runs * 9 * s.c * s.f ||
+      partials_out->element_count() % d_kernel_out->element_count() != 0) {
+    return ffi::Error::InvalidArgument("conv3x3_kernel_grad: operand shapes do not match");
+  }
+  const int64_t size = 9 * s.c * s.f;
+  const int64_t groups = static_cast<int64_t>(partials_out->element_count()) / (runs * size);
+  if (groups < 1 || groups > s.images) {
+    return ffi::Error::InvalidArgument("conv3x3_kernel_grad: 1 to N groups of images");
+  }
+  const float* x_data = x.typed_data();
+  const float* ct_data = ct.typed_data();
+  float* partials = partials_out->typed_data();
+  const int64_t pair = s.f % (2 * kLanes) == 0 ? 2 * kLanes : kLanes;
+  auto run_group = [=](int64_t unit) {
+    const int64_t b = unit / groups, g = unit % groups;
+    float* d = partials + unit * size;
+    std::fill(d, d + size, 0.0f);
+    for (int64_t n = b * s.images + g * s.images / groups;
+         n < b * s.images + (g + 1) * s.images / groups; ++n) {
+      const float* padded = PaddedImage(x_data + n * s.h * s.w * s.c, s);
+      const float* g_image = ct_data + n * s.out_h * s.out_w * s.f;
+      for (int64_t i = 0; i < 3; ++i) {
+        for (int64_t j = 0; j < 3; ++j) {
+          for (int64_t c0 = 0; c0 < s.c; c0 += kGradChannels) {
+            for (int64_t f0 = 0; f0 < s.f; f0 += pair) {
+              if (pair == kLanes) {
+                KernelGradTile<1>(padded, g_image, s, i, j, c0, f0, d);
+              } else {
+                KernelGradTile<2>(padded, g_image, s, i, j, c0, f0, d);
+              }
+            }
+          }
+        }
+      }
+    }
+  };
+  RunUnits(pool, runs * groups, run_group);
+  // The groups' sums added in group order: the same result whichever thread ran a group.
+  float* d_kernel = d_kernel_out->typed_data();
+  for (int64_t b = 0; b < runs; ++b) {
+    float* to = d_kernel + b * size;
+    std::copy(partials + b * groups * size, partials + (b * groups + 1) * size, to);
+    for (int64_t g = 1; g < groups; ++g) {
+      const float* from = partials + (b * groups + g) * size;
+      for (int64_t e = 0; e < size; ++e) to[e] += from[e];
+    }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FactoredAdam, FactoredAdamImpl,
@@ -536,3 +752,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DenseAdam, DenseAdamImpl,
                                   .Attr<float>("b2")
                                   .Attr<float>("one_minus_b2")
                                   .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3, Conv3x3Impl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [..., N, H, W, C]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel [..., 3, 3, C, F]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // out [..., N, H', W', F]
+                                  .Attr<int64_t>("padding"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3KernelGrad, Conv3x3KernelGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [..., N, H, W, C]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ct [..., N, H', W', F]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_kernel [..., 3, 3, C, F]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // partials [..., G, 3, 3, C, F]
+                                  .Attr<int64_t>("padding"));

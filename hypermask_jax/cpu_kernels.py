@@ -1,8 +1,9 @@
 """The C++ kernels XLA:CPU calls (cpu_kernels.cc): built on first use, registered with XLA.
 
 cpu_kernels.cc holds the XLA FFI custom calls that replace XLA:CPU's own
-code where it is slow: FactoredAdam and DenseAdam (factored_adam.py) and
-ChunkDenseBackward (hypernet.chunk_dense). They are compiled on first use
+code where it is slow: FactoredAdam and DenseAdam (factored_adam.py),
+ChunkDenseBackward (hypernet.chunk_dense), and Conv3x3 and Conv3x3KernelGrad
+(layers.kernel_conv3x3). They are compiled on first use
 with the C++ compiler ($CXX, else g++) against the XLA FFI headers that ship
 with jaxlib, for this machine's CPU (-march=native), into one library in
 ~/.cache/hypermask_jax/kernels (one file per source, jaxlib, compiler and
@@ -33,7 +34,9 @@ _SOURCE_TEXT = SOURCE.read_text()  # what is built, whatever the file holds by t
 _VERSION = hashlib.sha256(_SOURCE_TEXT.encode()).hexdigest()[:12]
 TARGETS = {'FactoredAdam': f'hypermask_factored_adam_{_VERSION}',
            'DenseAdam': f'hypermask_dense_adam_{_VERSION}',
-           'ChunkDenseBackward': f'hypermask_chunk_dense_backward_{_VERSION}'}
+           'ChunkDenseBackward': f'hypermask_chunk_dense_backward_{_VERSION}',
+           'Conv3x3': f'hypermask_conv3x3_{_VERSION}',
+           'Conv3x3KernelGrad': f'hypermask_conv3x3_kernel_grad_{_VERSION}'}
 CACHE = '~/.cache/hypermask_jax/kernels'
 FLAGS = ('-O3', '-march=native', '-ffp-contract=off', '-fno-math-errno', '-std=c++17',
          '-shared', '-fPIC')
@@ -96,20 +99,40 @@ def unavailable_reason():
 
 def flops(hlo):
   """The floating-point operations of the calls to the kernels that take array operands (the
-  chunk layer's backward pass, dense Adam) in a compiled program's text, which XLA's cost
-  analysis leaves out, from the shapes of their results: 4 rows n m for ChunkDenseBackward
-  (d_kernel [n, m], d_x [rows, n]; the two products' multiply-adds, each counted as 2), 14 per
-  entry for DenseAdam (Adam's update, as factored_adam.flops counts it). FactoredAdam's depend
-  on its live rows, a traced value: factored_adam.flops."""
+  chunk layer's backward pass, dense Adam, the 3x3 convolutions) in a compiled program's text,
+  which XLA's cost analysis leaves out, from the shapes of their results and operands: 4 rows n m
+  for ChunkDenseBackward (d_kernel [n, m], d_x [rows, n]; the two products' multiply-adds, each
+  counted as 2), 14 per entry for DenseAdam (Adam's update, as factored_adam.flops counts it),
+  2 per multiply-add of a kernel tap inside the image for Conv3x3 and Conv3x3KernelGrad (XLA's
+  count of a convolution, which leaves the zero border out). FactoredAdam's depend on its live
+  rows, a traced value: factored_adam.flops."""
+  counted = {TARGETS[name]: name
+             for name in ('ChunkDenseBackward', 'DenseAdam', 'Conv3x3', 'Conv3x3KernelGrad')}
   total = 0
   for line in hlo.splitlines():
     target = re.search(r'custom_call_target="([^"]+)"', line)
-    if not target or target[1] not in (TARGETS['ChunkDenseBackward'], TARGETS['DenseAdam']):
+    if not target or target[1] not in counted:
       continue
-    results = [[int(d) for d in dims.split(',') if d]
-               for dims in re.findall(r'f32\[([\d,]*)\]', line.split('custom-call(')[0])]
-    if target[1] == TARGETS['DenseAdam']:
+    shapes = lambda text: [[int(d) for d in dims.split(',') if d]
+                           for dims in re.findall(r'f32\[([\d,]*)\]', text)]
+    results = shapes(line.split('custom-call(')[0])
+    operands = shapes(line.split('operand_layout_constraints=')[-1].split('custom_call_target')[0]
+                      .split(', api_version')[0])
+    name = counted[target[1]]
+    if name == 'DenseAdam':
       total += 14 * math.prod(results[0])
-    else:
+    elif name == 'ChunkDenseBackward':
       total += 4 * math.prod(results[0]) * results[1][-2]
+    else:  # x [..., N, H, W, C] first; F: the output's or the output gradient's last dimension
+      x, features = operands[0], (results[0] if name == 'Conv3x3' else operands[1])[-1]
+      padding = int(re.search(r'padding = (\d+)', line)[1])
+      total += (2 * math.prod(x[:-3]) * x[-1] * features
+                * _taps(x[-3], padding) * _taps(x[-2], padding))
   return total
+
+
+def _taps(size, padding):
+  """How many of a 3-tap kernel's taps fall inside the input along one dimension of `size`
+  padded by `padding`, summed over the size + 2 padding - 2 outputs."""
+  return sum(0 <= out + tap - padding < size
+             for out in range(size + 2 * padding - 2) for tap in range(3))

@@ -5,8 +5,10 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hypermask_jax import backend
+from hypermask_jax import cpu_kernels
 
 # kaiming-uniform(a=sqrt(5)) = uniform(+-1/sqrt(fan_in)): PyTorch's default weight init.
 TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
@@ -68,9 +70,13 @@ class Conv3x3(nn.Module):
   """A 3x3 conv with bias, PyTorch's nn.Conv2d init and its symmetric zero padding, on NHWC.
 
   backend.conv() picks how (they agree up to float rounding; tests/test_cifar.py
-  runs all three on CPU):
-  - 'nhwc_vjp' (the CPU default): XLA's convolution with `nhwc_vjp_conv3x3`'s
-    gradient; a strided conv as im2col.
+  runs all four on CPU):
+  - 'ffi' (the CPU default where cpu_kernels.py's kernels build):
+    `kernel_conv3x3`, the C++ kernels, for stride 1 and channel counts that
+    are multiples of 16 (all of ResNet-20's and ZenkeNet's but the first
+    layer's 3 inputs); the other convs as 'nhwc_vjp'.
+  - 'nhwc_vjp': XLA's convolution with `nhwc_vjp_conv3x3`'s gradient; a
+    strided conv as im2col.
   - 'im2col': every conv as im2col + matmul.
   - 'xla': XLA's convolution and JAX's own gradient (cuDNN on GPU, the MXU on TPU).
   """
@@ -88,7 +94,9 @@ class Conv3x3(nn.Module):
       pad = ((self.padding, self.padding),) * 2
       return jax.lax.conv_general_dilated(x, kernel, (self.stride,) * 2, pad,
                                           dimension_numbers=NHWC) + bias
-    if form == 'nhwc_vjp' and self.stride == 1:
+    if form == 'ffi' and self.stride == 1 and channels % 16 == 0 and self.features % 16 == 0:
+      return kernel_conv3x3(x, kernel, self.padding) + bias
+    if form in ('ffi', 'nhwc_vjp') and self.stride == 1:
       return nhwc_vjp_conv3x3(x, kernel, self.padding) + bias
     return im2col_conv3x3(x, kernel, self.stride, self.padding) + bias
 
@@ -128,11 +136,14 @@ def nhwc_vjp_conv3x3(x, kernel, padding):
     examples as the features) convolved with the output gradient as
     [H', W', N, F] (a window the output's size), giving [C, 3, 3, F]; where
     that window is large, as a sum over pieces of the batch (kernel_grad_pieces).
-  On the 2-core AMD EPYC (Zen 5), four training steps of one conv (forward,
-  both gradients, `experiments/benchmark_conv.py`, two runs) took 19-21
-  against 48-60 ms as im2col at 32 x 32 x 32 channels, 15-17 against 22-31
-  ms at 16 x 16 x 64, 7.9-8.9 against 10-12 ms at 8 x 8 x 128 (with JAX's
-  own gradient: 794-813, 421-467 and 321-335 ms). A strided conv stays
+  On the 2-core AMD EPYC (Zen 5), four training steps of one conv
+  (`experiments/benchmark_conv.py`, two runs; its loss then left the kernel's
+  gradient out of the loop, so these time the input's) took 19-21 against
+  48-60 ms as im2col at 32 x 32 x 32 channels, 15-17 against 22-31 ms at
+  16 x 16 x 64, 7.9-8.9 against 10-12 ms at 8 x 8 x 128 (with JAX's own
+  gradient: 794-813, 421-467 and 321-335 ms). With both gradients, on a
+  2-core Intel Xeon (Emerald Rapids): 87, 99 and 52 ms against im2col's 145,
+  86 and 51 ms (and `kernel_conv3x3`'s 55, 41 and 42 ms). A strided conv stays
   im2col (Conv3x3): written this way, its input gradient is a convolution of
   the output gradient dilated by the stride, which took 1.0-1.3x im2col's
   time where it was tried, alone.
@@ -161,6 +172,56 @@ def _nhwc_vjp_backward(padding, residuals, ct):
 
 
 nhwc_vjp_conv3x3.defvjp(_nhwc_vjp_forward, _nhwc_vjp_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def kernel_conv3x3(x, kernel, padding):
+  """The 3x3 convolution, stride 1, and its gradients by cpu_kernels.cc's Conv3x3 and
+  Conv3x3KernelGrad (x [N, H, W, C], kernel [3, 3, C, F], C a multiple of 8 and F of the
+  CPU's vector; padding 0-2).
+
+  Each output tile (8 positions of a row, 16 or 32 features) sums its 9 C terms in
+  registers, from the image copied with its zero border into a buffer that stays in
+  cache. The input's gradient is the same kernel's convolution of the output
+  gradient with the flipped, transposed kernel (as nhwc_vjp_conv3x3); the kernel's
+  gradient sums each image's positions in order, the images in 8 fixed groups, then
+  the groups in order, so the result does not depend on the threads. XLA:CPU's
+  library (YNNPACK) ran ResNet-20's convolutions at 100-240 GFLOP/s in the published
+  step, the kernels' gradients slowest (measured in backend.py, HYPERMASK_CONV).
+  The sums' order differs from XLA's, so the results differ by float rounding
+  (tests/test_cifar.py).
+  """
+  return _conv3x3_call(x, kernel, padding)
+
+
+def _conv3x3_call(x, kernel, padding):
+  cpu_kernels.library()  # registers the kernels with XLA
+  n, h, w, _ = x.shape
+  out = jax.ShapeDtypeStruct((n, h + 2 * padding - 2, w + 2 * padding - 2, kernel.shape[-1]),
+                             x.dtype)
+  return jax.ffi.ffi_call(cpu_kernels.TARGETS['Conv3x3'], out, vmap_method='broadcast_all')(
+      x, kernel, padding=np.int64(padding))
+
+
+def _kernel_conv_forward(x, kernel, padding):
+  return kernel_conv3x3(x, kernel, padding), (x, kernel)
+
+
+def _kernel_conv_backward(padding, residuals, ct):
+  x, kernel = residuals
+  d_x = _conv3x3_call(ct, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), 2 - padding)
+  groups = min(KERNEL_GRAD_GROUPS, x.shape[0])
+  d_kernel, _ = jax.ffi.ffi_call(
+      cpu_kernels.TARGETS['Conv3x3KernelGrad'],
+      (jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
+       jax.ShapeDtypeStruct((groups, *kernel.shape), kernel.dtype)),  # the groups' sums
+      vmap_method='broadcast_all')(x, ct, padding=np.int64(padding))
+  return d_x, d_kernel
+
+
+kernel_conv3x3.defvjp(_kernel_conv_forward, _kernel_conv_backward)
+
+KERNEL_GRAD_GROUPS = 8
 
 
 KERNEL_GRAD_PIECE_BYTES = 2 ** 20

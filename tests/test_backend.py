@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from hypermask_jax import backend
+from hypermask_jax import cpu_kernels
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax import wide_dense
 from hypermask_jax.methods import METHODS
@@ -17,9 +18,12 @@ from tests import test_train
 from tests.conftest import fresh_program
 
 
-def test_conv_defaults_to_nhwc_vjp_on_cpu_and_xla_elsewhere(monkeypatch):
+def test_conv_defaults_to_the_kernels_else_nhwc_vjp_on_cpu_and_xla_elsewhere(monkeypatch):
   monkeypatch.delenv('HYPERMASK_CONV', raising=False)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  monkeypatch.setattr(cpu_kernels, 'unavailable_reason', lambda: '')
+  assert backend.conv() == 'ffi'
+  monkeypatch.setattr(cpu_kernels, 'unavailable_reason', lambda: 'no compiler')
   assert backend.conv() == 'nhwc_vjp'
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert backend.conv() == 'xla'
@@ -33,7 +37,7 @@ def test_conv_is_forced_by_the_environment(monkeypatch, value):
 
 def test_a_bad_value_names_the_variable_and_the_choices(monkeypatch):
   monkeypatch.setenv('HYPERMASK_CONV', 'cudnn')
-  with pytest.raises(ValueError, match=r"HYPERMASK_CONV='cudnn'.*nhwc_vjp.*im2col.*xla"):
+  with pytest.raises(ValueError, match=r"HYPERMASK_CONV='cudnn'.*nhwc_vjp.*im2col.*xla.*ffi"):
     backend.conv()
 
 

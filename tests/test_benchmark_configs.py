@@ -9,6 +9,7 @@ import pytest
 
 from experiments import shortened_runs
 from hypermask_jax import config_checks
+from hypermask_jax import cpu_kernels
 
 
 @pytest.mark.parametrize('name', shortened_runs.CONFIGS)
@@ -85,23 +86,28 @@ def run_conv_benchmark(*args):
 
 @pytest.mark.slow
 def test_conv_benchmark_times_every_form_and_they_agree():
-  """Every ResNet-20 conv shape in each HYPERMASK_CONV form, the forms' results within float
-  rounding of the first's (0 for the strided convs, which nhwc_vjp runs as im2col)."""
-  run = run_conv_benchmark('--batch=2', '--steps=2', '--repeats=1')
+  """Every ResNet-20 conv shape in each HYPERMASK_CONV form (by default; ffi where the kernels
+  build), the forms' results within float rounding of the first's (0 for the strided convs,
+  which nhwc_vjp and ffi run as im2col)."""
+  kernels = not cpu_kernels.unavailable_reason()
+  run = run_conv_benchmark('--batch=2', '--steps=2', '--repeats=1',
+                           *([] if kernels else ['--forms=nhwc_vjp,im2col,xla']))
   assert run.returncode == 0, run.stderr
   pattern = (r'(\d+) x +\d+ x +(\d+) -> +(\d+), stride (\d): \| nhwc_vjp +[\d.]+ ms \(difference '
              r'0\.0e\+00\) \| im2col +[\d.]+ ms \(difference (\S+)\) \| xla +[\d.]+ ms '
-             r'\(difference (\S+)\)')
-  rows = re.findall(pattern, run.stdout)
+             r'\(difference (\S+)\)' + (r' \| ffi +[\d.]+ ms \(difference (\S+)\)$' if kernels
+                                      else '()$'))
+  rows = re.findall(pattern, run.stdout, re.M)
   assert [tuple(map(int, row[:4])) for row in rows] == [
       (32, 32, 32, 1), (16, 64, 64, 1), (8, 128, 128, 1), (32, 32, 64, 2), (16, 64, 128, 2)]
-  for *_, stride, im2col, xla in rows:
+  for *_, stride, im2col, xla, ffi in rows:
     assert float(xla) < 1e-4
     assert float(im2col) < 1e-4 and (float(im2col) == 0) == (stride == '2')
+    assert not kernels or float(ffi) < 1e-4 and (float(ffi) == 0) == (stride == '2')
 
 
 def test_conv_benchmark_refuses_an_unknown_form():
   run = run_conv_benchmark('--forms=nhwc_vjp,cudnn')
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1] == (
-      'error: --forms must list some of nhwc_vjp,im2col,xla; got nhwc_vjp,cudnn')
+      'error: --forms must list some of nhwc_vjp,im2col,xla,ffi; got nhwc_vjp,cudnn')

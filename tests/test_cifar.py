@@ -15,6 +15,7 @@ from configs import cifar100_resnet20
 from configs import cifar100_zenkenet
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
+from hypermask_jax import cpu_kernels
 from hypermask_jax import layers
 from hypermask_jax import schedules
 from hypermask_jax import targets
@@ -389,28 +390,33 @@ def test_the_kernel_gradient_is_split_into_the_fewest_pieces_of_at_most_a_mebiby
 
 
 class ConvStack(flax.linen.Module):
-  """Every kind of Conv3x3 the targets use: stride 1 and 2, padding 1 and 0."""
+  """Every kind of Conv3x3 the targets use: stride 1 and 2, padding 1 and 0, with 3, 4 and 16
+  channels (the C++ kernels take the 16-channel layers of stride 1)."""
 
   @flax.linen.compact
   def __call__(self, x):
-    x = jax.nn.relu(layers.Conv3x3(4, stride=2, name='strided')(x))
-    x = jax.nn.relu(layers.Conv3x3(4, name='same')(x))
-    return layers.Conv3x3(3, padding=0, name='valid')(x)
+    x = jax.nn.relu(layers.Conv3x3(16, stride=2, name='strided')(x))
+    x = jax.nn.relu(layers.Conv3x3(16, name='same')(x))
+    x = jax.nn.relu(layers.Conv3x3(16, padding=0, name='valid')(x))
+    x = jax.nn.relu(layers.Conv3x3(4, name='narrow')(x))
+    return layers.Conv3x3(3, padding=0, name='narrow_valid')(x)
 
 
 @pytest.mark.slow
-def test_both_convolution_branches_give_the_same_numbers(monkeypatch):
+def test_the_convolution_branches_give_the_same_numbers(monkeypatch):
   """HYPERMASK_CONV=xla runs on CPU what GPUs and TPUs run, =im2col the CPU's form before
-  nhwc_vjp: outputs and gradients agree with the CPU default's."""
-  x = jax.random.normal(jax.random.key(0), (2, 11, 11, 3))
+  nhwc_vjp, =ffi the C++ kernels (where they build): outputs and gradients agree with
+  nhwc_vjp's."""
+  x = jax.random.normal(jax.random.key(0), (2, 13, 13, 3))
   params = ConvStack().init(jax.random.key(1), x)['params']
   results = {}
-  for branch in ('nhwc_vjp', 'im2col', 'xla'):
+  branches = ('nhwc_vjp', 'im2col', 'xla') + (() if cpu_kernels.unavailable_reason() else ('ffi',))
+  for branch in branches:
     monkeypatch.setenv('HYPERMASK_CONV', branch)
     loss = lambda p, x: jnp.sum(jnp.sin(ConvStack().apply({'params': p}, x)))  # a new function:
     results[branch] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)  # traced anew
   value, grads = results['nhwc_vjp']
-  for other in ('im2col', 'xla'):
+  for other in branches[1:]:
     other_value, other_grads = results[other]
     np.testing.assert_allclose(other_value, value, rtol=1e-5)
     for g, want in zip(jax.tree.leaves(other_grads), jax.tree.leaves(grads)):

@@ -1,6 +1,7 @@
-"""The C++ kernels (cpu_kernels.py): how they are built, and the chunk layer's backward pass
-(hypernet.chunk_dense_backward_ffi) against its two products in float64. The Adam kernel's
-numbers are checked in tests/test_factored_adam.py."""
+"""The C++ kernels (cpu_kernels.py): how they are built, the chunk layer's backward pass
+(hypernet.chunk_dense_backward_ffi) against its two products in float64, and the 3x3
+convolution (layers.kernel_conv3x3) against XLA's in float64. The Adam kernel's numbers are
+checked in tests/test_factored_adam.py."""
 
 import os
 import pathlib
@@ -16,6 +17,7 @@ from hypermask_jax import backend
 from hypermask_jax import cpu_kernels
 from hypermask_jax import factored_adam
 from hypermask_jax import hypernet
+from hypermask_jax import layers
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.methods.hnet import HNET
 from tests import test_hnet
@@ -74,12 +76,75 @@ def test_the_chunk_backward_is_the_kernel_on_cpu_for_small_fan_ins_unless_forced
     assert (cpu_kernels.TARGETS['ChunkDenseBackward'] in hlo) == (forced == 'ffi')
 
 
+def conv_operands(n, h, w, c, f, padding, seed=0):
+  r = np.random.default_rng(seed)
+  shapes = ((n, h, w, c), (3, 3, c, f), (n, h + 2 * padding - 2, w + 2 * padding - 2, f))
+  return tuple(jnp.asarray(r.standard_normal(shape), jnp.float32) for shape in shapes)
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize('n,h,w,c,f,padding', [
+    (3, 9, 13, 16, 32, 1),  # rows of 13: a tile of 8 and a tail of 5; two vectors of features
+    (2, 10, 10, 32, 16, 0),  # one vector of features (on AVX-512); no border
+    (2, 6, 7, 16, 48, 2),  # 48 features: not whole pairs of AVX-512 vectors; the widest border
+    (1, 8, 8, 16, 16, 1)])  # one image: one group for the kernel's gradient
+def test_the_conv_kernels_are_the_convolution_and_its_gradients(n, h, w, c, f, padding):
+  """The output, the input's gradient and the kernel's gradient, each within float32 rounding
+  of XLA's convolution and its gradients in float64 (relative to their largest entries)."""
+  x, kernel, ct = conv_operands(n, h, w, c, f, padding)
+  out, vjp = jax.vjp(lambda x, k: layers.kernel_conv3x3(x, k, padding), x, kernel)
+  got = (out, *jax.jit(vjp)(ct))
+  with jax.enable_x64(True):
+    x64, kernel64, ct64 = (jnp.asarray(a, jnp.float64) for a in (x, kernel, ct))
+    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((padding, padding),) * 2,
+                                                     dimension_numbers=layers.NHWC)
+    want_out, want_vjp = jax.vjp(conv, x64, kernel64)
+    want = (want_out, *want_vjp(ct64))
+    for g, w in zip(got, want):
+      assert g.shape == w.shape and g.dtype == jnp.float32
+      assert np.abs(np.asarray(g, np.float64) - w).max() <= 2e-6 * np.abs(w).max()
+
+
+@needs_cpu_kernels
+def test_the_conv_kernels_under_vmap_are_each_run_alone():
+  runs = [conv_operands(3, 8, 11, 16, 32, 1, seed) for seed in range(3)]
+  def outputs(x, kernel, ct):
+    out, vjp = jax.vjp(lambda x, k: layers.kernel_conv3x3(x, k, 1), x, kernel)
+    return (out, *vjp(ct))
+  stacked = jax.jit(jax.vmap(outputs))(*(jnp.stack(parts) for parts in zip(*runs)))
+  for i, run in enumerate(runs):
+    for batched, alone in zip(stacked, jax.jit(outputs)(*run)):
+      np.testing.assert_array_equal(batched[i], alone)
+
+
+@needs_cpu_kernels
+def test_the_convs_are_the_kernels_on_cpu_where_the_channels_fit_unless_forced(monkeypatch):
+  """The default on CPU: the kernels for stride 1 and channel counts that are multiples of 16;
+  the first layer's 3 inputs and the strided convs as nhwc_vjp; the compiled gradient calls
+  the kernels exactly when chosen."""
+  monkeypatch.delenv('HYPERMASK_CONV', raising=False)
+  assert backend.conv() == 'ffi'
+  targets = (cpu_kernels.TARGETS['Conv3x3'], cpu_kernels.TARGETS['Conv3x3KernelGrad'])
+  for forced, channels, stride, called in [(None, 16, 1, True), (None, 3, 1, False),
+                                           (None, 16, 2, False), ('nhwc_vjp', 16, 1, False),
+                                           ('ffi', 32, 1, True)]:
+    if forced:
+      monkeypatch.setenv('HYPERMASK_CONV', forced)
+    x = jnp.ones((2, 8, 8, channels))
+    conv = layers.Conv3x3(16, stride=stride)
+    params = conv.init(jax.random.key(0), x)['params']
+    grad = jax.grad(lambda p, x: jnp.sum(jnp.sin(conv.apply({'params': p}, x))), (0, 1))
+    hlo = jax.jit(grad).lower(params, x).as_text()
+    assert [t in hlo for t in targets] == [called, called], (forced, channels, stride)
+
+
 def test_kernels_that_cannot_be_built_fall_back_to_xla(monkeypatch, tmp_path):
   """No compiler: XLA's code, with the reason; forcing a kernel then stops a run before it
   starts, with one line naming the variable."""
   monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
   monkeypatch.setattr(cpu_kernels, 'CACHE', str(tmp_path / 'kernels'))
-  for variable in ('HYPERMASK_FACTORED_ADAM', 'HYPERMASK_CHUNK_BACKWARD'):
+  variables = ('HYPERMASK_FACTORED_ADAM', 'HYPERMASK_CHUNK_BACKWARD', 'HYPERMASK_CONV')
+  for variable in variables:
     monkeypatch.delenv(variable, raising=False)
   cpu_kernels.library.cache_clear()
   cpu_kernels.unavailable_reason.cache_clear()
@@ -88,7 +153,8 @@ def test_kernels_that_cannot_be_built_fall_back_to_xla(monkeypatch, tmp_path):
       assert cpu_kernels.unavailable_reason().startswith('compiling them failed (')
     assert backend.factored_adam() == 'xla'
     assert [backend.chunk_backward(n) for n in (10, 25)] == ['direct', 'transposed_copy']
-    for variable in ('HYPERMASK_FACTORED_ADAM', 'HYPERMASK_CHUNK_BACKWARD'):
+    assert backend.conv() == 'nhwc_vjp'
+    for variable in variables:
       monkeypatch.setenv(variable, 'ffi')
       with pytest.raises(backend.BadVariable, match=f'^{variable}=ffi: its CPU kernel cannot '
                          'run here: '):
@@ -127,6 +193,8 @@ for rows, live, count in [(1, 1, 0), (4, 3, 0), (10, 10, 7)]:
   test_factored_adam.test_the_kernel_is_optax_adam_on_the_dense_gradient(rows, live, count)
 for shape in [(25, 25, 4100), (3, 5, 37)]:
   test_cpu_kernels.test_the_chunk_backward_kernel_is_the_two_products(*shape)
+for shape in [(3, 9, 13, 16, 32, 1), (2, 6, 7, 16, 48, 2)]:
+  test_cpu_kernels.test_the_conv_kernels_are_the_convolution_and_its_gradients(*shape)
 print('checked')
 """
   root = pathlib.Path(__file__).resolve().parents[1]
@@ -138,8 +206,9 @@ print('checked')
 @needs_cpu_kernels
 def test_the_kernels_flops_are_counted_from_the_compiled_program():
   """cpu_kernels.flops (XLA counts nothing for a custom call): the chunk backward's two
-  products as XLA counts the same products written in jax.numpy, dense Adam's 14 per entry,
-  each call of a vmapped program with its runs."""
+  products and the convolutions' forward and backward passes as XLA counts the same products
+  and convolutions written in jax.numpy, dense Adam's 14 per entry, each call of a vmapped
+  program with its runs."""
   x, ct, kernel = operands(6, 5, 300)
   products = lambda x, ct, kernel: (x.T @ ct, ct @ kernel.T)
   cost = jax.jit(products).lower(x, ct, kernel).compile().cost_analysis()
@@ -153,6 +222,15 @@ def test_the_kernels_flops_are_counted_from_the_compiled_program():
   adam = jax.jit(lambda g, p, mu, nu: factored_adam.dense_update(g, p, mu, nu, 1e-3, 0))
   assert cpu_kernels.flops(adam.lower(p, p, p, p).compile().as_text()) == 14 * 2100
   assert cpu_kernels.flops(jax.jit(products).lower(x, ct, kernel).compile().as_text()) == 0
+  for padding in (0, 1, 2):
+    x, kernel, _ = conv_operands(2, 8, 9, 16, 32, padding)
+    grad = lambda conv: jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), (0, 1)))
+    xla = grad(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((padding, padding),) * 2,
+                                                         dimension_numbers=layers.NHWC))
+    cost = xla.lower(x, kernel).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    ours = grad(lambda x, k: layers.kernel_conv3x3(x, k, padding))
+    assert cpu_kernels.flops(ours.lower(x, kernel).compile().as_text()) == cost['flops'] > 0
 
 
 @needs_cpu_kernels
