@@ -9,7 +9,8 @@ with jaxlib, for this machine's CPU (-march=native), into one library in
 ~/.cache/hypermask_jax/kernels (one file per source, jaxlib, compiler and
 CPU; about 8 s of one core). Where that fails (no compiler, say),
 `unavailable_reason` says why, and backend.py chooses XLA's own code with a
-warning.
+warning. They take float32 operands; the layers that call them use XLA's code
+for other types (experiments/parity_torch.py runs in float64).
 """
 
 import ctypes

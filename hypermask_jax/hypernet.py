@@ -92,7 +92,7 @@ def _chunk_dense_backward(residuals, ct):
   x, kernel = residuals
   d_bias = jax.lax.dot_general(jnp.ones((x.shape[0],), x.dtype), ct, (((0,), (0,)), ((), ())))
   form = backend.chunk_backward(kernel.shape[0])
-  if form == 'ffi':
+  if form == 'ffi' and x.dtype == ct.dtype == kernel.dtype == jnp.float32:  # the kernel's type
     d_kernel, d_x = chunk_dense_backward_ffi(x, ct, kernel)
     return d_x, d_kernel, d_bias
   d_kernel = jax.lax.dot_general(x, ct, (((0,), (0,)), ((), ())))  # [n, m]

@@ -72,9 +72,9 @@ class Conv3x3(nn.Module):
   backend.conv() picks how (they agree up to float rounding; tests/test_cifar.py
   runs all four on CPU):
   - 'ffi' (the CPU default where cpu_kernels.py's kernels build):
-    `kernel_conv3x3`, the C++ kernels, for stride 1 and channel counts that
-    are multiples of 16 (all of ResNet-20's and ZenkeNet's but the first
-    layer's 3 inputs); the other convs as 'nhwc_vjp'.
+    `kernel_conv3x3`, the C++ kernels, for float32, stride 1 and channel
+    counts that are multiples of 16 (all of ResNet-20's and ZenkeNet's but
+    the first layer's 3 inputs); the other convs as 'nhwc_vjp'.
   - 'nhwc_vjp': XLA's convolution with `nhwc_vjp_conv3x3`'s gradient; a
     strided conv as im2col.
   - 'im2col': every conv as im2col + matmul.
@@ -94,7 +94,8 @@ class Conv3x3(nn.Module):
       pad = ((self.padding, self.padding),) * 2
       return jax.lax.conv_general_dilated(x, kernel, (self.stride,) * 2, pad,
                                           dimension_numbers=NHWC) + bias
-    if form == 'ffi' and self.stride == 1 and channels % 16 == 0 and self.features % 16 == 0:
+    if (form == 'ffi' and self.stride == 1 and channels % 16 == 0 and self.features % 16 == 0
+        and x.dtype == jnp.float32):
       return kernel_conv3x3(x, kernel, self.padding) + bias
     if form in ('ffi', 'nhwc_vjp') and self.stride == 1:
       return nhwc_vjp_conv3x3(x, kernel, self.padding) + bias

@@ -138,6 +138,32 @@ def test_the_convs_are_the_kernels_on_cpu_where_the_channels_fit_unless_forced(m
     assert [t in hlo for t in targets] == [called, called], (forced, channels, stride)
 
 
+@needs_cpu_kernels
+def test_float64_layers_take_xlas_code(monkeypatch):
+  """The kernels take float32: in float64 (the PyTorch parity check) the chunk layer and the
+  convolutions run XLA's code, also where the kernels are forced."""
+  for variable in ('HYPERMASK_CHUNK_BACKWARD', 'HYPERMASK_CONV'):
+    monkeypatch.setenv(variable, 'ffi')
+  with jax.enable_x64(True):
+    x, ct, kernel = (a.astype(jnp.float64) for a in operands(4, 3, 500))
+    chunk = lambda x, kernel: jnp.sum(hypernet.chunk_dense(x, kernel, kernel[0]) * ct)
+    conv = layers.Conv3x3(16)
+    images = jnp.ones((2, 8, 8, 16), jnp.float64)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64),
+                          conv.init(jax.random.key(0), images)['params'])
+    conv_loss = lambda p, x: jnp.sum(jnp.sin(conv.apply({'params': p}, x)))
+    for loss, args, reference in [
+        (chunk, (x, kernel), lambda x, kernel: jnp.sum((x @ kernel + kernel[0]) * ct)),
+        (conv_loss, (params, images), lambda p, x: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
+            x, p['kernel'], (1, 1), ((1, 1),) * 2, dimension_numbers=layers.NHWC) + p['bias'])))]:
+      hlo = jax.jit(jax.grad(loss, (0, 1))).lower(*args).as_text()
+      assert not any(target in hlo for target in cpu_kernels.TARGETS.values())
+      for got, want in zip(jax.tree.leaves(jax.grad(loss, (0, 1))(*args)),
+                           jax.tree.leaves(jax.grad(reference, (0, 1))(*args))):
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-10)
+
+
 def test_kernels_that_cannot_be_built_fall_back_to_xla(monkeypatch, tmp_path):
   """No compiler: XLA's code, with the reason; forcing a kernel then stops a run before it
   starts, with one line naming the variable."""
