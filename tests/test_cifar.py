@@ -109,6 +109,36 @@ def test_batch_norm_normalises_with_the_statistics_of_the_valid_examples():
   np.testing.assert_allclose(got, (real - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('padded', [False, True])
+def test_batch_norms_gradient_is_the_derivative_of_its_expressions(padded):
+  """batch_normalize's written-out gradient equals JAX's derivative of the same expressions in
+  float64, for x, scale and offset, through y and through the mean and variance it returns (as
+  the running statistics use them), with and without padded examples (weight 0)."""
+  def plain(x, weight, scale, offset):
+    axes, w = (0, 1, 2), weight.reshape(-1, 1, 1, 1)
+    count = jnp.sum(w) * x.shape[1] * x.shape[2]
+    mean = jnp.sum(x * w, axes) / count
+    var = jnp.sum(jnp.square(x - mean) * w, axes) / count
+    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + offset, mean, var
+
+  with jax.enable_x64(True):
+    keys = jax.random.split(jax.random.key(0), 6)
+    x = jax.random.normal(keys[0], (5, 3, 4, 6), jnp.float64) * 2 + 0.5
+    weight = jnp.array([1, 1, 1, 0, 0] if padded else [1] * 5, jnp.float64)
+    scale, offset = (jax.random.normal(k, (6,), jnp.float64) for k in keys[1:3])
+    ct, ct_mean, ct_var = (jax.random.normal(k, shape, jnp.float64)
+                           for k, shape in zip(keys[3:], (x.shape, (6,), (6,))))
+    loss = lambda f: lambda x, scale, offset: sum(
+        jnp.sum(a * c) for a, c in zip(f(x, weight, scale, offset), (ct, ct_mean, ct_var)))
+    ours = lambda x, w, s, o: targets.batch_normalize(x, w, s, o, 1e-5)
+    np.testing.assert_array_equal(ours(x, weight, scale, offset)[0],
+                                  plain(x, weight, scale, offset)[0])
+    got = jax.grad(loss(ours), (0, 1, 2))(x, scale, offset)
+    want = jax.grad(loss(plain), (0, 1, 2))(x, scale, offset)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
 def test_running_statistics_are_kept_per_task():
   bn = targets.BatchNorm(running=True, max_tasks=3)
   x = jnp.arange(8.0).reshape(8, 1, 1, 1)
