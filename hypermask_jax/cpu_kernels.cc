@@ -513,6 +513,8 @@ struct ConvShape {
   int64_t images, h, w, c, f, padding, out_h, out_w;
   int64_t padded_w() const { return w + 2 * padding; }
   int64_t padded_floats() const { return ((h + 2 * padding) * padded_w() + kConvTile + 2) * c; }
+  // Features per tile: two vectors where they come in pairs, else one.
+  int64_t tile_features() const { return f % (2 * kLanes) == 0 ? 2 * kLanes : kLanes; }
 };
 
 const float* PaddedImage(const float* x, const ConvShape& s) {
@@ -617,7 +619,7 @@ ffi::Error Conv3x3Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* x_data = x.typed_data();
   const float* kernel_data = kernel.typed_data();
   float* out_data = out->typed_data();
-  const int64_t pair = s.f % (2 * kLanes) == 0 ? 2 * kLanes : kLanes;
+  const int64_t pair = s.tile_features();
   auto run_image = [=](int64_t unit) {
     const float* padded = PaddedImage(x_data + unit * s.h * s.w * s.c, s);
     const float* k = kernel_data + unit / s.images * 9 * s.c * s.f;
@@ -665,7 +667,7 @@ ffi::Error Conv3x3KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* x_data = x.typed_data();
   const float* ct_data = ct.typed_data();
   float* partials = partials_out->typed_data();
-  const int64_t pair = s.f % (2 * kLanes) == 0 ? 2 * kLanes : kLanes;
+  const int64_t pair = s.tile_features();
   auto run_group = [=](int64_t unit) {
     const int64_t b = unit / groups, g = unit % groups;
     float* d = partials + unit * size;
