@@ -175,11 +175,14 @@ def _nhwc_vjp_backward(padding, residuals, ct):
 nhwc_vjp_conv3x3.defvjp(_nhwc_vjp_forward, _nhwc_vjp_backward)
 
 
+KERNEL_GRAD_GROUPS = 8  # kernel_conv3x3: the kernel gradient's fixed groups of images
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def kernel_conv3x3(x, kernel, padding):
   """The 3x3 convolution, stride 1, and its gradients by cpu_kernels.cc's Conv3x3 and
-  Conv3x3KernelGrad (x [N, H, W, C], kernel [3, 3, C, F], C a multiple of 8 and F of the
-  CPU's vector; padding 0-2).
+  Conv3x3KernelGrad (float32 x [N, H, W, C], kernel [3, 3, C, F], C and F multiples of 16, or
+  of the CPU's vector and 8; padding 0-2).
 
   Each output tile (8 positions of a row, 16 or 32 features) sums its 9 C terms in
   registers, from the image copied with its zero border into a buffer that stays in
@@ -190,7 +193,7 @@ def kernel_conv3x3(x, kernel, padding):
   library (YNNPACK) ran ResNet-20's convolutions at 100-240 GFLOP/s in the published
   step, the kernels' gradients slowest (measured in backend.py, HYPERMASK_CONV).
   The sums' order differs from XLA's, so the results differ by float rounding
-  (tests/test_cifar.py).
+  (tests/test_cpu_kernels.py, tests/test_cifar.py).
   """
   return _conv3x3_call(x, kernel, padding)
 
@@ -221,8 +224,6 @@ def _kernel_conv_backward(padding, residuals, ct):
 
 
 kernel_conv3x3.defvjp(_kernel_conv_forward, _kernel_conv_backward)
-
-KERNEL_GRAD_GROUPS = 8
 
 
 KERNEL_GRAD_PIECE_BYTES = 2 ** 20

@@ -119,9 +119,9 @@ def test_the_conv_kernels_under_vmap_are_each_run_alone():
 
 @needs_cpu_kernels
 def test_the_convs_are_the_kernels_on_cpu_where_the_channels_fit_unless_forced(monkeypatch):
-  """The default on CPU: the kernels for stride 1 and channel counts that are multiples of 16;
-  the first layer's 3 inputs and the strided convs as nhwc_vjp; the compiled gradient calls
-  the kernels exactly when chosen."""
+  """The default on CPU: the kernels for stride 1 and channel counts that are multiples of 16
+  (the first layer's 3 inputs: nhwc_vjp; the strided convs: im2col); the compiled gradient
+  calls the kernels exactly when chosen."""
   monkeypatch.delenv('HYPERMASK_CONV', raising=False)
   assert backend.conv() == 'ffi'
   targets = (cpu_kernels.TARGETS['Conv3x3'], cpu_kernels.TARGETS['Conv3x3KernelGrad'])
