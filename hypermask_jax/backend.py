@@ -11,6 +11,7 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 | HYPERMASK_ROW_INPUT_GRAD | `fold`, `two_rows` | `fold` on CPU, `two_rows` elsewhere |
 | HYPERMASK_CPU_YNNPACK | `on`, `off` | on CPU: `off` for HNET unless its chunk layer's backward pass is `ffi`, `on` for the others |
 | HYPERMASK_FACTORED_ADAM | `ffi`, `xla` | `ffi` on CPU with one device where the kernels build, else `xla` |
+| HYPERMASK_WIDE_PRODUCT | `ffi`, `xla` | `ffi` on CPUs without AVX-512 with one device where the kernels build, else `xla` |
 
 - HYPERMASK_CONV: how layers.Conv3x3 computes its convolution. Inside a loop
   XLA:CPU runs the gradient convolutions JAX derives 15-40x slower than their
@@ -140,6 +141,29 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   its last bit differently), and DenseAdam's moments are optax's to the bit
   and its parameters within the rounding of their last multiply-add.
 
+- HYPERMASK_WIDE_PRODUCT: how `wide_dense.WideDense` computes the product
+  of two or more rows (the current task's and the old tasks' in the
+  regulariser) with the full hypernetwork's output kernel, [r, n] x [m, n]^T
+  with m in the millions. `ffi`: cpu_kernels.cc's WideRows, which reads each
+  tile of 8 kernel rows once for all the rows and sums each output in vector
+  lanes, then over the lanes in a fixed tree. `xla`: XLA's dot (YNNPACK on
+  CPU). On a 2-core AMD EPYC (Zen 3: `cpu family 25`, AVX2 only), at the
+  Permuted MNIST size (m = 2,036,010, n = 100),
+  `experiments/benchmark_wide_product.py` (medians of 6 alternating calls,
+  the output's page faults included) gave XLA 149.5, 136.3, 235.1 and 225.7
+  ms for 2, 4, 8 and 10 rows, the kernel 52.6, 69.7, 175.8 and 203.9 ms; for
+  one row XLA's took 44.9 ms and the kernel 70.6, so one row stays XLA's
+  (`wide_dense._by_kernel`). The published steps (`compare_checkouts.py`
+  against the commit before, medians): Permuted MNIST 369.0 -> 344.5 ms at
+  task 3, ZenkeNet 416.6 -> 398.9 ms at task 10. On
+  CPUs with AVX-512 the default stays `xla`: on the 2-core Intel Xeon
+  (Emerald Rapids) a kernel of the same kind (dot products over the kernel
+  rows, its lane sums as a tree) took 91.6 ms for 10 rows against XLA's
+  76.7 ms (docs/benchmark_history.md, stop 45). The two sum in different
+  orders, so they differ by float rounding. The runs of a program split over
+  several devices, and a machine where the kernels cannot be built, use
+  `xla`; on GPU and TPU XLA's dot is the product.
+
 The variables are read when a function is traced (the compiler options,
 HYPERMASK_CPU_VECTOR_WIDTH and HYPERMASK_CPU_YNNPACK, when a Trainer is
 built), so a process can switch between runs (tests do, with
@@ -161,7 +185,8 @@ CHOICES = {'HYPERMASK_CONV': ('nhwc_vjp', 'im2col', 'xla', 'ffi'),
            'HYPERMASK_CHUNK_BACKWARD': ('ffi', 'direct', 'transposed_copy'),
            'HYPERMASK_ROW_INPUT_GRAD': ('fold', 'two_rows'),
            'HYPERMASK_CPU_YNNPACK': ('on', 'off'),
-           'HYPERMASK_FACTORED_ADAM': ('ffi', 'xla')}
+           'HYPERMASK_FACTORED_ADAM': ('ffi', 'xla'),
+           'HYPERMASK_WIDE_PRODUCT': ('ffi', 'xla')}
 
 
 # On CPU, every compiled function. XLA's copy insertion by region analysis finds that a
@@ -218,6 +243,8 @@ def check_environment():
     chunk_backward(0)  # likewise
   if _forced('HYPERMASK_CONV') == 'ffi':
     conv()  # likewise
+  if _forced('HYPERMASK_WIDE_PRODUCT') == 'ffi':
+    wide_product()  # likewise
 
 
 def conv():
@@ -294,6 +321,16 @@ def factored_adam():
     return 'xla'
   return 'ffi' if _cpu_kernel('HYPERMASK_FACTORED_ADAM', forced == 'ffi', 'the CPU Adam kernel',
                               "the steps use optax's Adam") else 'xla'
+
+
+def wide_product():
+  """'ffi' or 'xla': how WideDense computes its product of two or more rows (see above)."""
+  forced = _forced('HYPERMASK_WIDE_PRODUCT')
+  if forced == 'xla' or (not forced and (jax.default_backend() != 'cpu' or cpu_has_avx512())):
+    return 'xla'
+  return 'ffi' if _cpu_kernel('HYPERMASK_WIDE_PRODUCT', forced == 'ffi',
+                              "the wide layer's product kernel",
+                              "the wide layer's products are XLA's") else 'xla'
 
 
 def _cpu_kernel(variable, forced, kernel, instead):

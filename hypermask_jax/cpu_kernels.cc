@@ -43,6 +43,12 @@
 // in registers), over the images of each of G fixed groups in order, then over the groups in
 // order: the same sums whichever thread runs a group.
 //
+// WideRows: the full hypernetwork's output product (wide_dense.py) for R rows x [R, n] and
+// a kernel [m, n] of many rows (m in the millions, n in the tens or hundreds):
+//   y[r, j] = sum over i of x[r, i] * kernel[j, i]
+// each summed in vector lanes over i in order (the last vector's lanes past n masked), then
+// over the lanes in a fixed tree (SumLanes8), in tiles of kernel rows x rows of x.
+//
 // All split the work into blocks, run on XLA's intra-op threads and the calling thread.
 
 #include <algorithm>
@@ -87,6 +93,10 @@ inline Lanes mul(Lanes a, Lanes b) { return _mm512_mul_ps(a, b); }
 inline Lanes add(Lanes a, Lanes b) { return _mm512_add_ps(a, b); }
 inline Lanes fma(Lanes a, Lanes b, Lanes c) { return _mm512_fmadd_ps(a, b, c); }
 inline Lanes zero() { return _mm512_setzero_ps(); }
+// The first `count` (< kLanes) floats from `from`, zeros after; reads nothing past them.
+inline Lanes load_first(const float* from, int64_t count) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), from);
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 using Lanes = __m256;
 constexpr int64_t kLanes = 8;
@@ -97,6 +107,10 @@ inline Lanes mul(Lanes a, Lanes b) { return _mm256_mul_ps(a, b); }
 inline Lanes add(Lanes a, Lanes b) { return _mm256_add_ps(a, b); }
 inline Lanes fma(Lanes a, Lanes b, Lanes c) { return _mm256_fmadd_ps(a, b, c); }
 inline Lanes zero() { return _mm256_setzero_ps(); }
+inline Lanes load_first(const float* from, int64_t count) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_maskload_ps(from, _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane));
+}
 #else
 using Lanes = float;
 constexpr int64_t kLanes = 1;
@@ -107,6 +121,7 @@ inline Lanes mul(Lanes a, Lanes b) { return a * b; }
 inline Lanes add(Lanes a, Lanes b) { return a + b; }
 inline Lanes fma(Lanes a, Lanes b, Lanes c) { return std::fma(a, b, c); }
 inline Lanes zero() { return 0.0f; }
+inline Lanes load_first(const float* from, int64_t count) { return count > 0 ? *from : 0.0f; }
 #endif
 
 // The lanes' sum, in lane order.
@@ -116,6 +131,30 @@ inline float sum_lanes(Lanes v) {
   float sum = 0.0f;
   for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
   return sum;
+}
+
+// The lane sums of 8 vectors, out[t] = the sum of v[t]'s lanes, in a fixed tree: AVX-512's
+// halves added first, then (AVX2) pairs of lanes, pairs of pairs, and the two 128-bit halves.
+inline void SumLanes8(const Lanes v[8], float out[8]) {
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+  __m256 h[8];
+  for (int t = 0; t < 8; ++t) {
+#if defined(__AVX512F__)
+    // Through memory: GCC 12's 512-to-256-bit extracts warn of an uninitialised value.
+    float lanes[16];
+    store(lanes, v[t]);
+    h[t] = _mm256_add_ps(_mm256_loadu_ps(lanes), _mm256_loadu_ps(lanes + 8));
+#else
+    h[t] = v[t];
+#endif
+  }
+  const __m256 q0 = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+  const __m256 q1 = _mm256_hadd_ps(_mm256_hadd_ps(h[4], h[5]), _mm256_hadd_ps(h[6], h[7]));
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
+                                      _mm256_permute2f128_ps(q0, q1, 0x31)));
+#else
+  for (int t = 0; t < 8; ++t) out[t] = v[t];
+#endif
 }
 
 // Adam's update of one entry (FactoredAdam's and DenseAdam's): optax's expressions in XLA's
@@ -506,6 +545,104 @@ ffi::Error DenseAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   return ffi::Error::Success();
 }
 
+// WideRows over 8 / G kernel rows from `w` (row u at w + u * n) and G rows of x from `xs`
+// (rows of `padded` floats, zeros past n): the 8 sums y[g, u] into out[u * G + g].
+template <int G>
+void WideRowsTile(const float* w, int64_t n, const float* xs, int64_t padded, float out[8]) {
+  constexpr int J = 8 / G;
+  Lanes acc[8];
+  for (int t = 0; t < 8; ++t) acc[t] = zero();
+  const int64_t full = n / kLanes * kLanes;
+  for (int64_t i = 0; i < full; i += kLanes) {
+    Lanes xv[G];
+    for (int g = 0; g < G; ++g) xv[g] = load(xs + g * padded + i);
+    for (int u = 0; u < J; ++u) {
+      const Lanes wv = load(w + u * n + i);
+      for (int g = 0; g < G; ++g) acc[u * G + g] = fma(wv, xv[g], acc[u * G + g]);
+    }
+  }
+  if (full < n) {
+    Lanes xv[G];
+    for (int g = 0; g < G; ++g) xv[g] = load(xs + g * padded + full);
+    for (int u = 0; u < J; ++u) {
+      const Lanes wv = load_first(w + u * n + full, n - full);
+      for (int g = 0; g < G; ++g) acc[u * G + g] = fma(wv, xv[g], acc[u * G + g]);
+    }
+  }
+  // A copy for the lane sums, so that the sums above stay in registers, not in memory that
+  // SumLanes8 reads (which made the loop store all 8 at every turn).
+  Lanes done[8];
+  for (int t = 0; t < 8; ++t) done[t] = acc[t];
+  SumLanes8(done, out);
+}
+
+ffi::Error WideRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                        ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> y_out) {
+  const auto x_dims = x.dimensions();
+  const auto kernel_dims = kernel.dimensions();
+  if (x_dims.size() < 2 || kernel_dims.size() < 2) {
+    return ffi::Error::InvalidArgument("wide_rows: x and kernel need 2 dimensions");
+  }
+  const int64_t rows = x_dims[x_dims.size() - 2];
+  const int64_t n = x_dims[x_dims.size() - 1];
+  const int64_t m = kernel_dims[kernel_dims.size() - 2];
+  const int64_t runs = n > 0 && m > 0 ? static_cast<int64_t>(kernel.element_count()) / (m * n) : 0;
+  if (kernel_dims[kernel_dims.size() - 1] != n ||
+      static_cast<int64_t>(x.element_count()) != runs * rows * n ||
+      static_cast<int64_t>(y_out->element_count()) != runs * rows * m) {
+    return ffi::Error::InvalidArgument("wide_rows: operand shapes do not match");
+  }
+  const int64_t blocks_per_run = (m + kBlockRows - 1) / kBlockRows;
+  const int64_t total = runs * blocks_per_run;
+  if (total == 0 || rows == 0) return ffi::Error::Success();
+  const float* x_data = x.typed_data();
+  const float* kernel_data = kernel.typed_data();
+  float* y = y_out->typed_data();
+  const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
+  auto run_block = [=](int64_t unit) {
+    const int64_t b = unit / blocks_per_run;
+    const int64_t j_begin = (unit % blocks_per_run) * kBlockRows;
+    const int64_t j_end = std::min(m, j_begin + kBlockRows);
+    // x's rows padded with zeros to whole vectors, and a last tile's kernel rows with zero
+    // rows after them.
+    std::unique_ptr<float[]> scratch(new float[rows * padded + 8 * n]());
+    float* xs = scratch.get();
+    float* tail = xs + rows * padded;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(x_data + (b * rows + r) * n, x_data + (b * rows + r + 1) * n, xs + r * padded);
+    }
+    const float* w0 = kernel_data + b * m * n;
+    float* yb = y + b * rows * m;
+    float sums[8];
+    // Tiles of 8 kernel rows, each read from memory once for all of x's rows: pairs of rows
+    // take its halves of 4, and a row alone (the only one, or the last of an odd count) all 8.
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += 8) {
+      const int64_t valid = std::min<int64_t>(8, j_end - j0);
+      const float* w = w0 + j0 * n;
+      if (valid < 8) {
+        std::copy(w, w + valid * n, tail);
+        w = tail;
+      }
+      for (int64_t r0 = 0; r0 < rows; r0 += 2) {
+        if (r0 + 1 < rows) {
+          for (int64_t half = 0; half < 2; ++half) {
+            WideRowsTile<2>(w + half * 4 * n, n, xs + r0 * padded, padded, sums);
+            for (int64_t u = 0; u < 4 && half * 4 + u < valid; ++u) {
+              yb[r0 * m + j0 + half * 4 + u] = sums[2 * u];
+              yb[(r0 + 1) * m + j0 + half * 4 + u] = sums[2 * u + 1];
+            }
+          }
+        } else {
+          WideRowsTile<1>(w, n, xs + r0 * padded, padded, sums);
+          std::copy(sums, sums + valid, yb + r0 * m + j0);
+        }
+      }
+    }
+  };
+  RunUnits(pool, total, run_block);
+  return ffi::Error::Success();
+}
+
 // Conv3x3 and Conv3x3KernelGrad: one image at a time, copied with its zero border into
 // a buffer of this thread's, reused across calls (which covers the last tile's reads past the
 // image's end).
@@ -754,6 +891,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DenseAdam, DenseAdamImpl,
                                   .Attr<float>("b2")
                                   .Attr<float>("one_minus_b2")
                                   .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WideRows, WideRowsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [..., R, n]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel [..., m, n]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // y [..., R, m]
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3, Conv3x3Impl,
                               ffi::Ffi::Bind()

@@ -2,8 +2,8 @@
 
 cpu_kernels.cc holds the XLA FFI custom calls that replace XLA:CPU's own
 code where it is slow: FactoredAdam and DenseAdam (factored_adam.py),
-ChunkDenseBackward (hypernet.chunk_dense), and Conv3x3 and Conv3x3KernelGrad
-(layers.kernel_conv3x3). They are compiled on first use
+ChunkDenseBackward (hypernet.chunk_dense), Conv3x3 and Conv3x3KernelGrad
+(layers.kernel_conv3x3), and WideRows (wide_dense.wide_rows_ffi). They are compiled on first use
 with the C++ compiler ($CXX, else g++) against the XLA FFI headers that ship
 with jaxlib, for this machine's CPU (-march=native), into one library in
 ~/.cache/hypermask_jax/kernels (one file per source, jaxlib, compiler and
@@ -37,7 +37,8 @@ TARGETS = {'FactoredAdam': f'hypermask_factored_adam_{_VERSION}',
            'DenseAdam': f'hypermask_dense_adam_{_VERSION}',
            'ChunkDenseBackward': f'hypermask_chunk_dense_backward_{_VERSION}',
            'Conv3x3': f'hypermask_conv3x3_{_VERSION}',
-           'Conv3x3KernelGrad': f'hypermask_conv3x3_kernel_grad_{_VERSION}'}
+           'Conv3x3KernelGrad': f'hypermask_conv3x3_kernel_grad_{_VERSION}',
+           'WideRows': f'hypermask_wide_rows_{_VERSION}'}
 CACHE = '~/.cache/hypermask_jax/kernels'
 FLAGS = ('-O3', '-march=native', '-ffp-contract=off', '-fno-math-errno', '-std=c++17',
          '-shared', '-fPIC')
@@ -100,15 +101,18 @@ def unavailable_reason():
 
 def flops(hlo):
   """The floating-point operations of the calls to the kernels that take array operands (the
-  chunk layer's backward pass, dense Adam, the 3x3 convolutions) in a compiled program's text,
+  chunk layer's backward pass, dense Adam, the 3x3 convolutions, the wide layer's product) in a
+  compiled program's text,
   which XLA's cost analysis leaves out, from the shapes of their results and operands: 4 rows n m
   for ChunkDenseBackward (d_kernel [n, m], d_x [rows, n]; the two products' multiply-adds, each
-  counted as 2), 14 per entry for DenseAdam (Adam's update, as factored_adam.flops counts it),
+  counted as 2), 2 r m n for WideRows (y [r, m] from x [r, n]), 14 per entry for DenseAdam
+  (Adam's update, as factored_adam.flops counts it),
   2 per multiply-add of a kernel tap inside the image for Conv3x3 and Conv3x3KernelGrad (XLA's
   count of a convolution, which leaves the zero border out). FactoredAdam's depend on its live
   rows, a traced value: factored_adam.flops."""
   counted = {TARGETS[name]: name
-             for name in ('ChunkDenseBackward', 'DenseAdam', 'Conv3x3', 'Conv3x3KernelGrad')}
+             for name in ('ChunkDenseBackward', 'DenseAdam', 'Conv3x3', 'Conv3x3KernelGrad',
+                          'WideRows')}
   total = 0
   for line in hlo.splitlines():
     target = re.search(r'custom_call_target="([^"]+)"', line)
@@ -124,6 +128,8 @@ def flops(hlo):
       total += 14 * math.prod(results[0])
     elif name == 'ChunkDenseBackward':
       total += 4 * math.prod(results[0]) * results[1][-2]
+    elif name == 'WideRows':
+      total += 2 * math.prod(results[0]) * operands[0][-1]
     else:  # x [..., N, H, W, C] first; F: the output's or the output gradient's last dimension
       x, features = operands[0], (results[0] if name == 'Conv3x3' else operands[1])[-1]
       padding = int(re.search(r'padding = (\d+)', line)[1])

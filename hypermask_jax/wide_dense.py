@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from hypermask_jax import backend
+from hypermask_jax import cpu_kernels
 from hypermask_jax import layers
 
 FUSED_ROWS = 16  # up to this many rows the kernel gradient is elementwise (fused into Adam)
@@ -268,7 +269,10 @@ def _pad_rows(a, rows):
 
 
 def _kernel_times(x, kernel):
-  """x [r, n] @ kernel [m, n]^T -> [r, m]."""
+  """x [r, n] @ kernel [m, n]^T -> [r, m]: the CPU kernel as in _distance_rows_times_kernel, or
+  XLA's product."""
+  if _by_kernel(x, kernel):
+    return wide_rows_ffi(x, kernel)
   # jax 0.10.2's XLA:CPU folds the transpose into the dot for 2 rows or more, the same
   # [r, m] product as x @ kernel.T; this form is kept because swapping it for that one
   # changed the rounding of Split MNIST's step (its parameters after 100 steps).
@@ -278,6 +282,8 @@ def _kernel_times(x, kernel):
 def _distance_rows_times_kernel(x, kernel):
   """x [r, n] @ kernel [m, n]^T -> [r, m], for wide_dense_distances' row bucket.
 
+  Two rows or more go to the CPU kernel where backend.wide_product chooses it
+  (`wide_rows_ffi`); otherwise XLA's product, as follows.
   [r, m] straight from the dot, not _kernel_times' [m, r] transposed: that
   transpose fused into the regulariser's subtraction, which then read it
   strided (35 ms against 12 ms at 10 rows). XLA compiles the dot to YNNPACK's
@@ -296,10 +302,30 @@ def _distance_rows_times_kernel(x, kernel):
   out the same to the bit.
   """
   rows = x.shape[0]
+  if _by_kernel(x, kernel):
+    return wide_rows_ffi(x, kernel)
   if 1 < rows <= MATERIALISED_MAX_ROWS and kernel.size >= MATERIALISED_MIN_SIZE:
     y = jax.lax.optimization_barrier(jax.lax.dot_general(kernel, x, (((1,), (1,)), ((), ()))))
     return jax.lax.optimization_barrier(y.T)
   return jax.lax.dot_general(x, kernel, (((1,), (1,)), ((), ())))
+
+
+def _by_kernel(x, kernel):
+  """Whether x [r, n] @ kernel^T goes to WideRows: two rows or more, float32, where
+  backend.wide_product chooses it (for one row XLA's product was as fast)."""
+  return (x.shape[0] > 1 and x.dtype == kernel.dtype == jnp.float32
+          and backend.wide_product() == 'ffi')
+
+
+def wide_rows_ffi(x, kernel):
+  """x [r, n] @ kernel [m, n]^T -> [r, m] by cpu_kernels.cc's WideRows (backend.py,
+  HYPERMASK_WIDE_PRODUCT): each output summed in vector lanes over n, then over the lanes
+  in a fixed tree, so it differs from XLA's product by float rounding."""
+  cpu_kernels.library()  # registers the kernel with XLA
+  call = jax.ffi.ffi_call(cpu_kernels.TARGETS['WideRows'],
+                          jax.ShapeDtypeStruct(x.shape[:-1] + kernel.shape[:1], x.dtype),
+                          vmap_method='broadcast_all')
+  return call(x, kernel)
 
 
 def _times_kernel(ct, kernel):

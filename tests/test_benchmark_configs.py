@@ -10,6 +10,7 @@ import pytest
 from experiments import shortened_runs
 from hypermask_jax import config_checks
 from hypermask_jax import cpu_kernels
+from tests.conftest import needs_cpu_kernels
 
 
 @pytest.mark.parametrize('name', shortened_runs.CONFIGS)
@@ -76,6 +77,30 @@ def test_step_benchmark_refuses_no_repeats():
   run = run_step_benchmark('--repeats=0')
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1] == 'error: --repeats must be at least 1; got 0'
+
+
+def run_wide_product_benchmark(*args):
+  return subprocess.run([sys.executable, 'experiments/benchmark_wide_product.py', *args],
+                        capture_output=True, text=True,
+                        cwd=pathlib.Path(__file__).resolve().parents[1])
+
+
+@needs_cpu_kernels
+@pytest.mark.slow
+def test_wide_product_benchmark_times_both_forms_and_they_agree():
+  run = run_wide_product_benchmark('--m=3001', '--n=30', '--rows=1,3', '--calls=2')
+  assert run.returncode == 0, run.stderr
+  rows = re.findall(r'^ +(\d+) rows: \| xla +[\d.]+ / +[\d.]+ \| ffi +[\d.]+ / +[\d.]+ \| '
+                    r'speed-up [\d.]+x \| difference (\S+)$', run.stdout, re.M)
+  assert [int(r) for r, _ in rows] == [1, 3]
+  assert all(float(difference) < 1e-5 for _, difference in rows)
+
+
+def test_wide_product_benchmark_refuses_a_row_count_of_zero():
+  run = run_wide_product_benchmark('--rows=2,0')
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1] == (
+      'error: --rows must list counts of at least 1, e.g. --rows=2,10; got 2,0')
 
 
 def run_conv_benchmark(*args):

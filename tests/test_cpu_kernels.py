@@ -1,6 +1,7 @@
 """The C++ kernels (cpu_kernels.py): how they are built, the chunk layer's backward pass
-(hypernet.chunk_dense_backward_ffi) against its two products in float64, and the 3x3
-convolution (layers.kernel_conv3x3) against XLA's in float64. The Adam kernel's numbers are
+(hypernet.chunk_dense_backward_ffi) against its two products in float64, the wide layer's
+product (wide_dense.wide_rows_ffi) against the float64 product, and the 3x3 convolution
+(layers.kernel_conv3x3) against XLA's in float64. The Adam kernel's numbers are
 checked in tests/test_factored_adam.py."""
 
 import os
@@ -19,6 +20,7 @@ from hypermask_jax import factored_adam
 from hypermask_jax import hypernet
 from hypermask_jax import layers
 from hypermask_jax import trainer as trainer_lib
+from hypermask_jax import wide_dense
 from hypermask_jax.methods.hnet import HNET
 from tests import test_hnet
 from tests.conftest import fresh_program
@@ -74,6 +76,63 @@ def test_the_chunk_backward_is_the_kernel_on_cpu_for_small_fan_ins_unless_forced
                     (0, 1))
     hlo = jax.jit(grad).lower(x, kernel).as_text()
     assert (cpu_kernels.TARGETS['ChunkDenseBackward'] in hlo) == (forced == 'ffi')
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize('rows,n,m', [
+    (10, 100, 4100),  # Permuted MNIST's fan-in (a masked last vector); 2 blocks, a last tile of 4
+    (3, 25, 8197),  # Split MNIST's: an odd count (a pair, then a row alone); 3 blocks, a tail of 5
+    (2, 16, 3),  # one tile, shorter than its 4 rows; whole vectors
+    (1, 7, 20)])  # one row: tiles of 8, a tail of 4; shorter than a vector
+def test_the_wide_product_kernel_is_the_product(rows, n, m):
+  """y = x kernel^T within float32 rounding of the float64 product (relative to its largest
+  entry); the kernel's rows past m are never read (a tail tile copies its rows)."""
+  r = np.random.default_rng(rows)
+  x, kernel = (jnp.asarray(r.standard_normal(shape), jnp.float32) for shape in ((rows, n), (m, n)))
+  y = jax.jit(wide_dense.wide_rows_ffi)(x, kernel)
+  want = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64).T
+  assert y.shape == want.shape and y.dtype == jnp.float32
+  assert np.abs(np.asarray(y, np.float64) - want).max() <= 1e-6 * np.abs(want).max()
+
+
+@needs_cpu_kernels
+def test_the_wide_product_kernel_under_vmap_is_each_run_alone():
+  r = np.random.default_rng(0)
+  runs = [(jnp.asarray(r.standard_normal((5, 30)), jnp.float32),
+           jnp.asarray(r.standard_normal((4500, 30)), jnp.float32)) for _ in range(3)]
+  y = jax.jit(jax.vmap(wide_dense.wide_rows_ffi))(*(jnp.stack(parts) for parts in zip(*runs)))
+  for i, run in enumerate(runs):
+    np.testing.assert_array_equal(y[i], jax.jit(wide_dense.wide_rows_ffi)(*run))
+
+
+@needs_cpu_kernels
+def test_the_wide_product_is_the_kernel_for_two_rows_or_more_where_chosen(monkeypatch):
+  """The default: the kernel on CPUs without AVX-512, XLA's dot with it; forced either way;
+  one row always XLA's (float64: test_float64_layers_take_xlas_code). The compiled layer calls
+  the kernel exactly then, and its outputs and gradients are XLA's within float32 rounding."""
+  monkeypatch.delenv('HYPERMASK_WIDE_PRODUCT', raising=False)
+  monkeypatch.setattr(backend, 'cpu_has_avx512', lambda: True)
+  assert backend.wide_product() == 'xla'
+  monkeypatch.setattr(backend, 'cpu_has_avx512', lambda: False)
+  assert backend.wide_product() == 'ffi'
+  r = np.random.default_rng(1)
+  kernel = jnp.asarray(r.standard_normal((3000, 20)), jnp.float32)
+  bias = jnp.asarray(r.standard_normal(3000), jnp.float32)
+  ct = jnp.asarray(r.standard_normal((4, 3000)), jnp.float32)
+  inputs = {rows: jnp.asarray(r.standard_normal((rows, 20)), jnp.float32) for rows in (4, 1)}
+  results = {}
+  for forced in ('xla', 'ffi'):
+    monkeypatch.setenv('HYPERMASK_WIDE_PRODUCT', forced)
+    assert backend.wide_product() == forced
+    for rows, x in inputs.items():
+      loss = lambda x, kernel: jnp.sum(wide_dense.wide_dense(x, kernel, bias, 3) * ct[:rows])
+      fn = jax.jit(jax.value_and_grad(loss, (0, 1)))
+      hlo = fn.lower(x, kernel).as_text()
+      assert (cpu_kernels.TARGETS['WideRows'] in hlo) == (forced == 'ffi' and rows > 1)
+      if rows == 4:
+        results[forced] = fn(x, kernel)
+  for got, want in zip(jax.tree.leaves(results['ffi']), jax.tree.leaves(results['xla'])):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 
 
 def conv_operands(n, h, w, c, f, padding, seed=0):
@@ -140,9 +199,9 @@ def test_the_convs_are_the_kernels_on_cpu_where_the_channels_fit_unless_forced(m
 
 @needs_cpu_kernels
 def test_float64_layers_take_xlas_code(monkeypatch):
-  """The kernels take float32: in float64 (the PyTorch parity check) the chunk layer and the
-  convolutions run XLA's code, also where the kernels are forced."""
-  for variable in ('HYPERMASK_CHUNK_BACKWARD', 'HYPERMASK_CONV'):
+  """The kernels take float32: in float64 (the PyTorch parity check) the chunk layer, the
+  convolutions and the wide layer run XLA's code, also where the kernels are forced."""
+  for variable in ('HYPERMASK_CHUNK_BACKWARD', 'HYPERMASK_CONV', 'HYPERMASK_WIDE_PRODUCT'):
     monkeypatch.setenv(variable, 'ffi')
   with jax.enable_x64(True):
     x, ct, kernel = (a.astype(jnp.float64) for a in operands(4, 3, 500))
@@ -152,8 +211,10 @@ def test_float64_layers_take_xlas_code(monkeypatch):
     params = jax.tree.map(lambda p: p.astype(jnp.float64),
                           conv.init(jax.random.key(0), images)['params'])
     conv_loss = lambda p, x: jnp.sum(jnp.sin(conv.apply({'params': p}, x)))
+    wide = lambda x, kernel: jnp.sum(wide_dense.wide_dense(x, kernel.T, kernel[0], 4) * ct[:, :3])
     for loss, args, reference in [
         (chunk, (x, kernel), lambda x, kernel: jnp.sum((x @ kernel + kernel[0]) * ct)),
+        (wide, (x, kernel[:, :3]), lambda x, kernel: jnp.sum((x @ kernel + kernel[0]) * ct[:, :3])),
         (conv_loss, (params, images), lambda p, x: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
             x, p['kernel'], (1, 1), ((1, 1),) * 2, dimension_numbers=layers.NHWC) + p['bias'])))]:
       hlo = jax.jit(jax.grad(loss, (0, 1))).lower(*args).as_text()
@@ -221,6 +282,8 @@ for shape in [(25, 25, 4100), (3, 5, 37)]:
   test_cpu_kernels.test_the_chunk_backward_kernel_is_the_two_products(*shape)
 for shape in [(3, 9, 13, 16, 32, 1), (2, 6, 7, 16, 48, 2)]:
   test_cpu_kernels.test_the_conv_kernels_are_the_convolution_and_its_gradients(*shape)
+for shape in [(10, 100, 4100), (3, 25, 8197), (1, 7, 20)]:
+  test_cpu_kernels.test_the_wide_product_kernel_is_the_product(*shape)
 print('checked')
 """
   root = pathlib.Path(__file__).resolve().parents[1]
@@ -248,6 +311,9 @@ def test_the_kernels_flops_are_counted_from_the_compiled_program():
   adam = jax.jit(lambda g, p, mu, nu: factored_adam.dense_update(g, p, mu, nu, 1e-3, 0))
   assert cpu_kernels.flops(adam.lower(p, p, p, p).compile().as_text()) == 14 * 2100
   assert cpu_kernels.flops(jax.jit(products).lower(x, ct, kernel).compile().as_text()) == 0
+  wide = jax.jit(wide_dense.wide_rows_ffi).lower(x, kernel.T).compile().as_text()
+  assert cpu_kernels.flops(wide) == jax.jit(lambda x, k: x @ k).lower(
+      x, kernel).compile().cost_analysis()['flops'] == 2 * 6 * 5 * 300
   for padding in (0, 1, 2):
     x, kernel, _ = conv_operands(2, 8, 9, 16, 32, padding)
     grad = lambda conv: jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), (0, 1)))
