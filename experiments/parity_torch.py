@@ -348,7 +348,7 @@ def evaluate(config, built, dtype):
     ours_out = ours_targets[TASK]
     for s in (0.0, 30.0):
       masks = traverse_util.flatten_dict(
-          mask_lib.masks_from_output(method.layout, start['target'], ours_out, s, s > 0))
+          mask_lib.masks_from_tensors(start['target'], method.layout.split(ours_out), s, s > 0))
       ours = [np.transpose(masks[p], np.argsort(layout_lib.torch_layout(shape)[1]))
               for p, shape in zip(method.layout.paths, method.layout.shapes)]
       out[f'masks at s={s:g}'] = (ours, torch_masks(side.split(targets[TASK]), s))

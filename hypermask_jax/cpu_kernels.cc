@@ -19,11 +19,18 @@
 // than one row, as far as the compilers fuse the sum's terms alike). p, mu and nu are
 // updated in place (their outputs alias them).
 //
-// ChunkDenseBackward: the backward pass of the chunked hypernetwork's output layer
-// y = x @ kernel + bias (hypernet.chunk_dense; kernel [n, m], x [rows, n], m much larger
-// than n and rows), in one pass over the kernel and the cotangent ct [rows, m]:
+// ChunkDense: the chunked hypernetwork's output layer y = x @ kernel + bias (hypernet.py;
+// kernel [n, m], x [rows, n], m much larger than n and rows),
+//   y[r, j] = (sum over i in order of x[r, i] * kernel[i, j], fused multiply-adds) + bias[j]
+// written straight into pieces: y read row after row as one flat vector, cut into consecutive
+// pieces (the target network's tensors), the entries past the last piece left out. Each block
+// of kernel columns is read from memory once for all rows.
+//
+// ChunkDenseBackward: its backward pass, in one pass over the kernel and the cotangent
+// ct [rows, m] (given whole, or as the pieces ChunkDense writes, zeros past the last):
 //   d_kernel[i, j] = sum over r of x[r, i] * ct[r, j]   (r in order, fused multiply-adds)
 //   d_x[r, i]      = sum over j of ct[r, j] * kernel[i, j]
+//   d_bias[j]      = sum over r of ct[r, j]            (r in order)
 // d_x summed over each block of columns (a vector's lanes, then the lanes in order), then
 // over the blocks in order, as FactoredAdam's.
 //
@@ -76,6 +83,7 @@ constexpr int64_t kTileRows = 8;  // kernel rows whose input gradient terms are 
 constexpr int64_t kBlockColumns = 1024;  // ChunkDenseBackward: kernel columns per unit of work
 constexpr int64_t kGroupRows = 8;  // ChunkDenseBackward: most cotangent rows per pass
 constexpr int kPairRows = 2;  // ChunkDenseBackward: kernel rows per pass
+constexpr int kForwardRows = 6;  // ChunkDense: rows of x per pass (12 sums in registers)
 constexpr int64_t kDenseBlock = 16384;  // DenseAdam: entries per unit of work
 constexpr int64_t kConvTile = 8;  // Conv3x3: output positions per tile
 constexpr int kGradChannels = 8;  // Conv3x3KernelGrad: input channels per tile
@@ -372,6 +380,179 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct0,
 }
 
 
+// A flat vector of floats held as consecutive pieces (ChunkDense's output, its cotangent):
+// piece p holds the entries [start[p], start[p] + size[p]), run b's at data[p] + b * size[p].
+// Entries past the last piece are not held: they read as zeros, and writes to them are dropped.
+struct Pieces {
+  std::vector<float*> data;
+  std::vector<int64_t> start, size;
+
+  // Reads the pieces of `args` from index `first` on, and their sizes from their element
+  // counts over `runs`; false where a piece is not float32 or does not split into the runs.
+  bool Read(const ffi::RemainingArgs& args, size_t first, int64_t runs) {
+    for (size_t p = first; p < args.size(); ++p) {
+      auto piece = args.get<ffi::Buffer<ffi::F32>>(p);
+      if (!piece.has_value() || !Add(piece->typed_data(), piece->element_count(), runs)) {
+        return false;
+      }
+    }
+    return true;
+  }
+  bool Read(const ffi::RemainingRets& rets, int64_t runs) {
+    for (size_t p = 0; p < rets.size(); ++p) {
+      auto piece = rets.get<ffi::Buffer<ffi::F32>>(p);
+      if (!piece.has_value() || !Add((*piece)->typed_data(), (*piece)->element_count(), runs)) {
+        return false;
+      }
+    }
+    return true;
+  }
+  int64_t total() const { return start.empty() ? 0 : start.back() + size.back(); }
+
+  // Copies run b's entries [at, at + count) into `to` (ChunkDenseBackward's cotangent).
+  void CopyOut(int64_t b, int64_t at, int64_t count, float* to) const {
+    for (size_t p = First(at); count > 0; ++p) {
+      if (p >= data.size()) {
+        std::fill(to, to + count, 0.0f);
+        return;
+      }
+      const int64_t offset = at - start[p];
+      const int64_t n = std::min(count, size[p] - offset);
+      std::copy(data[p] + b * size[p] + offset, data[p] + b * size[p] + offset + n, to);
+      to += n;
+      at += n;
+      count -= n;
+    }
+  }
+
+  // Copies `count` floats from `from` into run b's entries [at, at + count) (ChunkDense's output).
+  void CopyIn(int64_t b, int64_t at, int64_t count, const float* from) const {
+    for (size_t p = First(at); count > 0 && p < data.size(); ++p) {
+      const int64_t offset = at - start[p];
+      const int64_t n = std::min(count, size[p] - offset);
+      std::copy(from, from + n, data[p] + b * size[p] + offset);
+      from += n;
+      at += n;
+      count -= n;
+    }
+  }
+
+ private:
+  bool Add(float* piece, int64_t count, int64_t runs) {
+    if (runs <= 0 || count % runs != 0) return false;
+    start.push_back(total());
+    size.push_back(count / runs);
+    data.push_back(piece);
+    return true;
+  }
+  // The piece that holds entry `at` (the number of pieces where none does).
+  size_t First(int64_t at) const {
+    size_t p = std::upper_bound(start.begin(), start.end(), at) - start.begin();
+    p = p == 0 ? 0 : p - 1;
+    while (p < data.size() && at >= start[p] + size[p]) ++p;  // past pieces of size 0
+    return p;
+  }
+};
+
+// ChunkDense for G rows of x (row t at x + t * n) over the columns [j_begin, j_end): row t's
+// outputs into out + t * kBlockColumns. Each output's terms are summed in i order with fused
+// multiply-adds from 0 (two vectors of columns at a time, then one, then one column), then
+// its bias is added.
+template <int G>
+void ChunkForwardTile(const float* x, int64_t n, const float* kernel, int64_t m,
+                      const float* bias, int64_t j_begin, int64_t j_end, float* out) {
+  int64_t j = j_begin;
+  for (; j + 2 * kLanes <= j_end; j += 2 * kLanes) {
+    Lanes acc[G][2];
+    for (int t = 0; t < G; ++t) acc[t][0] = acc[t][1] = zero();
+    for (int64_t i = 0; i < n; ++i) {
+      const Lanes w0 = load(kernel + i * m + j);
+      const Lanes w1 = load(kernel + i * m + j + kLanes);
+      for (int t = 0; t < G; ++t) {
+        const Lanes a = broadcast(x[t * n + i]);
+        acc[t][0] = fma(a, w0, acc[t][0]);
+        acc[t][1] = fma(a, w1, acc[t][1]);
+      }
+    }
+    const Lanes b0 = load(bias + j), b1 = load(bias + j + kLanes);
+    for (int t = 0; t < G; ++t) {
+      store(out + t * kBlockColumns + (j - j_begin), add(acc[t][0], b0));
+      store(out + t * kBlockColumns + (j - j_begin) + kLanes, add(acc[t][1], b1));
+    }
+  }
+  for (; j + kLanes <= j_end; j += kLanes) {
+    Lanes acc[G];
+    for (int t = 0; t < G; ++t) acc[t] = zero();
+    for (int64_t i = 0; i < n; ++i) {
+      const Lanes w = load(kernel + i * m + j);
+      for (int t = 0; t < G; ++t) acc[t] = fma(broadcast(x[t * n + i]), w, acc[t]);
+    }
+    for (int t = 0; t < G; ++t) {
+      store(out + t * kBlockColumns + (j - j_begin), add(acc[t], load(bias + j)));
+    }
+  }
+  for (; j < j_end; ++j) {
+    for (int t = 0; t < G; ++t) {
+      float sum = 0.0f;
+      for (int64_t i = 0; i < n; ++i) sum = std::fma(x[t * n + i], kernel[i * m + j], sum);
+      out[t * kBlockColumns + (j - j_begin)] = sum + bias[j];
+    }
+  }
+}
+
+// ChunkForwardTile<rows> for rows in 1..sizeof...(G).
+template <int... G>
+void ChunkForwardTileOf(int64_t rows, const float* x, int64_t n, const float* kernel, int64_t m,
+                        const float* bias, int64_t j_begin, int64_t j_end, float* out,
+                        std::integer_sequence<int, G...>) {
+  ((rows == G + 1 ? ChunkForwardTile<G + 1>(x, n, kernel, m, bias, j_begin, j_end, out)
+                  : void()), ...);
+}
+
+ffi::Error ChunkDenseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
+                          ffi::RemainingRets outs) {
+  const auto x_dims = x.dimensions();
+  const auto kernel_dims = kernel.dimensions();
+  if (x_dims.size() < 2 || kernel_dims.size() < 2) {
+    return ffi::Error::InvalidArgument("chunk_dense: x and kernel need 2 dimensions");
+  }
+  const int64_t rows = x_dims[x_dims.size() - 2];
+  const int64_t n = x_dims[x_dims.size() - 1];
+  const int64_t m = kernel_dims[kernel_dims.size() - 1];
+  const int64_t runs = n > 0 && m > 0 ? static_cast<int64_t>(kernel.element_count()) / (n * m) : 0;
+  Pieces pieces;
+  if (kernel_dims[kernel_dims.size() - 2] != n ||
+      static_cast<int64_t>(x.element_count()) != runs * rows * n ||
+      static_cast<int64_t>(bias.element_count()) != runs * m || !pieces.Read(outs, runs) ||
+      pieces.total() > rows * m) {
+    return ffi::Error::InvalidArgument("chunk_dense: operand shapes do not match");
+  }
+  const int64_t blocks_per_run = (m + kBlockColumns - 1) / kBlockColumns;
+  const int64_t total = runs * blocks_per_run;
+  if (total == 0 || rows == 0) return ffi::Error::Success();
+  const float* x_data = x.typed_data();
+  const float* kernel_data = kernel.typed_data();
+  const float* bias_data = bias.typed_data();
+  auto run_block = [=](int64_t unit) {
+    const int64_t b = unit / blocks_per_run;
+    const int64_t j_begin = (unit % blocks_per_run) * kBlockColumns;
+    const int64_t j_end = std::min(m, j_begin + kBlockColumns);
+    float out[kForwardRows * kBlockColumns];
+    for (int64_t r0 = 0; r0 < rows; r0 += kForwardRows) {
+      const int64_t size = std::min<int64_t>(kForwardRows, rows - r0);
+      ChunkForwardTileOf(size, x_data + (b * rows + r0) * n, n, kernel_data + b * n * m, m,
+                         bias_data + b * m, j_begin, j_end, out,
+                         std::make_integer_sequence<int, kForwardRows>());
+      for (int64_t t = 0; t < size; ++t) {
+        pieces.CopyIn(b, (r0 + t) * m + j_begin, j_end - j_begin, out + t * kBlockColumns);
+      }
+    }
+  };
+  RunUnits(pool, total, run_block);
+  return ffi::Error::Success();
+}
+
 // ChunkDenseBackward over I kernel rows i, i + 1, ... and the columns [j_begin, j_end) of a
 // block, for G rows of ct (G and I template arguments, so that the G * I sums stay in
 // registers, and each vector of ct read serves I kernel rows): adds their terms to d_kernel's
@@ -379,10 +560,10 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct0,
 struct RowPass {
   const float* kernel_row;  // kernel[i, :]; row i + u at kernel_row + u * m
   float* d_kernel_row;  // d_kernel[i, :], likewise
-  const float* ct;  // ct[r0, :]; row r0 + t at ct + t * m
+  const float* ct;  // ct[r0, j_begin]; ct[r0 + t, j] at ct + t * ct_stride + j - j_begin
   const float* x;  // x[r0, i]; x[r0 + t, i + u] at x + t * n + u
   float* d_x;  // the block's sum for d_x[r0, i], laid out as x
-  int64_t n, m, j_begin, j_lanes_end, j_end;
+  int64_t n, m, ct_stride, j_begin, j_lanes_end, j_end;
   bool first;
 };
 
@@ -396,6 +577,7 @@ void ChunkRowPass(const RowPass& a) {
       tail_sums[t][u] = 0.0f;
     }
   }
+  const float* ct = a.ct - a.j_begin;  // ct[r0 + t, j] at ct + t * ct_stride + j
   for (int64_t j = a.j_begin; j < a.j_lanes_end; j += kLanes) {
     Lanes w[I], g[I];
     for (int u = 0; u < I; ++u) {
@@ -403,7 +585,7 @@ void ChunkRowPass(const RowPass& a) {
       g[u] = a.first ? zero() : load(a.d_kernel_row + u * a.m + j);
     }
     for (int t = 0; t < G; ++t) {
-      const Lanes c = load(a.ct + t * a.m + j);
+      const Lanes c = load(ct + t * a.ct_stride + j);
       for (int u = 0; u < I; ++u) {
         g[u] = fma(broadcast(a.x[t * a.n + u]), c, g[u]);
         sums[t][u] = fma(c, w[u], sums[t][u]);
@@ -415,7 +597,7 @@ void ChunkRowPass(const RowPass& a) {
     for (int u = 0; u < I; ++u) {
       float g = a.first ? 0.0f : a.d_kernel_row[u * a.m + j];
       for (int t = 0; t < G; ++t) {
-        const float c = a.ct[t * a.m + j];
+        const float c = ct[t * a.ct_stride + j];
         g = std::fma(a.x[t * a.n + u], c, g);
         tail_sums[t][u] = std::fma(c, a.kernel_row[u * a.m + j], tail_sums[t][u]);
       }
@@ -434,9 +616,10 @@ void ChunkRowPassOf(int64_t rows, const RowPass& a, std::integer_sequence<int, G
 }
 
 ffi::Error ChunkDenseBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                                  ffi::Buffer<ffi::F32> ct, ffi::Buffer<ffi::F32> kernel,
+                                  ffi::Buffer<ffi::F32> kernel, ffi::RemainingArgs ct_pieces,
                                   ffi::ResultBuffer<ffi::F32> d_kernel_out,
-                                  ffi::ResultBuffer<ffi::F32> d_x_out) {
+                                  ffi::ResultBuffer<ffi::F32> d_x_out,
+                                  ffi::ResultBuffer<ffi::F32> d_bias_out) {
   const auto x_dims = x.dimensions();
   const auto kernel_dims = kernel.dimensions();
   if (x_dims.size() < 2 || kernel_dims.size() < 2) {
@@ -446,27 +629,32 @@ ffi::Error ChunkDenseBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const int64_t n = x_dims[x_dims.size() - 1];
   const int64_t m = kernel_dims[kernel_dims.size() - 1];
   const int64_t runs = n > 0 && m > 0 ? static_cast<int64_t>(kernel.element_count()) / (n * m) : 0;
+  Pieces ct;
   if (kernel_dims[kernel_dims.size() - 2] != n ||
       static_cast<int64_t>(x.element_count()) != runs * rows * n ||
-      static_cast<int64_t>(ct.element_count()) != runs * rows * m ||
+      (runs > 0 && (!ct.Read(ct_pieces, 0, runs) || ct.total() > rows * m)) ||
       static_cast<int64_t>(d_kernel_out->element_count()) != runs * n * m ||
-      static_cast<int64_t>(d_x_out->element_count()) != runs * rows * n) {
+      static_cast<int64_t>(d_x_out->element_count()) != runs * rows * n ||
+      static_cast<int64_t>(d_bias_out->element_count()) != runs * m) {
     return ffi::Error::InvalidArgument("chunk_dense_backward: operand shapes do not match");
   }
   float* d_x = d_x_out->typed_data();
   float* d_kernel = d_kernel_out->typed_data();
+  float* d_bias = d_bias_out->typed_data();
   std::fill(d_x, d_x + runs * rows * n, 0.0f);
   const int64_t blocks_per_run = (m + kBlockColumns - 1) / kBlockColumns;
   const int64_t total = runs * blocks_per_run;
   if (total == 0 || rows == 0) {
     std::fill(d_kernel, d_kernel + runs * n * m, 0.0f);
+    std::fill(d_bias, d_bias + runs * m, 0.0f);
     return ffi::Error::Success();
   }
+  // ct whole, [rows, m], is read in place; in pieces, each block's columns are copied first.
+  const bool whole = ct.data.size() == 1 && ct.total() == rows * m;
   // Each block's d_x sums, added up in block order once all are done.
   std::unique_ptr<float[]> partial_sums(new float[total * rows * n]);
   float* partials = partial_sums.get();
   const float* x_data = x.typed_data();
-  const float* ct_data = ct.typed_data();
   const float* kernel_data = kernel.typed_data();
   // ct's rows in passes of at most kGroupRows, as even as they go.
   const int64_t passes = (rows + kGroupRows - 1) / kGroupRows;
@@ -475,9 +663,22 @@ ffi::Error ChunkDenseBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     const int64_t b = unit / blocks_per_run;
     const int64_t j_begin = (unit % blocks_per_run) * kBlockColumns;
     const int64_t j_end = std::min(m, j_begin + kBlockColumns);
+    std::unique_ptr<float[]> copied(whole ? nullptr : new float[rows * (j_end - j_begin)]);
+    for (int64_t r = 0; !whole && r < rows; ++r) {
+      ct.CopyOut(b, r * m + j_begin, j_end - j_begin, copied.get() + r * (j_end - j_begin));
+    }
+    const int64_t width = j_end - j_begin;
+    const int64_t ct_stride = whole ? m : width;
+    const float* ct_block = whole ? ct.data[0] + b * rows * m + j_begin : copied.get();
+    float* d_bias_block = d_bias + b * m + j_begin;
+    std::copy(ct_block, ct_block + width, d_bias_block);
+    for (int64_t r = 1; r < rows; ++r) {
+      for (int64_t j = 0; j < width; ++j) d_bias_block[j] += ct_block[r * ct_stride + j];
+    }
     RowPass a;
     a.n = n;
     a.m = m;
+    a.ct_stride = ct_stride;
     a.j_begin = j_begin;
     a.j_end = j_end;
     a.j_lanes_end = j_begin + (j_end - j_begin) / kLanes * kLanes;
@@ -485,7 +686,7 @@ ffi::Error ChunkDenseBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       a.kernel_row = kernel_data + (b * n + i) * m;
       a.d_kernel_row = d_kernel + (b * n + i) * m;
       for (int64_t r0 = 0; r0 < rows; r0 += group) {
-        a.ct = ct_data + (b * rows + r0) * m;
+        a.ct = ct_block + r0 * ct_stride;
         a.x = x_data + (b * rows + r0) * n + i;
         a.d_x = partials + (unit * rows + r0) * n + i;
         a.first = r0 == 0;
@@ -506,7 +707,6 @@ ffi::Error ChunkDenseBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   }
   return ffi::Error::Success();
 }
-
 
 ffi::Error DenseAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
                          ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::F32> p,
@@ -866,14 +1066,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FactoredAdam, FactoredAdamImpl,
                                   .Attr<float>("one_minus_b2")
                                   .Attr<float>("eps"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ChunkDense, ChunkDenseImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x [..., rows, n]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel [..., n, m]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias [..., m]
+                                  .RemainingRets());  // the pieces of y, each [..., size]
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ChunkDenseBackward, ChunkDenseBackwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x [..., rows, n]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // ct [..., rows, m]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // kernel [..., n, m]
+                                  .RemainingArgs()  // ct [..., rows, m], or its pieces [..., size]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_kernel [..., n, m]
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // d_x [..., rows, n]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d_x [..., rows, n]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // d_bias [..., m]
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DenseAdam, DenseAdamImpl,
                               ffi::Ffi::Bind()

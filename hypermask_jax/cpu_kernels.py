@@ -2,8 +2,9 @@
 
 cpu_kernels.cc holds the XLA FFI custom calls that replace XLA:CPU's own
 code where it is slow: FactoredAdam and DenseAdam (factored_adam.py),
-ChunkDenseBackward (hypernet.chunk_dense), Conv3x3 and Conv3x3KernelGrad
-(layers.kernel_conv3x3), and WideRows (wide_dense.wide_rows_ffi). They are compiled on first use
+ChunkDense and ChunkDenseBackward (hypernet.chunk_dense_pieces and
+hypernet.chunk_dense), Conv3x3 and Conv3x3KernelGrad (layers.kernel_conv3x3),
+and WideRows (wide_dense.wide_rows_ffi). They are compiled on first use
 with the C++ compiler ($CXX, else g++) against the XLA FFI headers that ship
 with jaxlib, for this machine's CPU (-march=native), into one library in
 ~/.cache/hypermask_jax/kernels (one file per source, jaxlib, compiler and
@@ -35,6 +36,7 @@ _SOURCE_TEXT = SOURCE.read_text()  # what is built, whatever the file holds by t
 _VERSION = hashlib.sha256(_SOURCE_TEXT.encode()).hexdigest()[:12]
 TARGETS = {'FactoredAdam': f'hypermask_factored_adam_{_VERSION}',
            'DenseAdam': f'hypermask_dense_adam_{_VERSION}',
+           'ChunkDense': f'hypermask_chunk_dense_{_VERSION}',
            'ChunkDenseBackward': f'hypermask_chunk_dense_backward_{_VERSION}',
            'Conv3x3': f'hypermask_conv3x3_{_VERSION}',
            'Conv3x3KernelGrad': f'hypermask_conv3x3_kernel_grad_{_VERSION}',
@@ -101,18 +103,18 @@ def unavailable_reason():
 
 def flops(hlo):
   """The floating-point operations of the calls to the kernels that take array operands (the
-  chunk layer's backward pass, dense Adam, the 3x3 convolutions, the wide layer's product) in a
-  compiled program's text,
-  which XLA's cost analysis leaves out, from the shapes of their results and operands: 4 rows n m
-  for ChunkDenseBackward (d_kernel [n, m], d_x [rows, n]; the two products' multiply-adds, each
-  counted as 2), 2 r m n for WideRows (y [r, m] from x [r, n]), 14 per entry for DenseAdam
-  (Adam's update, as factored_adam.flops counts it),
-  2 per multiply-add of a kernel tap inside the image for Conv3x3 and Conv3x3KernelGrad (XLA's
-  count of a convolution, which leaves the zero border out). FactoredAdam's depend on its live
-  rows, a traced value: factored_adam.flops."""
+  chunk layer and its backward pass, dense Adam, the 3x3 convolutions, the wide layer's product)
+  in a compiled program's text, which XLA's cost analysis leaves out, from the shapes of their
+  results and operands: 2 rows n m for ChunkDense (x [rows, n], kernel [n, m]), 4 rows n m for
+  ChunkDenseBackward (d_kernel [n, m], d_x [rows, n]; the two products' multiply-adds, each
+  counted as 2; d_bias's sums are left out), 2 r m n for WideRows (y [r, m] from x [r, n]),
+  14 per entry for DenseAdam (Adam's update, as factored_adam.flops counts it), 2 per
+  multiply-add of a kernel tap inside the image for Conv3x3 and Conv3x3KernelGrad (XLA's count
+  of a convolution, which leaves the zero border out). FactoredAdam's depend on its live rows, a
+  traced value: factored_adam.flops."""
   counted = {TARGETS[name]: name
-             for name in ('ChunkDenseBackward', 'DenseAdam', 'Conv3x3', 'Conv3x3KernelGrad',
-                          'WideRows')}
+             for name in ('ChunkDense', 'ChunkDenseBackward', 'DenseAdam', 'Conv3x3',
+                          'Conv3x3KernelGrad', 'WideRows')}
   total = 0
   for line in hlo.splitlines():
     target = re.search(r'custom_call_target="([^"]+)"', line)
@@ -126,6 +128,8 @@ def flops(hlo):
     name = counted[target[1]]
     if name == 'DenseAdam':
       total += 14 * math.prod(results[0])
+    elif name == 'ChunkDense':
+      total += 2 * math.prod(operands[0]) * operands[1][-1]
     elif name == 'ChunkDenseBackward':
       total += 4 * math.prod(results[0]) * results[1][-2]
     elif name == 'WideRows':

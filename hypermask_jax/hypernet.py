@@ -13,12 +13,14 @@ Xavier-uniform weights and zero biases (how hypercl initialised HNET for its
 published results).
 """
 
+import functools
 import math
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hypermask_jax import backend
 from hypermask_jax import cpu_kernels
@@ -57,23 +59,29 @@ class ChunkDense(nn.Module):
   EPYC; no change on Split MNIST and Permuted MNIST-100); the input
   gradient is the output gradient times the kernel's transpose, in the form
   `backend.chunk_backward` picks for the fan-in. On CPU, for fan-ins up to
-  64, the kernel's and the input's gradients are instead computed together by
-  cpu_kernels.cc's ChunkDenseBackward, in one pass over the kernel and the
-  output gradient (`chunk_dense_backward_ffi`). The values equal nn.Dense's
+  64, the kernel's, the input's and the bias's gradients are instead computed
+  together by cpu_kernels.cc's ChunkDenseBackward, in one pass over the
+  kernel and the output gradient (`chunk_dense_backward_ffi`). The values equal nn.Dense's
   and its gradients up to float rounding (tests/test_hypernet.py). HMLP's
   `wide_dense.WideDense` does not fit here: it stores the kernel transposed
   (not nn.Dense's params, which the chunked parity with hypnettorch maps), and
   above 16 rows its bias gradient is the row sum this layer avoids.
+
+  With `pieces` (sizes), the outputs come read row after row as one flat
+  vector and cut into consecutive pieces of those sizes, the rest left out
+  (`chunk_dense_pieces`).
   """
   features: int
   weight_init: str = 'torch'
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, pieces=None):
     fan_in = x.shape[-1]
     dense = _dense(self.features, fan_in, self.weight_init, None)
     kernel = self.param('kernel', dense.kernel_init, (fan_in, self.features))
     bias = self.param('bias', dense.bias_init, (self.features,))
+    if pieces is not None:
+      return chunk_dense_pieces(x.reshape(-1, fan_in), kernel, bias, tuple(pieces))
     out = chunk_dense(x.reshape(-1, fan_in), kernel, bias)
     return out.reshape(*x.shape[:-1], self.features)
 
@@ -90,11 +98,11 @@ def _chunk_dense_forward(x, kernel, bias):
 
 def _chunk_dense_backward(residuals, ct):
   x, kernel = residuals
-  d_bias = jax.lax.dot_general(jnp.ones((x.shape[0],), x.dtype), ct, (((0,), (0,)), ((), ())))
   form = backend.chunk_backward(kernel.shape[0])
   if form == 'ffi' and x.dtype == ct.dtype == kernel.dtype == jnp.float32:  # the kernel's type
-    d_kernel, d_x = chunk_dense_backward_ffi(x, ct, kernel)
+    d_kernel, d_x, d_bias = chunk_dense_backward_ffi(x, ct, kernel)
     return d_x, d_kernel, d_bias
+  d_bias = jax.lax.dot_general(jnp.ones((x.shape[0],), x.dtype), ct, (((0,), (0,)), ((), ())))
   d_kernel = jax.lax.dot_general(x, ct, (((0,), (0,)), ((), ())))  # [n, m]
   if form == 'direct':
     d_x = jax.lax.dot_general(ct, kernel, (((1,), (1,)), ((), ())))
@@ -104,7 +112,9 @@ def _chunk_dense_backward(residuals, ct):
 
 
 def chunk_dense_backward_ffi(x, ct, kernel):
-  """(x^T @ ct, ct @ kernel^T) for x [r, n], ct [r, m], kernel [n, m], by the CPU kernel.
+  """(x^T @ ct, ct @ kernel^T, ct's row sum) for x [r, n], ct [r, m], kernel [n, m], by the CPU
+  kernel. ct may instead be a tuple of pieces: [r, m] read row after row as one flat vector,
+  cut into consecutive pieces, zeros past the last (`chunk_dense_pieces`' output gradient).
 
   XLA:CPU runs these two thin products ([n, r] x [r, m] and [r, m] x [m, n], r
   and n in the tens, m in the tens of thousands) far below its matmul rate,
@@ -112,17 +122,61 @@ def chunk_dense_backward_ffi(x, ct, kernel):
   for the second. The kernel reads both once, for both products (measured in
   backend.py, HYPERMASK_CHUNK_BACKWARD). It sums d_kernel over the rows in
   order and d_x over the columns in blocks, so both differ from XLA's
-  products by float rounding.
+  products by float rounding; the row sum adds the rows in order.
   """
   cpu_kernels.library()  # registers the kernel with XLA
   call = jax.ffi.ffi_call(cpu_kernels.TARGETS['ChunkDenseBackward'],
                           (jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
-                           jax.ShapeDtypeStruct(x.shape, x.dtype)),
+                           jax.ShapeDtypeStruct(x.shape, x.dtype),
+                           jax.ShapeDtypeStruct(kernel.shape[-1:], kernel.dtype)),
                           vmap_method='broadcast_all')
-  return call(x, ct, kernel)
+  return call(x, kernel, *(ct if isinstance(ct, tuple) else (ct,)))
 
 
 chunk_dense.defvjp(_chunk_dense_forward, _chunk_dense_backward)
+
+
+def chunk_dense_pieces(x, kernel, bias, sizes):
+  """chunk_dense(x, kernel, bias) read row after row as one flat vector, cut into consecutive
+  pieces of `sizes` (a tuple of ints, at most r m in all); the entries past them are left out.
+
+  A chunked hypernetwork's output for one task, cut into the target's
+  tensors (`layout.Layout.assemble`). Through XLA, those tensors are slices
+  of the flat output, which XLA:CPU copies, and their gradient is a
+  concatenation back into one: two passes over the whole output. Where
+  `backend.chunk_backward` picks the CPU kernels (and in float32),
+  ChunkDense writes the layer's outputs straight into the pieces, each
+  output's terms summed in order with fused multiply-adds (so the values
+  differ from XLA's product by float rounding), and ChunkDenseBackward reads
+  the pieces' gradients in place of the concatenation.
+  """
+  if (backend.chunk_backward(kernel.shape[0]) == 'ffi'
+      and x.dtype == kernel.dtype == bias.dtype == jnp.float32):  # the kernels' type
+    return _chunk_dense_pieces_ffi(x, kernel, bias, sizes)
+  return tuple(jnp.split(chunk_dense(x, kernel, bias).reshape(-1), np.cumsum(sizes))[:len(sizes)])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _chunk_dense_pieces_ffi(x, kernel, bias, sizes):
+  cpu_kernels.library()  # registers the kernel with XLA
+  call = jax.ffi.ffi_call(cpu_kernels.TARGETS['ChunkDense'],
+                          tuple(jax.ShapeDtypeStruct((size,), x.dtype) for size in sizes),
+                          vmap_method='broadcast_all')
+  return tuple(call(x, kernel, bias))
+
+
+def _chunk_dense_pieces_forward(x, kernel, bias, sizes):
+  return _chunk_dense_pieces_ffi(x, kernel, bias, sizes), (x, kernel)
+
+
+def _chunk_dense_pieces_backward(sizes, residuals, cts):
+  del sizes
+  x, kernel = residuals
+  d_kernel, d_x, d_bias = chunk_dense_backward_ffi(x, tuple(cts), kernel)
+  return d_x, d_kernel, d_bias
+
+
+_chunk_dense_pieces_ffi.defvjp(_chunk_dense_pieces_forward, _chunk_dense_pieces_backward)
 
 
 def _hidden(x, hidden, activation, init):
@@ -184,7 +238,7 @@ class ChunkedHMLP(nn.Module):
     return self.num_outputs - (self.num_chunks - 1) * self.chunk_size
 
   @nn.compact
-  def __call__(self, tasks, live_rows=None, targets=None, hidden_only=False, whole_chunks=False):
+  def __call__(self, tasks, live_rows=None, targets=None, hidden_only=False, pieces=None):
     """tasks: int [k] -> raw outputs [k, num_outputs]; all k * num_chunks rows in one batch.
 
     Every row is computed (the output regulariser sizes a chunked
@@ -192,8 +246,8 @@ class ChunkedHMLP(nn.Module):
     the squared distances. With targets, (outputs of tasks[0], squared
     distances), as `distances`. hidden_only: the output layer's inputs
     [k, num_chunks, hidden[-1]] instead (for `chunked_distances`).
-    whole_chunks: the outputs uncut, [k, num_chunks * chunk_size], the last
-    chunk's unused outputs at the end (`Layout.split` leaves them out).
+    pieces (sizes, for one task, k = 1): its outputs cut into consecutive
+    pieces of these sizes, a tuple (`chunk_dense_pieces`; `Layout.sizes`).
     """
     embeddings = self.param('embeddings', nn.initializers.normal(1.0),
                             (self.max_tasks, self.embedding_size))
@@ -206,11 +260,13 @@ class ChunkedHMLP(nn.Module):
     out = _hidden(x, self.hidden, self.activation, self.weight_init)
     if hidden_only:
       return out
+    if pieces is not None:
+      if k != 1 or sum(pieces) > self.num_outputs:
+        raise ValueError(f'pieces: one task\'s {self.num_outputs} outputs at most, got '
+                         f'{sum(pieces)} for {k} tasks')
+      return ChunkDense(self.chunk_size, self.weight_init, name='out')(out, pieces)
     out = ChunkDense(self.chunk_size, self.weight_init, name='out')(out)
-    out = out.reshape(k, n * self.chunk_size)
-    if whole_chunks:
-      return out
-    out = out[:, :self.num_outputs]
+    out = out.reshape(k, n * self.chunk_size)[:, :self.num_outputs]
     return out if targets is None else distances(out, live_rows, *targets)
 
 

@@ -85,20 +85,29 @@ class Layout:
     """The shapes in PyTorch's layout, in flat-output order (hypnettorch's `target_shapes`)."""
     return tuple(torch_layout(s)[0] for s in self.shapes)
 
+  @property
+  def sizes(self):
+    """Each tensor's number of entries, in flat-output order."""
+    return tuple(int(np.prod(s)) for s in self.shapes)
+
   def split(self, flat_output):
     """Cuts a flat [P] vector into {path: tensor} with the target's (Flax) shapes.
 
     Entries past P (a chunked hypernetwork's whole chunks) are left out.
     """
-    sizes = [int(np.prod(s)) for s in self.shapes]
-    pieces = jnp.split(flat_output, np.cumsum(sizes))  # the last piece: the entries past P
+    return self.assemble(jnp.split(flat_output, np.cumsum(self.sizes))[:len(self.sizes)])
+
+  def assemble(self, pieces):
+    """{path: tensor} with the target's (Flax) shapes from the flat output's consecutive pieces
+    (1-D, of `sizes`; hypernet.chunk_dense_pieces makes them without the flat vector)."""
     out = {}
     for path, piece, shape in zip(self.paths, pieces, self.shapes):
       torch_shape, axes = torch_layout(shape)
       out[path] = jnp.transpose(piece.reshape(torch_shape), axes)
     return out
 
-  def unflatten(self, flat_output, rest=None):
-    """The flat vector as a params pytree, plus the leaves of `rest` that the layout leaves out."""
+  def unflatten(self, tensors, rest=None):
+    """{path: tensor} (`split`, `assemble`) as a params pytree, plus the leaves of `rest` that the
+    layout leaves out."""
     rest = traverse_util.flatten_dict(rest) if rest else {}
-    return traverse_util.unflatten_dict({**rest, **self.split(flat_output)})
+    return traverse_util.unflatten_dict({**rest, **tensors})

@@ -57,13 +57,13 @@ def semi_binary(h, sparsity, sparse):
   return jnp.where(a >= tau, a, 0.0)
 
 
-def masks_from_output(layout, target_params, flat_output, sparsity, sparse):
-  """The mask pytree, shaped like target_params; leaves the layout leaves out are the scalar 1.
+def masks_from_tensors(target_params, pieces, sparsity, sparse):
+  """The mask pytree, shaped like target_params, from the generated tensors {path: tensor}
+  (`layout.Layout.split`); the leaves without one are the scalar 1.
 
   The output bias's mask (it only weights that bias's L1 drift) is |tanh(h)|
   without the sparsity cut, as in the reference.
   """
-  pieces = layout.split(flat_output)
   flat = traverse_util.flatten_dict(target_params)
   return traverse_util.unflatten_dict({
       p: semi_binary(pieces[p], sparsity, sparse and not layout_lib.is_output_bias(p))

@@ -124,8 +124,8 @@ def mask_statistics(model, num_tasks):
 
   @jax.jit
   def task_masks(params, hp, task):
-    output = method.task_output(params['hnet'], task)
-    flat = traverse_util.flatten_dict(method.masks(params, output, hp['sparsity']))
+    tensors = method.task_tensors(params['hnet'], task)
+    flat = traverse_util.flatten_dict(method.masks(params, tensors, hp['sparsity']))
     return [flat[p].ravel() for p in paths]
 
   per_task = [jax.device_get(task_masks(model.params, model.hp, jnp.int32(t)))

@@ -1,5 +1,6 @@
-"""The C++ kernels (cpu_kernels.py): how they are built, the chunk layer's backward pass
-(hypernet.chunk_dense_backward_ffi) against its two products in float64, the wide layer's
+"""The C++ kernels (cpu_kernels.py): how they are built, the chunk layer's forward pass into
+pieces (hypernet.chunk_dense_pieces) and its backward pass (hypernet.chunk_dense_backward_ffi)
+against their products in float64, the wide layer's
 product (wide_dense.wide_rows_ffi) against the float64 product, and the 3x3 convolution
 (layers.kernel_conv3x3) against XLA's in float64. The Adam kernel's numbers are
 checked in tests/test_factored_adam.py."""
@@ -40,31 +41,93 @@ def operands(rows, n, m, seed=0):
     (3, 5, 37),  # one block, shorter than two vectors
     (8, 1, 1024)])  # one pass of 8 rows, exactly one block
 def test_the_chunk_backward_kernel_is_the_two_products(rows, n, m):
-  """d_kernel = x^T ct and d_x = ct kernel^T, each within float32 rounding of the float64
-  products (relative to their largest entries)."""
+  """d_kernel = x^T ct, d_x = ct kernel^T and d_bias = ct's row sum, each within float32
+  rounding of the float64 products (relative to their largest entries)."""
   x, ct, kernel = operands(rows, n, m)
-  d_kernel, d_x = jax.jit(hypernet.chunk_dense_backward_ffi)(x, ct, kernel)
+  got = jax.jit(hypernet.chunk_dense_backward_ffi)(x, ct, kernel)
+  assert_products(got, x, ct, kernel)
+
+
+def assert_products(got, x, ct, kernel):
+  """got = (x^T ct, ct kernel^T, ct's row sum) within float32 rounding of float64's."""
   x64, ct64, kernel64 = (np.asarray(a, np.float64) for a in (x, ct, kernel))
-  for got, want in ((d_kernel, x64.T @ ct64), (d_x, ct64 @ kernel64.T)):
-    assert got.shape == want.shape and got.dtype == jnp.float32
-    assert np.abs(np.asarray(got, np.float64) - want).max() <= 2e-6 * np.abs(want).max()
+  for g, want in zip(got, (x64.T @ ct64, ct64 @ kernel64.T, ct64.sum(0))):
+    assert g.shape == want.shape and g.dtype == jnp.float32
+    assert np.abs(np.asarray(g, np.float64) - want).max() <= 2e-6 * np.abs(want).max()
+
+
+# Pieces of a [rows, m] output read row after row: across rows, empty, one entry, the whole,
+# and short of the whole (the rest left out).
+PIECES = [(25, 25, 4100, (5000, 3, 0, 90000, 4101)),  # HNET Permuted MNIST's fan-in: passes of
+          # 6 rows and one, 5 blocks of columns, a tail of 4
+          (7, 10, 37, (259,)),  # one piece, the whole output; one vector and a tail of columns
+          (3, 5, 70, (1, 2, 150))]  # rows in one pass of 3; two vectors, one, a tail
+
+
+def cut(flat, sizes):
+  return np.split(flat, np.cumsum(sizes))[:len(sizes)]
 
 
 @needs_cpu_kernels
-def test_the_chunk_backward_kernel_under_vmap_is_each_run_alone():
+@pytest.mark.parametrize('rows,n,m,sizes', PIECES)
+def test_the_chunk_layer_kernel_writes_its_outputs_into_the_pieces(rows, n, m, sizes):
+  """chunk_dense_pieces by the kernel (ChunkDense): x kernel + bias, read row after row and cut,
+  within float32 rounding of float64's; its gradient from the pieces' gradients (zeros past
+  them) is the backward kernel's, the three products of the whole [rows, m] gradient."""
+  x, _, kernel = operands(rows, n, m)
+  bias = jnp.asarray(np.random.default_rng(1).standard_normal(m), jnp.float32)
+  layer = jax.jit(hypernet.chunk_dense_pieces, static_argnums=3)
+  hlo = layer.lower(x, kernel, bias, sizes).compile().as_text()
+  assert cpu_kernels.TARGETS['ChunkDense'] in hlo
+  want = (np.asarray(x, np.float64) @ np.asarray(kernel, np.float64)
+          + np.asarray(bias, np.float64)).ravel()
+  got = layer(x, kernel, bias, sizes)
+  assert [g.shape for g in got] == [(size,) for size in sizes]
+  for g, w in zip(got, cut(want, sizes)):
+    assert g.dtype == jnp.float32
+    assert np.abs(np.asarray(g, np.float64) - w).max(initial=0) <= 2e-6 * np.abs(want).max()
+  cts = tuple(jnp.asarray(np.random.default_rng(2).standard_normal(size), jnp.float32)
+              for size in sizes)
+  ct = np.concatenate([*cts, np.zeros(rows * m - sum(sizes), np.float32)]).reshape(rows, m)
+  products = lambda x, kernel, bias: sum(
+      jnp.vdot(p, c) for p, c in zip(hypernet.chunk_dense_pieces(x, kernel, bias, sizes), cts))
+  d_x, d_kernel, d_bias = jax.jit(jax.grad(products, (0, 1, 2)))(x, kernel, bias)
+  assert_products((d_kernel, d_x, d_bias), x, ct, kernel)
+
+
+@needs_cpu_kernels
+def test_the_chunk_kernels_under_vmap_are_each_run_alone():
   runs = [operands(9, 4, 2100, seed) for seed in range(3)]
   stacked = [jnp.stack(parts) for parts in zip(*runs)]
-  d_kernel, d_x = jax.jit(jax.vmap(hypernet.chunk_dense_backward_ffi))(*stacked)
+  batched = jax.jit(jax.vmap(hypernet.chunk_dense_backward_ffi))(*stacked)
   for i, run in enumerate(runs):
     alone = jax.jit(hypernet.chunk_dense_backward_ffi)(*run)
-    np.testing.assert_array_equal(d_kernel[i], alone[0])
-    np.testing.assert_array_equal(d_x[i], alone[1])
+    for b, a in zip(batched, alone):
+      np.testing.assert_array_equal(b[i], a)
+  sizes = (5000, 12000, 1)  # of 9 rows of 2100
+
+  def layer_and_gradients(x, kernel, bias, cts):
+    pieces, vjp = jax.vjp(lambda *a: hypernet.chunk_dense_pieces(*a, sizes), x, kernel, bias)
+    return pieces, vjp(cts)
+
+  def run(seed):
+    x, _, kernel = operands(9, 4, 2100, seed)
+    cts = tuple(jnp.asarray(np.random.default_rng(seed).standard_normal(size), jnp.float32)
+                for size in sizes)
+    return x, kernel, kernel[seed], cts
+
+  runs = [run(seed) for seed in range(3)]
+  batched = jax.jit(jax.vmap(layer_and_gradients))(*jax.tree.map(lambda *a: jnp.stack(a), *runs))
+  for i, one in enumerate(runs):
+    alone = jax.jit(layer_and_gradients)(*one)
+    jax.tree.map(lambda b, a, i=i: np.testing.assert_array_equal(b[i], a), batched, alone)
 
 
 @needs_cpu_kernels
 def test_the_chunk_backward_is_the_kernel_on_cpu_for_small_fan_ins_unless_forced(monkeypatch):
   """The default on CPU: the kernel up to fan-in 64, XLA's products above (Permuted MNIST-100's
-  350), and the compiled backward pass calls the kernel exactly when chosen."""
+  350), and the compiled backward pass calls the kernel exactly when chosen, as the layer cut
+  into pieces calls both kernels."""
   monkeypatch.delenv('HYPERMASK_CHUNK_BACKWARD', raising=False)
   assert [backend.chunk_backward(n) for n in (10, 25, 64, 65, 350)] == [
       'ffi', 'ffi', 'ffi', 'direct', 'direct']
@@ -76,6 +139,11 @@ def test_the_chunk_backward_is_the_kernel_on_cpu_for_small_fan_ins_unless_forced
                     (0, 1))
     hlo = jax.jit(grad).lower(x, kernel).as_text()
     assert (cpu_kernels.TARGETS['ChunkDenseBackward'] in hlo) == (forced == 'ffi')
+    cut = lambda x, kernel: hypernet.chunk_dense_pieces(x, kernel, kernel[0], (1500, 300))
+    hlo = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(cut(*a)[1])), (0, 1))).lower(
+        x, kernel).as_text()
+    for target in ('ChunkDense', 'ChunkDenseBackward'):
+      assert (cpu_kernels.TARGETS[target] in hlo) == (forced == 'ffi')
 
 
 @needs_cpu_kernels
@@ -280,6 +348,8 @@ for rows, live, count in [(1, 1, 0), (4, 3, 0), (10, 10, 7)]:
   test_factored_adam.test_the_kernel_is_optax_adam_on_the_dense_gradient(rows, live, count)
 for shape in [(25, 25, 4100), (3, 5, 37)]:
   test_cpu_kernels.test_the_chunk_backward_kernel_is_the_two_products(*shape)
+for case in test_cpu_kernels.PIECES:
+  test_cpu_kernels.test_the_chunk_layer_kernel_writes_its_outputs_into_the_pieces(*case)
 for shape in [(3, 9, 13, 16, 32, 1), (2, 6, 7, 16, 48, 2)]:
   test_cpu_kernels.test_the_conv_kernels_are_the_convolution_and_its_gradients(*shape)
 for shape in [(10, 100, 4100), (3, 25, 8197), (1, 7, 20)]:
@@ -294,8 +364,8 @@ print('checked')
 
 @needs_cpu_kernels
 def test_the_kernels_flops_are_counted_from_the_compiled_program():
-  """cpu_kernels.flops (XLA counts nothing for a custom call): the chunk backward's two
-  products and the convolutions' forward and backward passes as XLA counts the same products
+  """cpu_kernels.flops (XLA counts nothing for a custom call): the chunk layer's product, its
+  backward's two products and the convolutions' forward and backward passes as XLA counts the same products
   and convolutions written in jax.numpy, dense Adam's 14 per entry, each call of a vmapped
   program with its runs."""
   x, ct, kernel = operands(6, 5, 300)
@@ -307,6 +377,9 @@ def test_the_kernels_flops_are_counted_from_the_compiled_program():
   twice = jax.jit(jax.vmap(hypernet.chunk_dense_backward_ffi)).lower(
       *(jnp.stack([a, a]) for a in (x, ct, kernel))).compile().as_text()
   assert cpu_kernels.flops(twice) == 2 * 4 * 6 * 5 * 300
+  layer = jax.jit(lambda x, kernel: hypernet.chunk_dense_pieces(x, kernel, kernel[0], (700, 800)))
+  assert cpu_kernels.flops(layer.lower(x, kernel).compile().as_text()) == jax.jit(
+      lambda x, k: x @ k).lower(x, kernel).compile().cost_analysis()['flops'] == 2 * 6 * 5 * 300
   p = jnp.ones((3, 700))
   adam = jax.jit(lambda g, p, mu, nu: factored_adam.dense_update(g, p, mu, nu, 1e-3, 0))
   assert cpu_kernels.flops(adam.lower(p, p, p, p).compile().as_text()) == 14 * 2100
@@ -330,8 +403,8 @@ def test_the_kernels_flops_are_counted_from_the_compiled_program():
 def test_hnet_training_with_the_chunk_backward_kernel_matches_xlas_products(
     synthetic_task_set, monkeypatch):
   """Two tasks of a small HNET program (the second regularising the first, with the
-  lookahead), the chunk layer's backward pass by the kernel and by XLA's products, YNNPACK off
-  in both: the same losses within float rounding, and one trace of the step each."""
+  lookahead), the chunk layer and its backward pass by the kernels and by XLA's products,
+  YNNPACK off in both: the same losses within float rounding, and one trace of the step each."""
   config = test_hnet.tiny_config(num_tasks=2)
   monkeypatch.setenv('HYPERMASK_CPU_YNNPACK', 'off')
   losses = {}
@@ -341,7 +414,8 @@ def test_hnet_training_with_the_chunk_backward_kernel_matches_xlas_products(
                                                synthetic_task_set.num_classes))
     state, data, hp = fresh_program(trainer, synthetic_task_set)
     hlo = trainer.train_steps.lower(state, data, hp, np.int32(5)).compile().as_text()
-    assert (cpu_kernels.TARGETS['ChunkDenseBackward'] in hlo) == (form == 'ffi')
+    for kernel in ('ChunkDense', 'ChunkDenseBackward'):
+      assert (cpu_kernels.TARGETS[kernel] in hlo) == (form == 'ffi')
     per_task = []
     for task in range(2):
       state = trainer.begin_task(state, task, hp)

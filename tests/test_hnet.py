@@ -18,6 +18,7 @@ from hypermask_jax import targets
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.methods.hnet import HNET
 from tests.conftest import fresh_program
+from tests.conftest import needs_cpu_kernels
 from tests.conftest import run_chunk
 
 
@@ -100,7 +101,7 @@ def flat_output_loss(target):
   y = jnp.array([0, 1, 2, 3, 0, 1])
 
   def loss(target, flat, tasks):
-    logits = target.apply({'params': flat_layout.unflatten(flat)}, x, tasks)
+    logits = target.apply({'params': flat_layout.unflatten(flat_layout.split(flat))}, x, tasks)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
   return loss, jax.random.normal(jax.random.key(1), (flat_layout.size,))
@@ -146,34 +147,40 @@ def test_a_generated_heads_gradient_is_written_in_the_hypernetworks_layout_witho
                              rtol=1e-5, atol=1e-7)
 
 
-def test_a_chunked_hypernetworks_weights_are_cut_from_its_whole_chunks_and_its_gradient_unpadded(
-    synthetic_task_set):
-  """task_output: a chunked hypernetwork's chunks uncut, the last one's unused outputs at the
-  end, which Layout.split leaves out. The target's weights and the CE's gradient equal those
-  cut from hnet_outputs' [P] row, and the compiled gradient holds no pad of the output's
-  gradient back to the chunks' size (a pass over the output that cutting first costs)."""
+@pytest.mark.parametrize('form', ['direct', pytest.param('ffi', marks=needs_cpu_kernels)])
+def test_a_chunked_hypernetworks_tensors_are_cut_from_its_chunks_without_a_pass_over_the_output(
+    synthetic_task_set, monkeypatch, form):
+  """task_tensors: a chunked hypernetwork's tensors cut from its chunks' outputs. They and the
+  CE's gradient equal those cut from hnet_outputs' [P] row (the same to the bit with XLA's
+  products; within float rounding with the CPU kernels, which write the tensors themselves).
+  The compiled gradient holds no pad of the output's gradient back to the chunks' size (a pass
+  over the output that cutting to P first costs), and with the kernels no concatenation of the
+  tensors' gradients either."""
+  monkeypatch.setenv('HYPERMASK_CHUNK_BACKWARD', form)
   config = tiny_config()
   method, (x, y, _) = method_and_batch(synthetic_task_set, config)
   params = method.init_params(jax.random.key(0))
   task = jnp.int32(1)
   chunks = method.hnet.num_chunks * config.chunk_size
-  whole = method.task_output(params['hnet'], task)
-  cut = method.hnet_outputs(params['hnet'], task[None])[0]
-  assert whole.shape == (chunks,) and cut.shape == (method.layout.size,) and chunks > cut.size
-  np.testing.assert_array_equal(whole[:cut.size], cut)
+  assert chunks > method.layout.size
+  forms = {'tensors': lambda p: method.task_tensors(p, task),
+           'cut': lambda p: method.layout.split(method.hnet_outputs(p, task[None])[0])}
+  close = ((lambda a, b: np.testing.assert_array_equal(a, b)) if form == 'direct' else
+           (lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)))
+  jax.tree.map(close, forms['tensors'](params['hnet']), forms['cut'](params['hnet']))
 
-  def ce(params, output):
-    logits = method.predict(method.layout.unflatten(output(params['hnet'])), {}, x, task)
+  def ce(params, tensors):
+    logits = method.predict(method.layout.unflatten(tensors(params['hnet'])), {}, x, task)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  forms = {'whole': lambda p: method.task_output(p, task),
-           'cut': lambda p: method.hnet_outputs(p, task[None])[0]}
   grads = {name: jax.jit(jax.grad(lambda p, f=f: ce(p, f))) for name, f in forms.items()}
-  pads = {name: re.findall(rf'f32\[(?:1,)?{chunks}\]\S* pad\(', g.lower(params).compile().as_text())
-          for name, g in grads.items()}
-  assert pads['cut'] and not pads['whole'], pads
-  for w, c in zip(jax.tree.leaves(grads['whole'](params)), jax.tree.leaves(grads['cut'](params))):
-    np.testing.assert_array_equal(w, c)
+  hlo = {name: g.lower(params).compile().as_text() for name, g in grads.items()}
+  pads = {name: re.findall(rf'f32\[(?:1,)?{chunks}\]\S* pad\(', text) for name, text in hlo.items()}
+  assert pads['cut'] and not pads['tensors'], pads
+  joined = re.findall(rf'f32\[(?:1,)?(?:{chunks}|{method.layout.size})\]\S* concatenate\(',
+                      hlo['tensors'])
+  assert bool(joined) == (form == 'direct'), joined
+  jax.tree.map(close, grads['tensors'](params), grads['cut'](params))
 
 
 @pytest.mark.slow

@@ -62,8 +62,8 @@ def test_masks_cover_every_weight_and_the_forward_pass_leaves_the_head_bias_unma
   assert layout.size == sum(x.size for x in jax.tree.leaves(params))
   assert layout.paths[-2:] == (('head', 'weight'), ('head', 'bias'))
   flat = jnp.arange(layout.size, dtype=jnp.float32) / layout.size
-  masks = mask_lib.masks_from_output(layout, params, flat, 0.0, sparse=False)
   pieces = layout.split(flat)
+  masks = mask_lib.masks_from_tensors(params, pieces, 0.0, sparse=False)
   for path, piece in pieces.items():
     got = masks
     for key in path:
@@ -83,8 +83,8 @@ def test_sparsity_cuts_every_mask_but_the_output_biass():
   _, params = small_target((6,))
   layout = layout_lib.Layout.of(params, layout_lib.is_weight)
   flat = jax.random.normal(jax.random.key(3), (layout.size,))
-  masks = mask_lib.masks_from_output(layout, params, flat, 50.0, sparse=True)
   pieces = layout.split(flat)
+  masks = mask_lib.masks_from_tensors(params, pieces, 50.0, sparse=True)
   np.testing.assert_allclose(masks['head']['bias'], np.abs(np.tanh(pieces[('head', 'bias')])),
                              rtol=1e-6)
   for path in (('dense_0', 'weight'), ('head', 'weight'), ('dense_0', 'bias')):

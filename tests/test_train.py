@@ -151,7 +151,7 @@ def test_output_bias_mask_weights_its_drift_and_regulariser_not_the_forward_pass
   x = data.inputs(data.train.images[:32], 1, None, train=False)
   batch, hp = (x, data.train.labels[:32], 1), trainer_lib.run_hyperparams(config)
   loss = lambda p: method.loss(p, {}, batch, jnp.int32(1), 0, memory, hp, jax.random.key(1))
-  head_mask = method.masks(params, method.hnet_outputs(params['hnet'], jnp.array([1]))[0],
+  head_mask = method.masks(params, method.task_tensors(params['hnet'], jnp.int32(1)),
                            0.0)['head']['bias']
   # Moving only the output bias: the logits move by exactly that (its mask is not applied) and
   # the L1 drift is that move weighted by the bias's mask.

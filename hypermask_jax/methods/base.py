@@ -93,20 +93,22 @@ class HypernetworkMethod(Method):
     variables = {'params': hnet_params, **({'probes': probes} if probes is not None else {})}
     return self.hnet.apply(variables, tasks, live_rows, targets)
 
-  def task_output(self, hnet_params, task):
-    """The flat output that task `task`'s tensors are cut from (`Layout.split`).
+  def task_tensors(self, hnet_params, task):
+    """Task `task`'s generated tensors, {path: tensor} with the target's shapes (`Layout.split`).
 
-    A chunked hypernetwork's comes uncut: its last chunk's unused outputs
-    stay at the end, where the split leaves them out. Cut first, their
-    gradient was padded back with zeros in the backward, one more pass over
-    the output: the published HNET Permuted MNIST step at task 1 took 4-5%
-    more (9.79-9.84 against 9.35-9.42 ms per step, experiments/compare_checkouts.py,
-    12 calls of 50 steps), Permuted MNIST-100's 3% (24.42 against 23.61 ms),
-    with the parameters the same to the bit.
+    A chunked hypernetwork cuts them from its chunks' outputs
+    (`hypernet.chunk_dense_pieces`), never from the flat output cut to the
+    layout's size: cut first, the gradient was padded back with zeros in the
+    backward, one more pass over the output (the published HNET Permuted
+    MNIST step at task 1 took 4-5% more, 9.79-9.84 against 9.35-9.42 ms per
+    step, experiments/compare_checkouts.py, 12 calls of 50 steps;
+    Permuted MNIST-100's 3%, 24.42 against 23.61 ms; the parameters the same
+    to the bit).
     """
     if isinstance(self.hnet, hypernet.ChunkedHMLP):
-      return self.hnet.apply({'params': hnet_params}, task[None], whole_chunks=True)[0]
-    return self.hnet_outputs(hnet_params, task[None])[0]
+      return self.layout.assemble(
+          self.hnet.apply({'params': hnet_params}, task[None], pieces=self.layout.sizes))
+    return self.layout.split(self.hnet_outputs(hnet_params, task[None])[0])
 
   def hnet_hidden(self, hnet_params, tasks):
     """A chunked hypernetwork's output-layer inputs [k, chunks, h] for task indices [k]."""

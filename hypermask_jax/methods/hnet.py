@@ -68,15 +68,14 @@ class HNET(base.HypernetworkMethod):
     return lambda hnet_params, rows: jnp.sum(
         jnp.square(self.hnet_outputs(hnet_params, rows) - targets(rows)), 1)
 
-  def _weights(self, params, output):
-    """The target params: the generated tensors plus the target's own (BatchNorm) params."""
-    return self.layout.unflatten(output, params.get('target'))
+  def _weights(self, params, task):
+    """Task `task`'s target params: its generated tensors plus the target's own (BatchNorm) ones."""
+    return self.layout.unflatten(self.task_tensors(params['hnet'], task), params.get('target'))
 
   def _task_loss(self, params, batch_stats, batch, task, rng):
     """(CE of the batch with task `task`'s generated weights, (logits, batch_stats))."""
     x, y, _ = batch
-    output = self.task_output(params['hnet'], task)
-    logits, batch_stats = self.run_target(self._weights(params, output), batch_stats, x, task,
+    logits, batch_stats = self.run_target(self._weights(params, task), batch_stats, x, task,
                                           True, rng)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, batch_stats)
 
@@ -121,7 +120,7 @@ class HNET(base.HypernetworkMethod):
 
   def eval_weights(self, params, task, hp):
     del hp
-    return self._weights(params, self.task_output(params['hnet'], task))
+    return self._weights(params, task)
 
   def param_counts(self, params):
     hnet, target = base.count(params['hnet']), self.layout.size

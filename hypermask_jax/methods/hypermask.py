@@ -38,10 +38,9 @@ class HyperMask(base.HypernetworkMethod):
     outputs = self.hnet_outputs(params['hnet'], jnp.arange(self.config.max_tasks))
     return {'hnet_outputs': outputs, 'target': params['target']}
 
-  def masks(self, params, flat_output, sparsity):
-    """The mask of every generated tensor, the output bias's included."""
-    return mask_lib.masks_from_output(self.layout, params['target'], flat_output, sparsity,
-                                      self.sparse)
+  def masks(self, params, tensors, sparsity):
+    """The mask of every generated tensor ({path: tensor}), the output bias's included."""
+    return mask_lib.masks_from_tensors(params['target'], tensors, sparsity, self.sparse)
 
   def masked_weights(self, params, masks):
     """W * M for the forward pass: every weight but the output bias, which runs unmasked."""
@@ -59,7 +58,7 @@ class HyperMask(base.HypernetworkMethod):
             params['hnet'], tasks, live_rows, (memory['hnet_outputs'], rows), probes),
         task, self.row_sizes, rng_reg, self.config.max_tasks)
     sparsity = mask_lib.sparsity_at(hp['sparsity'], task, step, self.config.steps_per_task)
-    masks = self.masks(params, output, sparsity)
+    masks = self.masks(params, self.layout.split(output), sparsity)
     logits, batch_stats = self.run_target(self.masked_weights(params, masks), batch_stats, x,
                                           task, True, rng_target)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -105,8 +104,8 @@ class HyperMask(base.HypernetworkMethod):
 
   def eval_weights(self, params, task, hp):
     """The target weights task `task` runs with at evaluation (full sparsity)."""
-    output = self.task_output(params['hnet'], task)
-    return self.masked_weights(params, self.masks(params, output, hp['sparsity']))
+    tensors = self.task_tensors(params['hnet'], task)
+    return self.masked_weights(params, self.masks(params, tensors, hp['sparsity']))
 
   def param_counts(self, params):
     return {'hnet': base.count(params['hnet']), 'target': base.count(params['target']),
