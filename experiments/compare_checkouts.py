@@ -12,6 +12,8 @@ turn), set to the same task on the same synthetic data, and called
 alternately, `--calls` times each, so that both see the same drift (in the
 order ABBA ABBA ..., so that neither always runs right after the other). It
 prints each version's time per step for every call, their fastest and median,
+the median of the ratios this / before of the calls made one after the other
+(the pairs see the same minutes: the steadiest figure on a noisy machine),
 and the largest difference between the two versions' parameters after the same
 steps (0: the change left the numbers as they were; a checkout from before the
 targets' Dense layers took PyTorch's [out, in] layout is compared transposed).
@@ -127,6 +129,9 @@ def main(argv):
     t = times[name]
     print(f'{name:6s} {str(checkout):40s} fastest {min(t):9.2f}  median '
           f'{statistics.median(t):9.2f}  calls {" ".join(f"{x:.1f}" for x in t)}')
+  ratios = [this / before for before, this in zip(times['before'], times['this'])]
+  print(f'this / before, call by call: median {statistics.median(ratios):.3f}, this faster in '
+        f'{sum(r < 1 for r in ratios)} of {len(ratios)} calls')
   if before_env:
     print(f'before built with {",".join(f"{k}={v}" for k, v in before_env.items())}')
   print(parameter_difference(*(version.state.params for version in versions.values()),

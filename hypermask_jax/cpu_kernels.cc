@@ -425,6 +425,13 @@ struct Pieces {
     }
   }
 
+  // Where run b's entries [at, at + count) lie in one piece, their address there, else nullptr.
+  float* Inside(int64_t b, int64_t at, int64_t count) const {
+    const size_t p = First(at);
+    if (p >= data.size() || at + count > start[p] + size[p]) return nullptr;
+    return data[p] + b * size[p] + (at - start[p]);
+  }
+
   // Copies `count` floats from `from` into run b's entries [at, at + count) (ChunkDense's output).
   void CopyIn(int64_t b, int64_t at, int64_t count, const float* from) const {
     for (size_t p = First(at); count > 0 && p < data.size(); ++p) {
@@ -454,59 +461,74 @@ struct Pieces {
   }
 };
 
-// ChunkDense for G rows of x (row t at x + t * n) over the columns [j_begin, j_end): row t's
-// outputs into out + t * kBlockColumns. Each output's terms are summed in i order with fused
-// multiply-adds from 0 (two vectors of columns at a time, then one, then one column), then
-// its bias is added.
+// ChunkDense for G rows of x (row t at x + t * n) over one block of `width` kernel columns,
+// packed in `panel` by PackColumns, and its bias: row t's outputs into out[t]. Each output's
+// terms are summed in i order with fused multiply-adds from 0, then its bias is added.
 template <int G>
-void ChunkForwardTile(const float* x, int64_t n, const float* kernel, int64_t m,
-                      const float* bias, int64_t j_begin, int64_t j_end, float* out) {
-  int64_t j = j_begin;
-  for (; j + 2 * kLanes <= j_end; j += 2 * kLanes) {
+void ChunkForwardTile(const float* x, int64_t n, const float* panel, int64_t width,
+                      float* const out[]) {
+  constexpr int64_t step = 2 * kLanes;
+  const int64_t steps = (width + step - 1) / step;
+  const float* bias = panel + steps * n * step;
+  for (int64_t s = 0; s < steps; ++s) {
+    const float* w = panel + s * n * step;
     Lanes acc[G][2];
     for (int t = 0; t < G; ++t) acc[t][0] = acc[t][1] = zero();
     for (int64_t i = 0; i < n; ++i) {
-      const Lanes w0 = load(kernel + i * m + j);
-      const Lanes w1 = load(kernel + i * m + j + kLanes);
+      const Lanes w0 = load(w + i * step);
+      const Lanes w1 = load(w + i * step + kLanes);
       for (int t = 0; t < G; ++t) {
         const Lanes a = broadcast(x[t * n + i]);
         acc[t][0] = fma(a, w0, acc[t][0]);
         acc[t][1] = fma(a, w1, acc[t][1]);
       }
     }
-    const Lanes b0 = load(bias + j), b1 = load(bias + j + kLanes);
+    const Lanes b0 = load(bias + s * step), b1 = load(bias + s * step + kLanes);
+    const int64_t j = s * step;
     for (int t = 0; t < G; ++t) {
-      store(out + t * kBlockColumns + (j - j_begin), add(acc[t][0], b0));
-      store(out + t * kBlockColumns + (j - j_begin) + kLanes, add(acc[t][1], b1));
-    }
-  }
-  for (; j + kLanes <= j_end; j += kLanes) {
-    Lanes acc[G];
-    for (int t = 0; t < G; ++t) acc[t] = zero();
-    for (int64_t i = 0; i < n; ++i) {
-      const Lanes w = load(kernel + i * m + j);
-      for (int t = 0; t < G; ++t) acc[t] = fma(broadcast(x[t * n + i]), w, acc[t]);
-    }
-    for (int t = 0; t < G; ++t) {
-      store(out + t * kBlockColumns + (j - j_begin), add(acc[t], load(bias + j)));
-    }
-  }
-  for (; j < j_end; ++j) {
-    for (int t = 0; t < G; ++t) {
-      float sum = 0.0f;
-      for (int64_t i = 0; i < n; ++i) sum = std::fma(x[t * n + i], kernel[i * m + j], sum);
-      out[t * kBlockColumns + (j - j_begin)] = sum + bias[j];
+      if (j + step <= width) {
+        store(out[t] + j, add(acc[t][0], b0));
+        store(out[t] + j + kLanes, add(acc[t][1], b1));
+      } else {  // the block's last, partial step
+        float last[step];
+        store(last, add(acc[t][0], b0));
+        store(last + kLanes, add(acc[t][1], b1));
+        std::copy(last, last + (width - j), out[t] + j);
+      }
     }
   }
 }
 
 // ChunkForwardTile<rows> for rows in 1..sizeof...(G).
 template <int... G>
-void ChunkForwardTileOf(int64_t rows, const float* x, int64_t n, const float* kernel, int64_t m,
-                        const float* bias, int64_t j_begin, int64_t j_end, float* out,
-                        std::integer_sequence<int, G...>) {
-  ((rows == G + 1 ? ChunkForwardTile<G + 1>(x, n, kernel, m, bias, j_begin, j_end, out)
-                  : void()), ...);
+void ChunkForwardTileOf(int64_t rows, const float* x, int64_t n, const float* panel,
+                        int64_t width, float* const out[], std::integer_sequence<int, G...>) {
+  ((rows == G + 1 ? ChunkForwardTile<G + 1>(x, n, panel, width, out) : void()), ...);
+}
+
+// Copies the columns [j_begin, j_begin + width) of kernel [n, m] and of bias [m] into
+// `panel` ((n + 1) * steps * 2 * kLanes floats), as ChunkForwardTile reads them: for each
+// step of 2 vectors of columns, the n rows' 2 vectors in order; then the bias; zeros past
+// `width`. Each kernel row is read in order: read across, the block's rows (far apart) were
+// left waiting on memory.
+void PackColumns(const float* kernel, const float* bias, int64_t n, int64_t m, int64_t j_begin,
+                 int64_t width, float* panel) {
+  constexpr int64_t step = 2 * kLanes;
+  const int64_t steps = (width + step - 1) / step;
+  for (int64_t i = 0; i <= n; ++i) {
+    const float* row = i < n ? kernel + i * m + j_begin : bias + j_begin;
+    float* to = i < n ? panel + i * step : panel + steps * n * step;
+    const int64_t stride = i < n ? n * step : step;
+    int64_t j = 0;
+    for (; j + step <= width; j += step, to += stride) {
+      store(to, load(row + j));
+      store(to + kLanes, load(row + j + kLanes));
+    }
+    if (j < width) {  // the last, partial step
+      std::copy(row + j, row + width, to);
+      std::fill(to + (width - j), to + step, 0.0f);
+    }
+  }
 }
 
 ffi::Error ChunkDenseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -537,15 +559,26 @@ ffi::Error ChunkDenseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   auto run_block = [=](int64_t unit) {
     const int64_t b = unit / blocks_per_run;
     const int64_t j_begin = (unit % blocks_per_run) * kBlockColumns;
-    const int64_t j_end = std::min(m, j_begin + kBlockColumns);
-    float out[kForwardRows * kBlockColumns];
+    const int64_t width = std::min(m, j_begin + kBlockColumns) - j_begin;
+    const int64_t steps = (width + 2 * kLanes - 1) / (2 * kLanes);
+    std::unique_ptr<float[]> panel(new float[(n + 1) * steps * 2 * kLanes]);
+    PackColumns(kernel_data + b * n * m, bias_data + b * m, n, m, j_begin, width, panel.get());
+    // Each row's outputs go straight into its piece, or, where they span two pieces or pass
+    // the last, through a row of `spill`.
+    float spill[kForwardRows * kBlockColumns];
     for (int64_t r0 = 0; r0 < rows; r0 += kForwardRows) {
       const int64_t size = std::min<int64_t>(kForwardRows, rows - r0);
-      ChunkForwardTileOf(size, x_data + (b * rows + r0) * n, n, kernel_data + b * n * m, m,
-                         bias_data + b * m, j_begin, j_end, out,
+      float* out[kForwardRows];
+      for (int64_t t = 0; t < size; ++t) {
+        out[t] = pieces.Inside(b, (r0 + t) * m + j_begin, width);
+        if (out[t] == nullptr) out[t] = spill + t * kBlockColumns;
+      }
+      ChunkForwardTileOf(size, x_data + (b * rows + r0) * n, n, panel.get(), width, out,
                          std::make_integer_sequence<int, kForwardRows>());
       for (int64_t t = 0; t < size; ++t) {
-        pieces.CopyIn(b, (r0 + t) * m + j_begin, j_end - j_begin, out + t * kBlockColumns);
+        if (out[t] == spill + t * kBlockColumns) {
+          pieces.CopyIn(b, (r0 + t) * m + j_begin, width, out[t]);
+        }
       }
     }
   };

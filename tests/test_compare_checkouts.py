@@ -49,6 +49,12 @@ def test_each_checkout_trains_with_its_own_code(tmp_path, change):
   assert [(name, len(calls.split())) for name, _, _, _, calls in rows] == [('before', 2),
                                                                            ('this', 2)]
   assert rows[0][1] == str(tmp_path) and rows[1][1] == str(ROOT)
+  # The ratios' median, from the calls' times as printed (to 0.05 ms).
+  pairs = list(zip(*(map(float, row[4].split()) for row in rows)))
+  low, high = (sum((this + d) / (before - d) for before, this in pairs) / 2 for d in (-0.05, 0.05))
+  median = float(re.search(r'^this / before, call by call: median ([\d.]+), this faster in '
+                           r'[012] of 2 calls$', run.stdout, re.M).group(1))
+  assert low - 1e-3 <= median <= high + 1e-3, (median, pairs)
   if change == 'more_params':
     assert 'parameters after 6 steps: not compared, the two versions have different ones' in (
         run.stdout)
