@@ -68,9 +68,10 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   they are: through XLA, XLA:CPU copied each tensor out of the flat output
   and concatenated their gradients back into one, two passes over it (on
   HNET Permuted MNIST at task 1, 0.9 and 1.0 ms of a 21.5 ms step on a
-  2-core AMD EPYC, Zen 3; `experiments/compare_checkouts.py`, medians of 8
-  calls: Permuted MNIST 21.14 -> 18.93 ms at task 1, Split MNIST 3.53 ->
-  3.19 ms at task 1). Otherwise the kernel's gradient is
+  2-core AMD EPYC, Zen 3; `experiments/compare_checkouts.py`, 16 calls of
+  50 steps, the median of the paired calls' ratios: Permuted MNIST 0.859 at
+  task 1, 25.59 -> 22.73 ms, and 0.985 at task 10; Split MNIST 0.888 at
+  task 1). Otherwise the kernel's gradient is
   XLA's product, and the input gradient, ct [rows, m] times the kernel
   [fan_in, m] transposed: `direct`,
   one dot contracting both operands' minor axis, or `transposed_copy`, a copy
