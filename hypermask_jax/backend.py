@@ -203,8 +203,9 @@ CHOICES = {'HYPERMASK_CONV': ('nhwc_vjp', 'im2col', 'xla', 'ffi'),
 # conditional's branch which returns one of its operands unchanged need not copy it, as the
 # regulariser's switch passes the HNET gradients through at task 0. The copies in the
 # compiled train chunk, of any branch: HNET Permuted MNIST 8.2M floats without it and 6.1M
-# with it (the chunk layer's gradients are gone), Permuted MNIST 38.8M and 36.8M (copies
-# of the target's weights are gone). It changes which buffers are copied, never a number
+# with it (the chunk layer's gradients are gone; since ChunkDenseBackward makes them on CPU,
+# they pass through uncopied either way), Permuted MNIST 38.8M and 36.8M (copies of the
+# target's weights are gone). It changes which buffers are copied, never a number
 # (tests/test_backend.py), so no variable turns it off. On the 2-core AMD
 # EPYC (Zen 5), experiments/compare_checkouts.py against the commit before, medians (ms per
 # step), the parameters the same to the bit: HNET Permuted MNIST 9.56 -> 8.77 at task 1

@@ -146,8 +146,10 @@ def test_copy_insertions_region_analysis_drops_the_pass_through_copies_and_chang
     synthetic_task_set, monkeypatch):
   """COPY_INSERTION: at task 0 the regulariser's switch passes the HNET gradients through
   (regularizers.output_reg_and_grad); without the region analysis XLA:CPU copied them there
-  (here the chunk layer's bias gradient, [chunk_size]), with it not. The losses and the
-  parameters after two tasks are the same to the bit."""
+  (here the chunk layer's bias gradient, [chunk_size], made by XLA's products: from the CPU
+  kernel, ChunkDenseBackward, it passes through uncopied either way), with it not. The losses
+  and the parameters after two tasks are the same to the bit."""
+  monkeypatch.setenv('HYPERMASK_CHUNK_BACKWARD', 'direct')
   config = test_hnet.tiny_config(num_tasks=2)
   data = synthetic_task_set
   default = backend.compiler_options
