@@ -57,7 +57,7 @@ def semi_binary(h, sparsity, sparse):
   return jnp.where(a >= tau, a, 0.0)
 
 
-def masks_from_tensors(target_params, pieces, sparsity, sparse):
+def masks_from_tensors(target_params, tensors, sparsity, sparse):
   """The mask pytree, shaped like target_params, from the generated tensors {path: tensor}
   (`layout.Layout.split`); the leaves without one are the scalar 1.
 
@@ -66,8 +66,8 @@ def masks_from_tensors(target_params, pieces, sparsity, sparse):
   """
   flat = traverse_util.flatten_dict(target_params)
   return traverse_util.unflatten_dict({
-      p: semi_binary(pieces[p], sparsity, sparse and not layout_lib.is_output_bias(p))
-      if p in pieces else jnp.ones((), w.dtype) for p, w in flat.items()})
+      p: semi_binary(tensors[p], sparsity, sparse and not layout_lib.is_output_bias(p))
+      if p in tensors else jnp.ones((), w.dtype) for p, w in flat.items()})
 
 
 def apply_masks(target_params, masks, select):
