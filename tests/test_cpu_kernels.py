@@ -58,10 +58,11 @@ def assert_products(got, x, ct, kernel):
 
 # Pieces of a [rows, m] output read row after row: across rows, empty, one entry, the whole,
 # and short of the whole (the rest left out).
+# Columns go in steps of two vectors, the last step of a block partial where it is short.
 PIECES = [(25, 25, 4100, (5000, 3, 0, 90000, 4101)),  # HNET Permuted MNIST's fan-in: passes of
-          # 6 rows and one, 5 blocks of columns, a tail of 4
-          (7, 10, 37, (259,)),  # one piece, the whole output; one vector and a tail of columns
-          (3, 5, 70, (1, 2, 150))]  # rows in one pass of 3; two vectors, one, a tail
+          # 6 rows and one, 5 blocks of columns, the last of 4
+          (7, 10, 37, (259,)),  # one piece, the whole output; a partial last step
+          (3, 5, 70, (1, 2, 150))]  # rows in one pass of 3; a partial last step
 
 
 def cut(flat, sizes):
