@@ -380,6 +380,27 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct0,
 }
 
 
+// The shapes of x [..., rows, n] and a kernel [..., n, m] (`transposed`: [..., m, n]) that
+// share their leading dimensions, `runs` of them in all.
+struct RowsByKernel {
+  int64_t runs = 0, rows = 0, n = 0, m = 0;
+
+  // False where x or the kernel has under 2 dimensions or they do not fit together.
+  bool Read(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& kernel,
+            bool transposed) {
+    const auto x_dims = x.dimensions();
+    const auto kernel_dims = kernel.dimensions();
+    const size_t xr = x_dims.size(), kr = kernel_dims.size();
+    if (xr < 2 || kr < 2) return false;
+    rows = x_dims[xr - 2];
+    n = x_dims[xr - 1];
+    m = kernel_dims[transposed ? kr - 2 : kr - 1];
+    runs = n > 0 && m > 0 ? static_cast<int64_t>(kernel.element_count()) / (n * m) : 0;
+    return kernel_dims[transposed ? kr - 1 : kr - 2] == n &&
+           static_cast<int64_t>(x.element_count()) == runs * rows * n;
+  }
+};
+
 // A flat vector of floats held as consecutive pieces (ChunkDense's output, its cotangent):
 // piece p holds the entries [start[p], start[p] + size[p]), run b's at data[p] + b * size[p].
 // Entries past the last piece are not held: they read as zeros, and writes to them are dropped.
@@ -534,22 +555,14 @@ void PackColumns(const float* kernel, const float* bias, int64_t n, int64_t m, i
 ffi::Error ChunkDenseImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
                           ffi::RemainingRets outs) {
-  const auto x_dims = x.dimensions();
-  const auto kernel_dims = kernel.dimensions();
-  if (x_dims.size() < 2 || kernel_dims.size() < 2) {
-    return ffi::Error::InvalidArgument("chunk_dense: x and kernel need 2 dimensions");
-  }
-  const int64_t rows = x_dims[x_dims.size() - 2];
-  const int64_t n = x_dims[x_dims.size() - 1];
-  const int64_t m = kernel_dims[kernel_dims.size() - 1];
-  const int64_t runs = n > 0 && m > 0 ? static_cast<int64_t>(kernel.element_count()) / (n * m) : 0;
+  RowsByKernel shape;
   Pieces pieces;
-  if (kernel_dims[kernel_dims.size() - 2] != n ||
-      static_cast<int64_t>(x.element_count()) != runs * rows * n ||
-      static_cast<int64_t>(bias.element_count()) != runs * m || !pieces.Read(outs, runs) ||
-      pieces.total() > rows * m) {
+  if (!shape.Read(x, kernel, false) ||
+      static_cast<int64_t>(bias.element_count()) != shape.runs * shape.m ||
+      !pieces.Read(outs, shape.runs) || pieces.total() > shape.rows * shape.m) {
     return ffi::Error::InvalidArgument("chunk_dense: operand shapes do not match");
   }
+  const int64_t runs = shape.runs, rows = shape.rows, n = shape.n, m = shape.m;
   const int64_t blocks_per_run = (m + kBlockColumns - 1) / kBlockColumns;
   const int64_t total = runs * blocks_per_run;
   if (total == 0 || rows == 0) return ffi::Error::Success();
@@ -653,19 +666,11 @@ ffi::Error ChunkDenseBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                   ffi::ResultBuffer<ffi::F32> d_kernel_out,
                                   ffi::ResultBuffer<ffi::F32> d_x_out,
                                   ffi::ResultBuffer<ffi::F32> d_bias_out) {
-  const auto x_dims = x.dimensions();
-  const auto kernel_dims = kernel.dimensions();
-  if (x_dims.size() < 2 || kernel_dims.size() < 2) {
-    return ffi::Error::InvalidArgument("chunk_dense_backward: x and kernel need 2 dimensions");
-  }
-  const int64_t rows = x_dims[x_dims.size() - 2];
-  const int64_t n = x_dims[x_dims.size() - 1];
-  const int64_t m = kernel_dims[kernel_dims.size() - 1];
-  const int64_t runs = n > 0 && m > 0 ? static_cast<int64_t>(kernel.element_count()) / (n * m) : 0;
+  RowsByKernel shape;
+  const bool fits = shape.Read(x, kernel, false);
+  const int64_t runs = shape.runs, rows = shape.rows, n = shape.n, m = shape.m;
   Pieces ct;
-  if (kernel_dims[kernel_dims.size() - 2] != n ||
-      static_cast<int64_t>(x.element_count()) != runs * rows * n ||
-      (runs > 0 && (!ct.Read(ct_pieces, 0, runs) || ct.total() > rows * m)) ||
+  if (!fits || (runs > 0 && (!ct.Read(ct_pieces, 0, runs) || ct.total() > rows * m)) ||
       static_cast<int64_t>(d_kernel_out->element_count()) != runs * n * m ||
       static_cast<int64_t>(d_x_out->element_count()) != runs * rows * n ||
       static_cast<int64_t>(d_bias_out->element_count()) != runs * m) {
@@ -811,20 +816,12 @@ void WideRowsTile(const float* w, int64_t n, const float* xs, int64_t padded, fl
 
 ffi::Error WideRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                         ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> y_out) {
-  const auto x_dims = x.dimensions();
-  const auto kernel_dims = kernel.dimensions();
-  if (x_dims.size() < 2 || kernel_dims.size() < 2) {
-    return ffi::Error::InvalidArgument("wide_rows: x and kernel need 2 dimensions");
-  }
-  const int64_t rows = x_dims[x_dims.size() - 2];
-  const int64_t n = x_dims[x_dims.size() - 1];
-  const int64_t m = kernel_dims[kernel_dims.size() - 2];
-  const int64_t runs = n > 0 && m > 0 ? static_cast<int64_t>(kernel.element_count()) / (m * n) : 0;
-  if (kernel_dims[kernel_dims.size() - 1] != n ||
-      static_cast<int64_t>(x.element_count()) != runs * rows * n ||
-      static_cast<int64_t>(y_out->element_count()) != runs * rows * m) {
+  RowsByKernel shape;
+  if (!shape.Read(x, kernel, true) ||
+      static_cast<int64_t>(y_out->element_count()) != shape.runs * shape.rows * shape.m) {
     return ffi::Error::InvalidArgument("wide_rows: operand shapes do not match");
   }
+  const int64_t runs = shape.runs, rows = shape.rows, n = shape.n, m = shape.m;
   const int64_t blocks_per_run = (m + kBlockRows - 1) / kBlockRows;
   const int64_t total = runs * blocks_per_run;
   if (total == 0 || rows == 0) return ffi::Error::Success();
