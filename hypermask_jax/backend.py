@@ -245,17 +245,19 @@ def check_environment():
   or to one this machine cannot run.
 
   The choices are read when a function is traced, which may be after a run
-  has written to its workdir; a run checks them all before it starts.
+  has written to its workdir; a run checks them all before it starts. The
+  CPU kernels are built here only where a variable forces them (to find out
+  whether they can run): otherwise the first trace builds them, after the
+  config has been checked, so that bad input is refused in seconds.
   """
   for variable in CHOICES:
     _forced(variable)
-  factored_adam()  # HYPERMASK_FACTORED_ADAM=ffi where the kernel cannot run
-  if _forced('HYPERMASK_CHUNK_BACKWARD') == 'ffi':
-    chunk_backward(0)  # likewise
-  if _forced('HYPERMASK_CONV') == 'ffi':
-    conv()  # likewise
-  if _forced('HYPERMASK_WIDE_PRODUCT') == 'ffi':
-    wide_product()  # likewise
+  kernel_choices = {'HYPERMASK_FACTORED_ADAM': factored_adam,
+                    'HYPERMASK_CHUNK_BACKWARD': lambda: chunk_backward(0),
+                    'HYPERMASK_CONV': conv, 'HYPERMASK_WIDE_PRODUCT': wide_product}
+  for variable, choice in kernel_choices.items():
+    if _forced(variable) == 'ffi':
+      choice()  # raises BadVariable where the kernel cannot run
 
 
 def conv():
