@@ -8,13 +8,15 @@ and WideRows (wide_dense.wide_rows_ffi). They are compiled on first use
 with the C++ compiler ($CXX, else g++) against the XLA FFI headers that ship
 with jaxlib, for this machine's CPU (-march=native), into one library in
 ~/.cache/hypermask_jax/kernels (one file per source, jaxlib, compiler and
-CPU; about 8 s of one core). Where that fails (no compiler, say),
+CPU; 8-15 s of one core, once: processes that need it at the same time
+wait for the first to build it). Where that fails (no compiler, say),
 `unavailable_reason` says why, and backend.py chooses XLA's own code with a
 warning. They take float32 operands; the layers that call them use XLA's code
 for other types (experiments/parity_torch.py runs in float64).
 """
 
 import ctypes
+import fcntl
 import functools
 import hashlib
 import math
@@ -69,21 +71,31 @@ def library():
   path = folder / f'cpu_kernels-{key}.so'
   if not path.exists():
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.so.tmp')  # another process may build it too
-    os.close(fd)
-    try:
-      subprocess.run([compiler, *FLAGS, '-isystem', jax.ffi.include_dir(), '-x', 'c++', '-',
-                      '-o', tmp], input=_SOURCE_TEXT, check=True, capture_output=True,
-                     text=True, timeout=300)
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+    # Processes that start together on one host (a test run's workers, a sweep's processes)
+    # build it once: the others wait here for the first, then find it built.
+    with open(folder / f'cpu_kernels-{key}.lock', 'w') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not path.exists():
+        _build(compiler, folder, path)
   loaded = ctypes.cdll.LoadLibrary(str(path))
   for symbol, target in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(loaded, symbol)),
                                 platform='cpu')
   return loaded
+
+
+def _build(compiler, folder, path):
+  """Compiles the library into `path`, which appears whole or not at all."""
+  fd, tmp = tempfile.mkstemp(dir=folder, suffix='.so.tmp')
+  os.close(fd)
+  try:
+    subprocess.run([compiler, *FLAGS, '-isystem', jax.ffi.include_dir(), '-x', 'c++', '-',
+                    '-o', tmp], input=_SOURCE_TEXT, check=True, capture_output=True, text=True,
+                   timeout=300)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 @functools.cache

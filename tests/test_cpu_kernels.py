@@ -267,6 +267,7 @@ def test_the_convs_are_the_kernels_on_cpu_where_the_channels_fit_unless_forced(m
 
 
 @needs_cpu_kernels
+@pytest.mark.slow  # compiles each layer in float64
 def test_float64_layers_take_xlas_code(monkeypatch):
   """The kernels take float32: in float64 (the PyTorch parity check) the chunk layer, the
   convolutions and the wide layer run XLA's code, also where the kernels are forced."""
@@ -330,6 +331,29 @@ def test_the_kernel_source_compiles_without_warnings(tmp_path):
                         '-Werror', '-isystem', jax.ffi.include_dir(), str(cpu_kernels.SOURCE),
                         '-o', str(tmp_path / 'k.so')], capture_output=True, text=True)
   assert run.returncode == 0, run.stderr[-3000:]
+
+
+@needs_cpu_kernels
+@pytest.mark.slow
+def test_processes_that_need_the_kernels_at_once_build_them_once(tmp_path):
+  """Two processes (a test run's workers, a sweep's) start on a fresh cache together: the
+  compiler runs once, the second waits for it, and both load the library."""
+  count = tmp_path / 'compiler_calls'
+  compiler = tmp_path / 'counting-cxx'
+  compiler.write_text(f'#!/bin/sh\necho call >> {count}\n'
+                      f'exec {os.environ.get("CXX", "g++")} "$@"\n')
+  compiler.chmod(0o755)
+  code = (f'from hypermask_jax import cpu_kernels\ncpu_kernels.CACHE = {str(tmp_path)!r}\n'
+          'cpu_kernels.library()\nprint("loaded")')
+  root = pathlib.Path(__file__).resolve().parents[1]
+  procs = [subprocess.Popen([sys.executable, '-c', code], cwd=root, text=True,
+                            env={**os.environ, 'CXX': str(compiler)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+  for proc in procs:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and out.strip() == 'loaded', err[-3000:]
+  assert count.read_text().splitlines() == ['call']
+  assert len(list(tmp_path.glob('cpu_kernels-*.so'))) == 1
 
 
 @needs_cpu_kernels
