@@ -184,27 +184,36 @@ def test_quick_compile_is_added_to_the_state_initialisation_on_cpu_only(monkeypa
   assert backend.init_compiler_options('hnet') == {}
 
 
-@pytest.mark.parametrize('method', ['hnet', pytest.param('hypermask', marks=pytest.mark.slow)])
-def test_the_state_initialisation_compiles_with_its_own_options_to_the_same_state(
-    synthetic_task_set, monkeypatch, method):
-  """QUICK_COMPILE: the trainer compiles init_state with backend.init_compiler_options (an
-  option XLA does not know makes it fail), and the state equals, to the bit, the one compiled
-  with the step's options (XLA's default -O2)."""
+def init_trainer(method, data):
   config = (test_hnet.tiny_config(num_tasks=2) if method == 'hnet'
             else test_train.tiny_config(num_tasks=2))
-  data = synthetic_task_set
-  new_trainer = lambda: trainer_lib.Trainer(config, METHODS[method](config, data.input_shape,
-                                                                    data.num_classes))
-  trainer = new_trainer()
-  hp = trainer_lib.hyperparams([config])
+  trainer = trainer_lib.Trainer(config, METHODS[method](config, data.input_shape,
+                                                        data.num_classes))
+  return trainer, trainer_lib.hyperparams([config])
+
+
+def test_the_state_initialisation_compiles_with_its_own_options(synthetic_task_set,
+                                                                monkeypatch):
+  """The trainer compiles init_state with backend.init_compiler_options: an option XLA does
+  not know makes it fail."""
+  monkeypatch.setattr(backend, 'init_compiler_options',
+                      lambda method, fan_in: {'xla_no_such_option': 1})
+  trainer, hp = init_trainer('hnet', synthetic_task_set)
+  with pytest.raises(Exception, match='xla_no_such_option'):
+    trainer.init_state(hp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('method', ['hnet', 'hypermask'])
+def test_the_state_initialisation_with_quick_compile_is_the_same_state(synthetic_task_set,
+                                                                       method):
+  """QUICK_COMPILE: the state equals, to the bit, the one compiled with the step's options
+  (XLA's default -O2)."""
+  trainer, hp = init_trainer(method, synthetic_task_set)
   quick = trainer.init_state(hp)
   default = jax.jit(trainer._init_state, compiler_options=trainer.options)(hp)
   for a, b in zip(jax.tree.leaves(quick), jax.tree.leaves(default), strict=True):
     np.testing.assert_array_equal(a, b)
-  monkeypatch.setattr(backend, 'init_compiler_options',
-                      lambda method, fan_in: {'xla_no_such_option': 1})
-  with pytest.raises(Exception, match='xla_no_such_option'):
-    new_trainer().init_state(hp)
 
 
 def test_both_vector_widths_give_the_same_update():

@@ -65,7 +65,8 @@ def test_step_benchmark_floors_follow_the_tasks_regularised():
   assert rows[2][5] > rows[1][5] > 1.2 * rows[0][5]
 
 
-@pytest.mark.parametrize('tasks', ['0', '6', '2,x'])
+@pytest.mark.parametrize('tasks', ['6', pytest.param('0', marks=pytest.mark.slow),
+                                   pytest.param('2,x', marks=pytest.mark.slow)])
 def test_step_benchmark_refuses_tasks_outside_the_config(tasks):
   run = run_step_benchmark(f'--tasks={tasks}')
   assert run.returncode == 2

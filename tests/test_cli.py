@@ -125,8 +125,10 @@ def folders(small_mnist_data_dir, tmp_path_factory):
 
 
 # The fast loop leaves these to the full suite: reading the damaged dataset imports TensorFlow
-# (6-10 s), and the decoded-copy variable is also checked in process (tests/test_data.py).
-SLOW_BAD_INPUT = ('dataset-damaged', 'bad-decoded-copy-variable')
+# (6-10 s), the decoded-copy variable is also checked in process (tests/test_data.py), and the
+# others take the same path as a case kept (out-of-range, workdir-is-a-file).
+SLOW_BAD_INPUT = ('dataset-damaged', 'bad-decoded-copy-variable', 'more-tasks-than-max',
+                  'workdir-not-writable')
 
 
 @pytest.mark.parametrize('case,extra,message', [

@@ -64,6 +64,7 @@ def test_each_checkout_trains_with_its_own_code(tmp_path, change):
   assert (difference > 0) == (change == 'doubled_rate')
 
 
+@pytest.mark.slow  # the flags' path, as the bad flag value below
 def test_refuses_a_folder_without_the_library(tmp_path):
   run = compare(tmp_path)
   assert run.returncode == 2
@@ -71,6 +72,7 @@ def test_refuses_a_folder_without_the_library(tmp_path):
       f"error: --before must name a checkout holding hypermask_jax/; got '{tmp_path}'")
 
 
+@pytest.mark.slow  # the flags' path, as the bad flag value below
 def test_refuses_no_calls():
   run = compare(ROOT, '--calls=0')
   assert run.returncode == 2

@@ -105,8 +105,8 @@ def test_the_kernel_takes_each_runs_own_rows_rate_and_live_count_under_vmap():
 
 
 @needs_cpu_kernels
-@pytest.mark.parametrize('overrides', [
-    dict(sparsity=30.0), pytest.param(dict(reg_subset=1), marks=pytest.mark.slow)])
+@pytest.mark.slow  # whole tasks, twice; the kernel's unit tests above are in the fast loop
+@pytest.mark.parametrize('overrides', [dict(sparsity=30.0), dict(reg_subset=1)])
 def test_training_with_the_kernel_matches_xla_adam(synthetic_task_set, monkeypatch, overrides):
   """Three tasks of a small HyperMask program, each Adam path: the same parameters within
   rounding (the kernel sums the input gradient in another order than XLA) at the first task,

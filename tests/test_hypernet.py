@@ -32,9 +32,11 @@ def test_chunked_output_equals_a_per_chunk_loop():
     np.testing.assert_allclose(out[row], loop, rtol=1e-5, atol=1e-6)
 
 
-# A cut last chunk, and a whole one (in the full suite only).
+# A cut last chunk, and a whole one; from Gram matrices, and from the outputs (the last two in
+# the full suite only).
 @pytest.mark.parametrize('num_outputs', [230, pytest.param(240, marks=pytest.mark.slow)])
-@pytest.mark.parametrize('rows,gram', [([3, 0, 2], True), ([1], False)])
+@pytest.mark.parametrize('rows,gram', [([3, 0, 2], True),
+                                       pytest.param([1], False, marks=pytest.mark.slow)])
 def test_chunked_distances_equal_the_direct_sums_in_value_and_gradient(num_outputs, rows, gram):
   """hypernet.chunked_distances against sum((h(e_j) - h0(e_j))**2) over the used outputs: from
   Gram matrices (3 rows of 6 chunks of 40 outputs from 2 hidden units), or from the outputs."""

@@ -143,7 +143,9 @@ def cli(workdir, data_dir, *extra, env_extra=None):
 @pytest.mark.parametrize('extra,message', [
     (['--config.sweep.nonexistent=1,2'],
      'error: --config.sweep.nonexistent: no such config field to sweep'),
-    (['--config.sweep.beta=abc,def'], "error: config.sweep.beta: 'abc' is not of the field's"),
+    pytest.param(['--config.sweep.beta=abc,def'],
+                 "error: config.sweep.beta: 'abc' is not of the field's",
+                 marks=pytest.mark.slow),  # also in process: test_a_bad_sweep_is_refused...
     (['--config.sweep.seed=1,2', '--config.target_hidden=(3000000,)'],
      'does not fit even at one run per program'),
 ])
