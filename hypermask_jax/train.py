@@ -127,6 +127,16 @@ def _data_key(config):
           config.fecam_scenario, seed)
 
 
+def _task_set(task_sets, config):
+  """config's data from task_sets (a dict by _data_key), loaded into it on first use."""
+  key = _data_key(config)
+  if key not in task_sets:
+    logging.info('loading data: %s (TFDS %s) from %s', config.dataset,
+                 tasks.TFDS_NAMES[config.dataset], config.data_dir or 'the TFDS default data_dir')
+    task_sets[key] = tasks.load_task_set(config)
+  return task_sets[key]
+
+
 def write_report(workdir, is_sweep, task_sets):
   """The figures and report.md (report.py) at the end: a run's, or the sweep's by grid point.
   Extras: a failure here is logged and never fails the finished run."""
@@ -168,6 +178,15 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
     log_results(finished[runs[0].name], workdir)
     return finished[runs[0].name]
 
+  # The workdir, the data and the batch are checked before the state's shapes are traced to
+  # size the programs (runs_per_program): tracing builds the CPU kernels at a first run.
+  if devices.is_primary():
+    outputs.Workdir(workdir).check_usable()
+  task_sets = {}
+  for run in runs:
+    if finished[run.name] is None:
+      config_checks.fit_to_data(run.config, _task_set(task_sets, run.config))
+
   logging.info('%s', environment.one_line())
   environment.use_compilation_cache(runs[0].config.compilation_cache)
   mesh = devices.runs_mesh()
@@ -185,15 +204,8 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
   for program in mine:  # every check before anything is written
     if devices.is_primary():
       outputs.Workdir(sweep.program_folder(workdir, config, program)).check_usable()
-  task_sets = {}
   for i, program in enumerate(mine):
-    key = _data_key(program.config)
-    if key not in task_sets:
-      logging.info('loading data: %s (TFDS %s) from %s', program.config.dataset,
-                   tasks.TFDS_NAMES[program.config.dataset],
-                   program.config.data_dir or 'the TFDS default data_dir')
-      task_sets[key] = tasks.load_task_set(program.config)
-    mine[i] = fit_to_data(program, task_sets[key])  # the batch fits; epochs become steps
+    mine[i] = fit_to_data(program, _task_set(task_sets, program.config))  # epochs become steps
     for run in mine[i].runs:  # compared as saved: with the steps the epochs became
       changed = run_outputs[run.name].changes(run.config, allow_config_change)
       if changed:
@@ -204,7 +216,7 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
   later_steps = sum(p.config.num_tasks * p.config.steps_per_task for p in mine)
   for program in mine:
     later_steps -= program.config.num_tasks * program.config.steps_per_task
-    summaries = run_program(program, task_sets[_data_key(program.config)],
+    summaries = run_program(program, _task_set(task_sets, program.config),
                             [run_outputs[r.name] for r in program.runs],
                             sweep.program_folder(workdir, config, program), mesh,
                             (program.index, len(programs), later_steps) if is_sweep else None)

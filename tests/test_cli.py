@@ -149,8 +149,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(folders, tmp_path, case
                                    'missing-config', 'extra', 'out-of-range', 'more-tasks',
                                    'bad-backend'))
   home = tmp_path / 'home'  # where the CPU kernels would be built (~/.cache/hypermask_jax)
-  if refused_first:  # a first run's: the kernels not built yet
-    variables['HOME'] = str(home)
+  variables['HOME'] = str(home)  # a first run's: the kernels not built yet
   result = cli(*[a for a in args if not a.startswith('ENV:')], variables=variables)
   assert result.returncode == 2, (case, result.stderr[-2000:])
   assert 'Traceback' not in result.stderr, result.stderr[-3000:]
@@ -160,8 +159,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(folders, tmp_path, case
   assert listing(workdir) == before
   if refused_first:
     assert result.stderr.strip() == lines[0]  # refused before anything else ran
-    # and before the CPU kernels were built (13-15 s on 2 CPU cores, at a first run)
-    assert not (home / '.cache' / 'hypermask_jax' / 'kernels').exists()
+  # and before the CPU kernels were built (13-15 s on 2 CPU cores, at a first run)
+  assert not (home / '.cache' / 'hypermask_jax' / 'kernels').exists()
 
 
 @pytest.mark.slow
