@@ -123,7 +123,9 @@ def id_split(sizes):
                      max_size=max(sizes))
 
 
-@pytest.mark.parametrize('n', [1, 2, 3, 7, 100, 4500])
+# The fast loop: one position alone, a few, and a well-shuffled many.
+@pytest.mark.parametrize('n', [1, 3, 4500, *(pytest.param(n, marks=pytest.mark.slow)
+                                             for n in (2, 7, 100))])
 def test_permuted_position_is_a_permutation(n):
   rounds = tasks.permutation_rounds(n)
   perm = np.asarray(tasks.permuted_position(jax.random.key(0), jnp.arange(n), n, rounds))
@@ -155,7 +157,8 @@ def swap_or_not_written_out(key, positions, n, rounds):
   return x
 
 
-@pytest.mark.parametrize('n', [1, 7, 4500, 60000])
+@pytest.mark.parametrize('n', [7, 60000, *(pytest.param(n, marks=pytest.mark.slow)
+                                          for n in (1, 4500))])
 def test_permuted_position_equals_the_rounds_written_out(n):
   rounds = tasks.permutation_rounds(n)
   positions = np.arange(0, n, max(1, n // 300))

@@ -15,8 +15,12 @@ def plain(x, kernel, bias):
   return x @ kernel.T + bias
 
 
-@pytest.mark.parametrize('rows', [3, wide_dense.FUSED_ROWS + 2])  # both gradient formulas
-@pytest.mark.parametrize('outputs', [4096, 997])
+# Both gradient formulas (3 rows, and more than FUSED_ROWS), with a kernel of whole blocks and
+# one with a remainder; the fast loop takes each formula with one of them.
+@pytest.mark.parametrize('outputs,rows', [
+    (997, 3), (4096, wide_dense.FUSED_ROWS + 2),
+    pytest.param(4096, 3, marks=pytest.mark.slow),
+    pytest.param(997, wide_dense.FUSED_ROWS + 2, marks=pytest.mark.slow)])
 def test_value_and_gradients_equal_the_plain_layer(rows, outputs):
   keys = jax.random.split(jax.random.key(0), 4)
   x = jax.random.normal(keys[0], (rows, 7))
@@ -74,8 +78,11 @@ def test_rows_past_live_rows_count_as_zero_inputs(monkeypatch, materialised):
   assert len(traces) == 1
 
 
-@pytest.mark.parametrize('materialised', [False, True])
-@pytest.mark.parametrize('rows', [10, wide_dense.FUSED_ROWS + 2])  # both gradient formulas
+# Both gradient formulas (10 rows, and more than FUSED_ROWS) with and without the [m, r] form;
+# the fast loop leaves out the costliest pair (15 s on 2 cores).
+@pytest.mark.parametrize('rows,materialised', [
+    (10, False), (10, True), (wide_dense.FUSED_ROWS + 2, True),
+    pytest.param(wide_dense.FUSED_ROWS + 2, False, marks=pytest.mark.slow)])
 def test_distances_equal_the_plain_layers_outputs_minus_targets(monkeypatch, rows, materialised):
   """wide_dense_distances, every live_rows value traced in one compiled function, against the
   plain layer on x with its dead rows zeroed: row 0's output, the live rows' squared distances
