@@ -53,8 +53,9 @@
 // WideRows: the full hypernetwork's output product (wide_dense.py) for R rows x [R, n] and
 // a kernel [m, n] of many rows (m in the millions, n in the tens or hundreds):
 //   y[r, j] = sum over i of x[r, i] * kernel[j, i]
-// each summed in vector lanes over i in order (the last vector's lanes past n masked), then
-// over the lanes in a fixed tree (SumLanes8), in tiles of kernel rows x rows of x.
+// each summed in vector lanes over i in order (the last vector's lanes past n zero), then
+// over the lanes in a fixed tree (SumLanes8), in tiles of 8 kernel rows copied into whole,
+// aligned vectors, for one row of x at a time.
 //
 // All split the work into blocks, run on XLA's intra-op threads and the calling thread.
 
@@ -101,10 +102,6 @@ inline Lanes mul(Lanes a, Lanes b) { return _mm512_mul_ps(a, b); }
 inline Lanes add(Lanes a, Lanes b) { return _mm512_add_ps(a, b); }
 inline Lanes fma(Lanes a, Lanes b, Lanes c) { return _mm512_fmadd_ps(a, b, c); }
 inline Lanes zero() { return _mm512_setzero_ps(); }
-// The first `count` (< kLanes) floats from `from`, zeros after; reads nothing past them.
-inline Lanes load_first(const float* from, int64_t count) {
-  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), from);
-}
 #elif defined(__AVX2__) && defined(__FMA__)
 using Lanes = __m256;
 constexpr int64_t kLanes = 8;
@@ -115,10 +112,6 @@ inline Lanes mul(Lanes a, Lanes b) { return _mm256_mul_ps(a, b); }
 inline Lanes add(Lanes a, Lanes b) { return _mm256_add_ps(a, b); }
 inline Lanes fma(Lanes a, Lanes b, Lanes c) { return _mm256_fmadd_ps(a, b, c); }
 inline Lanes zero() { return _mm256_setzero_ps(); }
-inline Lanes load_first(const float* from, int64_t count) {
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_maskload_ps(from, _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane));
-}
 #else
 using Lanes = float;
 constexpr int64_t kLanes = 1;
@@ -129,7 +122,6 @@ inline Lanes mul(Lanes a, Lanes b) { return a * b; }
 inline Lanes add(Lanes a, Lanes b) { return a + b; }
 inline Lanes fma(Lanes a, Lanes b, Lanes c) { return std::fma(a, b, c); }
 inline Lanes zero() { return 0.0f; }
-inline Lanes load_first(const float* from, int64_t count) { return count > 0 ? *from : 0.0f; }
 #endif
 
 // Makes the compiler hold v in a register from here on, where it would rather load it from
@@ -793,41 +785,24 @@ ffi::Error DenseAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
   return ffi::Error::Success();
 }
 
-// WideRows over 8 / G kernel rows from `w` (row u at w + u * n) and G rows of x from `xs`
-// (rows of `padded` floats, zeros past n): the 8 sums y[g, u] into out[u * G + g].
-template <int G>
-void WideRowsTile(const float* w, int64_t n, const float* xs, int64_t padded, float out[8]) {
-  constexpr int J = 8 / G;
+// WideRows over a tile of 8 kernel rows (row u at tile + u * padded, zeros past n) and one row
+// of x (xr, zeros past n): the 8 sums y[u] into out[u]. Both are whole vectors from a cache
+// line's start: read straight from the kernel's rows, a row's last vector took a masked load
+// and many crossed a cache line (timed on the Zen 3 EPYC in docs/benchmark_history.md).
+inline void WideRowsTile(const float* tile, int64_t padded, const float* xr, float out[8]) {
   Lanes acc[8];
-  for (int t = 0; t < 8; ++t) acc[t] = zero();
-  const int64_t full = n / kLanes * kLanes;
-  for (int64_t i = 0; i < full; i += kLanes) {
-    // Each vector loaded once, and kept in a register: GCC otherwise loaded x's or the
-    // kernel's again in each multiply-add (10 or 12 loads for 8 of them), and the loads set
-    // the pace.
-    Lanes xv[G];
-    for (int g = 0; g < G; ++g) {
-      xv[g] = load(xs + g * padded + i);
-      keep_in_register(xv[g]);
-    }
-    for (int u = 0; u < J; ++u) {
-      Lanes wv = load(w + u * n + i);
-      keep_in_register(wv);
-      for (int g = 0; g < G; ++g) acc[u * G + g] = fma(wv, xv[g], acc[u * G + g]);
-    }
-  }
-  if (full < n) {
-    Lanes xv[G];
-    for (int g = 0; g < G; ++g) xv[g] = load(xs + g * padded + full);
-    for (int u = 0; u < J; ++u) {
-      const Lanes wv = load_first(w + u * n + full, n - full);
-      for (int g = 0; g < G; ++g) acc[u * G + g] = fma(wv, xv[g], acc[u * G + g]);
-    }
+  for (int u = 0; u < 8; ++u) acc[u] = zero();
+  for (int64_t i = 0; i < padded; i += kLanes) {
+    // x's vector loaded once, and kept in a register: GCC otherwise loaded it again in each
+    // multiply-add.
+    Lanes xv = load(xr + i);
+    keep_in_register(xv);
+    for (int u = 0; u < 8; ++u) acc[u] = fma(load(tile + u * padded + i), xv, acc[u]);
   }
   // A copy for the lane sums, so that the sums above stay in registers, not in memory that
   // SumLanes8 reads (which made the loop store all 8 at every turn).
   Lanes done[8];
-  for (int t = 0; t < 8; ++t) done[t] = acc[t];
+  for (int u = 0; u < 8; ++u) done[u] = acc[u];
   SumLanes8(done, out);
 }
 
@@ -850,38 +825,37 @@ ffi::Error WideRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     const int64_t b = unit / blocks_per_run;
     const int64_t j_begin = (unit % blocks_per_run) * kBlockRows;
     const int64_t j_end = std::min(m, j_begin + kBlockRows);
-    // x's rows padded with zeros to whole vectors, and a last tile's kernel rows with zero
-    // rows after them.
-    std::unique_ptr<float[]> scratch(new float[rows * padded + 8 * n]());
-    float* xs = scratch.get();
-    float* tail = xs + rows * padded;
+    // x's rows and a tile of 8 kernel rows, each row padded with zeros to whole vectors, at a
+    // cache line's start.
+    constexpr int64_t kLine = 64 / sizeof(float);
+    std::unique_ptr<float[]> scratch(new float[(rows + 8) * padded + kLine]());
+    float* xs = scratch.get() + (kLine - reinterpret_cast<uintptr_t>(scratch.get()) / sizeof(float)
+                                 % kLine) % kLine;
+    float* tile = xs + rows * padded;
     for (int64_t r = 0; r < rows; ++r) {
       std::copy(x_data + (b * rows + r) * n, x_data + (b * rows + r + 1) * n, xs + r * padded);
     }
     const float* w0 = kernel_data + b * m * n;
     float* yb = y + b * rows * m;
     float sums[8];
-    // Tiles of 8 kernel rows, each read from memory once for all of x's rows: pairs of rows
-    // take its halves of 4, and a row alone (the only one, or the last of an odd count) all 8.
+    // Each tile's kernel rows are read from memory once, for all of x's rows; a last tile of
+    // fewer than 8 takes zero rows after them.
     for (int64_t j0 = j_begin; j0 < j_end; j0 += 8) {
       const int64_t valid = std::min<int64_t>(8, j_end - j0);
-      const float* w = w0 + j0 * n;
-      if (valid < 8) {
-        std::copy(w, w + valid * n, tail);
-        w = tail;
-      }
-      for (int64_t r0 = 0; r0 < rows; r0 += 2) {
-        if (r0 + 1 < rows) {
-          for (int64_t half = 0; half < 2; ++half) {
-            WideRowsTile<2>(w + half * 4 * n, n, xs + r0 * padded, padded, sums);
-            for (int64_t u = 0; u < 4 && half * 4 + u < valid; ++u) {
-              yb[r0 * m + j0 + half * 4 + u] = sums[2 * u];
-              yb[(r0 + 1) * m + j0 + half * 4 + u] = sums[2 * u + 1];
-            }
-          }
+      for (int64_t u = 0; u < 8; ++u) {
+        if (u < valid) {
+          std::copy(w0 + (j0 + u) * n, w0 + (j0 + u + 1) * n, tile + u * padded);
         } else {
-          WideRowsTile<1>(w, n, xs + r0 * padded, padded, sums);
-          std::copy(sums, sums + valid, yb + r0 * m + j0);
+          std::fill(tile + u * padded, tile + u * padded + n, 0.0f);
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        float* out = yb + r * m + j0;
+        if (valid == 8) {
+          WideRowsTile(tile, padded, xs + r * padded, out);
+        } else {
+          WideRowsTile(tile, padded, xs + r * padded, sums);
+          std::copy(sums, sums + valid, out);
         }
       }
     }

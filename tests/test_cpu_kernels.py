@@ -149,10 +149,10 @@ def test_the_chunk_backward_is_the_kernel_on_cpu_for_small_fan_ins_unless_forced
 
 @needs_cpu_kernels
 @pytest.mark.parametrize('rows,n,m', [
-    (10, 100, 4100),  # Permuted MNIST's fan-in (a masked last vector); 2 blocks, a last tile of 4
-    (3, 25, 8197),  # Split MNIST's: an odd count (a pair, then a row alone); 3 blocks, a tail of 5
-    (2, 16, 3),  # one tile, shorter than its 4 rows; whole vectors
-    (1, 7, 20)])  # one row: tiles of 8, a tail of 4; shorter than a vector
+    (10, 100, 4100),  # Permuted MNIST's fan-in (a padded last vector); 2 blocks, a last tile of 4
+    (3, 25, 8197),  # Split MNIST's; 3 blocks, a last tile of 5
+    (2, 16, 3),  # one tile of 3 kernel rows; whole vectors
+    (1, 7, 20)])  # one row: tiles of 8, a last tile of 4; shorter than a vector
 def test_the_wide_product_kernel_is_the_product(rows, n, m):
   """y = x kernel^T within float32 rounding of the float64 product (relative to its largest
   entry); the kernel's rows past m are never read (a tail tile copies its rows)."""
