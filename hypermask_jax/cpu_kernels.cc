@@ -81,6 +81,8 @@ namespace {
 
 constexpr int64_t kBlockRows = 4096;  // kernel rows per unit of work
 constexpr int64_t kTileRows = 8;  // kernel rows whose input gradient terms are summed together
+constexpr int64_t kInputGradRows = 8;  // FactoredAdam: rows of x whose input gradient sums
+                                       // run together
 constexpr int64_t kPrefetchTiles = 2;  // WideRows: tiles ahead of the one in use, prefetched
 constexpr int64_t kBlockColumns = 1024;  // ChunkDenseBackward: kernel columns per unit of work
 constexpr int64_t kGroupRows = 8;  // ChunkDenseBackward: most cotangent rows per pass
@@ -228,6 +230,29 @@ void RunUnits(ffi::ThreadPool& pool, int64_t total, const Work& work) {
   progress->all_done.wait(lock, [&] { return progress->done.load() == total; });
 }
 
+// FactoredAdam's input gradient terms of a tile for R rows of x, one column of vectors:
+// d[r] += sum over the tile's rows t of c[r, t] w[t] (c[r, t] at cs[r * kTileRows + t], d[r]
+// at d + r * padded), each summed over t in order, the R sums in registers: R independent
+// chains of multiply-adds, where one row at a time waited on each multiply-add's latency.
+template <int R>
+inline void InputGradTile(const float* tile, int64_t padded, int64_t tile_rows, const float* cs,
+                          float* d) {
+  Lanes sum[R];
+  for (int q = 0; q < R; ++q) sum[q] = load(d + q * padded);
+  for (int64_t t = 0; t < tile_rows; ++t) {
+    Lanes w = load(tile + t * padded);
+    keep_in_register(w);
+    for (int q = 0; q < R; ++q) sum[q] = fma(broadcast(cs[q * kTileRows + t]), w, sum[q]);
+  }
+  for (int q = 0; q < R; ++q) store(d + q * padded, sum[q]);
+}
+
+template <int... G>
+void InputGradTileOf(int64_t rows, const float* tile, int64_t padded, int64_t tile_rows,
+                     const float* cs, float* d, std::integer_sequence<int, G...>) {
+  ((rows == G + 1 ? InputGradTile<G + 1>(tile, padded, tile_rows, cs, d) : void()), ...);
+}
+
 ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct0,
                             ffi::Buffer<ffi::F32> ct_rows, ffi::Buffer<ffi::F32> ct_scale,
                             ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> live,
@@ -333,13 +358,10 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct0,
         }
       }
       for (int64_t i0 = 0; i0 < padded && rows > 0; i0 += kLanes) {
-        Lanes w[kTileRows];
-        for (int64_t t = 0; t < tile_rows; ++t) w[t] = load(tile + t * padded + i0);
-        for (int64_t r = 0; r < rows; ++r) {  // d[r] += sum over the tile's rows t of c[r, t] w[t]
-          const float* cr = cs + r * kTileRows;
-          Lanes sum = load(d + r * padded + i0);
-          for (int64_t t = 0; t < tile_rows; ++t) sum = fma(broadcast(cr[t]), w[t], sum);
-          store(d + r * padded + i0, sum);
+        for (int64_t r0 = 0; r0 < rows; r0 += kInputGradRows) {
+          InputGradTileOf(std::min(kInputGradRows, rows - r0), tile + i0, padded, tile_rows,
+                          cs + r0 * kTileRows, d + r0 * padded + i0,
+                          std::make_integer_sequence<int, kInputGradRows>());
         }
         // XLA's sum of products for each tile row t: fma(c0, x0, c1 * x1), then fma(cr, xr,
         // sum), each x row read once for the whole tile (the sums of all kTileRows rows, in
