@@ -247,6 +247,21 @@ inline void InputGradTile(const float* tile, int64_t padded, int64_t tile_rows, 
   for (int q = 0; q < R; ++q) store(d + q * padded, sum[q]);
 }
 
+// A tile's rows of ct: cs[r * kTileRows + t] = ct[r, t] for r < rows and t < count, row 0
+// from c0 and the others scaled from c_rows (row r - 1, rows m floats apart). Row by row, so
+// that each is one run of products over consecutive entries (where it was one entry of
+// every row at a time); the inlined call with count = kTileRows is a loop of fixed length.
+inline void TileCoefficients(const float* c0, const float* c_rows, const float* c_scale,
+                             int64_t m, int64_t rows, int64_t count, float* cs) {
+  if (rows > 0) std::copy(c0, c0 + count, cs);
+  for (int64_t r = 1; r < rows; ++r) {
+    const float scale = c_scale[r - 1];
+    const float* from = c_rows + (r - 1) * m;
+    float* to = cs + r * kTileRows;
+    for (int64_t t = 0; t < count; ++t) to[t] = scale * from[t];
+  }
+}
+
 template <int... G>
 void InputGradTileOf(int64_t rows, const float* tile, int64_t padded, int64_t tile_rows,
                      const float* cs, float* d, std::integer_sequence<int, G...>) {
@@ -352,10 +367,11 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct0,
       for (int64_t t = 0; t < tile_rows; ++t) {  // before the update overwrites p (in place)
         std::copy(p_in + (b * m + j0 + t) * n, p_in + (b * m + j0 + t + 1) * n,
                   tile + t * padded);
-        if (rows > 0) cs[t] = c0[j0 + t];
-        for (int64_t r = 1; r < rows; ++r) {
-          cs[r * kTileRows + t] = c_scale[r - 1] * c_rows[(r - 1) * m + j0 + t];
-        }
+      }
+      if (tile_rows == kTileRows) {
+        TileCoefficients(c0 + j0, c_rows + j0, c_scale, m, rows, kTileRows, cs);
+      } else {
+        TileCoefficients(c0 + j0, c_rows + j0, c_scale, m, rows, tile_rows, cs);
       }
       for (int64_t i0 = 0; i0 < padded && rows > 0; i0 += kLanes) {
         for (int64_t r0 = 0; r0 < rows; r0 += kInputGradRows) {
