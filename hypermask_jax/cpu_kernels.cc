@@ -81,8 +81,6 @@ namespace {
 
 constexpr int64_t kBlockRows = 4096;  // kernel rows per unit of work
 constexpr int64_t kTileRows = 8;  // kernel rows whose input gradient terms are summed together
-constexpr int64_t kInputGradRows = 8;  // FactoredAdam: rows of x whose input gradient sums
-                                       // run together
 constexpr int64_t kPrefetchTiles = 2;  // WideRows: tiles ahead of the one in use, prefetched
 constexpr int64_t kBlockColumns = 1024;  // ChunkDenseBackward: kernel columns per unit of work
 constexpr int64_t kGroupRows = 8;  // ChunkDenseBackward: most cotangent rows per pass
@@ -230,21 +228,46 @@ void RunUnits(ffi::ThreadPool& pool, int64_t total, const Work& work) {
   progress->all_done.wait(lock, [&] { return progress->done.load() == total; });
 }
 
-// FactoredAdam's input gradient terms of a tile for R rows of x, one column of vectors:
-// d[r] += sum over the tile's rows t of c[r, t] w[t] (c[r, t] at cs[r * kTileRows + t], d[r]
-// at d + r * padded), each summed over t in order, the R sums in registers: R independent
-// chains of multiply-adds, where one row at a time waited on each multiply-add's latency.
-template <int R>
-inline void InputGradTile(const float* tile, int64_t padded, int64_t tile_rows, const float* cs,
-                          float* d) {
-  Lanes sum[R];
-  for (int q = 0; q < R; ++q) sum[q] = load(d + q * padded);
-  for (int64_t t = 0; t < tile_rows; ++t) {
-    Lanes w = load(tile + t * padded);
-    keep_in_register(w);
-    for (int q = 0; q < R; ++q) sum[q] = fma(broadcast(cs[q * kTileRows + t]), w, sum[q]);
+// Both of a tile's sums for rows r0 and on (R of them) of x, one column of vectors, in registers,
+// each coefficient c[r, t] = cs[r * kTileRows + t] broadcast once for both:
+//   the input gradient's, d[r] += c[r, t] w[t] over the tile rows in use (t < tile_rows) in
+//   order (d[r] at d + r * padded, read and written here);
+//   the gradient's, g[t] += c[r, t] x[r] (x[r] at xs + r * padded) over r in order, for all
+//   kTileRows rows (past tile_rows not used), started XLA's way in the first block (kFirst,
+//   R = 2): fma(c0, x0, c1 * x1).
+// Two rows of x at a time keep the kTileRows sums of g, the rows' x and d, a tile row and a
+// coefficient in 14 vector registers; blocks with more rows, and blocks of fewer tile rows
+// that read d twice, were slower on a Zen 3 (docs/benchmark_history.md).
+template <int R, bool kFirst>
+inline __attribute__((always_inline)) void TileSums(const float* tile, const float* xs,
+                                                    int64_t padded, int64_t tile_rows,
+                                                    const float* cs, int64_t r0, float* d,
+                                                    Lanes (&g)[kTileRows]) {
+  Lanes x[R], acc[R];
+  for (int q = 0; q < R; ++q) {
+    x[q] = load(xs + (r0 + q) * padded);
+    acc[q] = load(d + (r0 + q) * padded);
   }
-  for (int q = 0; q < R; ++q) store(d + q * padded, sum[q]);
+  for (int t = 0; t < kTileRows; ++t) {
+    const Lanes w = load(tile + t * padded);
+    const bool in_use = t < tile_rows;
+    int q = 0;
+    if (kFirst) {
+      const Lanes c0 = broadcast(cs[t]), c1 = broadcast(cs[kTileRows + t]);
+      g[t] = fma(c0, x[0], mul(c1, x[1]));
+      if (in_use) {
+        acc[0] = fma(c0, w, acc[0]);
+        acc[1] = fma(c1, w, acc[1]);
+      }
+      q = 2;
+    }
+    for (; q < R; ++q) {
+      const Lanes c = broadcast(cs[(r0 + q) * kTileRows + t]);
+      g[t] = fma(c, x[q], g[t]);
+      if (in_use) acc[q] = fma(c, w, acc[q]);
+    }
+  }
+  for (int q = 0; q < R; ++q) store(d + (r0 + q) * padded, acc[q]);
 }
 
 // A tile's rows of ct: cs[r * kTileRows + t] = ct[r, t] for r < rows and t < count, row 0
@@ -260,12 +283,6 @@ inline void TileCoefficients(const float* c0, const float* c_rows, const float* 
     float* to = cs + r * kTileRows;
     for (int64_t t = 0; t < count; ++t) to[t] = scale * from[t];
   }
-}
-
-template <int... G>
-void InputGradTileOf(int64_t rows, const float* tile, int64_t padded, int64_t tile_rows,
-                     const float* cs, float* d, std::integer_sequence<int, G...>) {
-  ((rows == G + 1 ? InputGradTile<G + 1>(tile, padded, tile_rows, cs, d) : void()), ...);
 }
 
 ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct0,
@@ -374,24 +391,14 @@ ffi::Error FactoredAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> ct0,
         TileCoefficients(c0 + j0, c_rows + j0, c_scale, m, rows, tile_rows, cs);
       }
       for (int64_t i0 = 0; i0 < padded && rows > 0; i0 += kLanes) {
-        for (int64_t r0 = 0; r0 < rows; r0 += kInputGradRows) {
-          InputGradTileOf(std::min(kInputGradRows, rows - r0), tile + i0, padded, tile_rows,
-                          cs + r0 * kTileRows, d + r0 * padded + i0,
-                          std::make_integer_sequence<int, kInputGradRows>());
-        }
-        // XLA's sum of products for each tile row t: fma(c0, x0, c1 * x1), then fma(cr, xr,
-        // sum), each x row read once for the whole tile (the sums of all kTileRows rows, in
-        // registers; past tile_rows they are not used).
         Lanes sums[kTileRows];
-        const Lanes x1 = load(xs + padded + i0);
-        for (int64_t t = 0; t < kTileRows; ++t) sums[t] = mul(broadcast(cs[kTileRows + t]), x1);
-        const Lanes x0 = load(xs + i0);
-        for (int64_t t = 0; t < kTileRows; ++t) sums[t] = fma(broadcast(cs[t]), x0, sums[t]);
-        for (int64_t r = 2; r < rows; ++r) {
-          const Lanes xr = load(xs + r * padded + i0);
-          for (int64_t t = 0; t < kTileRows; ++t) {
-            sums[t] = fma(broadcast(cs[r * kTileRows + t]), xr, sums[t]);
-          }
+        TileSums<2, true>(tile + i0, xs + i0, padded, tile_rows, cs, 0, d + i0, sums);
+        int64_t r0 = 2;
+        for (; r0 + 2 <= rows; r0 += 2) {
+          TileSums<2, false>(tile + i0, xs + i0, padded, tile_rows, cs, r0, d + i0, sums);
+        }
+        if (r0 < rows) {
+          TileSums<1, false>(tile + i0, xs + i0, padded, tile_rows, cs, r0, d + i0, sums);
         }
         for (int64_t t = 0; t < kTileRows; ++t) store(g + t * padded + i0, sums[t]);
       }
