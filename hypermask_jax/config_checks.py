@@ -1,25 +1,26 @@
-"""Checks a config before any compute, naming the bad field and what it allows."""
+"""Checks a config before any compute, naming the bad field and what it allows.
+
+Free of JAX (as data/benchmarks.py, sweep.py and outputs.py), so that the command line refuses
+a bad config before it imports JAX: CHOICES is the one record of what each choice field allows,
+and the modules that implement a choice are tested to implement exactly these.
+"""
 
 import math
 import numbers
 
 from hypermask_jax import errors
-from hypermask_jax import hypernet
-from hypermask_jax import methods
 from hypermask_jax import paths
-from hypermask_jax import targets
-from hypermask_jax import task_inference
+from hypermask_jax.data import benchmarks
 from hypermask_jax.data import class_orders
-from hypermask_jax.data import tasks
 
-METHODS = tuple(methods.METHODS)
-CHOICES = {'hnet_activation': tuple(hypernet.ACTIVATIONS), 'reg_targets': ('stored', 'snapshot'),
-           'train_embeddings': ('all', 'current'), 'target': targets.TARGETS,
-           'batch_norm': targets.BATCH_NORM_MODES, 'lr_schedule': ('constant', 'plateau'),
+METHODS = ('hypermask', 'hnet', 'finetune', 'joint')  # methods.METHODS implements each
+CHOICES = {'hnet_activation': ('elu', 'relu'), 'reg_targets': ('stored', 'snapshot'),
+           'train_embeddings': ('all', 'current'), 'target': ('mlp', 'resnet20', 'zenkenet'),
+           'batch_norm': ('batch', 'running'), 'lr_schedule': ('constant', 'plateau'),
            'selection': ('last', 'best_val', 'best_val_loss'),
-           'task_inference': task_inference.MODES, 'hnet_init': hypernet.INITS,
-           'output_heads': ('shared', 'per_task'), 'data_protocol': tasks.PROTOCOLS,
-           'zenkenet_dropout': targets.ZENKENET_DROPOUT}
+           'task_inference': ('none', 'entropy', 'fecam'), 'hnet_init': ('torch', 'xavier'),
+           'output_heads': ('shared', 'per_task'), 'data_protocol': benchmarks.PROTOCOLS,
+           'zenkenet_dropout': ('architecture', 'off')}
 IMAGE_TARGETS = ('resnet20', 'zenkenet')  # they need image inputs, not the MNIST vectors
 
 
@@ -76,8 +77,8 @@ def resolve(config):
 
 def validate(config):
   """Raises ConfigError for the first field that is out of range."""
-  if config.dataset not in tasks.BENCHMARKS:
-    raise ConfigError(f'config.dataset={config.dataset!r}: must be one of {tasks.BENCHMARKS}')
+  if config.dataset not in benchmarks.BENCHMARKS:
+    raise ConfigError(f'config.dataset={config.dataset!r}: must be one of {benchmarks.BENCHMARKS}')
   if config.method not in METHODS:
     raise ConfigError(f'config.method={config.method!r}: must be one of {METHODS}')
   for field in ('num_tasks', 'max_tasks', 'batch_size', 'embedding_size', 'log_every_steps',
@@ -128,9 +129,9 @@ def validate(config):
       if config[field] != default:
         raise ConfigError(f"config.{field}={config[field]!r} needs a validation split, which "
                           f"config.data_protocol='hypercl' has none of: use {field}={default!r}")
-  if config.target in IMAGE_TARGETS and config.dataset not in tasks.IMAGE_BENCHMARKS:
+  if config.target in IMAGE_TARGETS and config.dataset not in benchmarks.IMAGE_BENCHMARKS:
     raise ConfigError(f'config.target={config.target!r} needs image inputs: use it with '
-                      f'dataset in {tasks.IMAGE_BENCHMARKS}, or target=\'mlp\' for '
+                      f'dataset in {benchmarks.IMAGE_BENCHMARKS}, or target=\'mlp\' for '
                       f'{config.dataset}')
   if config.fecam_scenario not in class_orders.FECAM_SCENARIOS:
     raise ConfigError(f'config.fecam_scenario={config.fecam_scenario!r}: must be one of '
@@ -144,7 +145,7 @@ def validate(config):
   if config.num_tasks > config.max_tasks:
     raise ConfigError(f'config.num_tasks={config.num_tasks} exceeds config.max_tasks='
                       f'{config.max_tasks}: raise max_tasks to at least num_tasks')
-  most = tasks.max_tasks(config)
+  most = benchmarks.max_tasks(config)
   if most is not None and config.num_tasks > most:
     scenario = (f' (fecam_scenario={config.fecam_scenario})'
                 if config.dataset == 'split_cifar100_fecam' else '')

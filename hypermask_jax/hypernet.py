@@ -7,10 +7,10 @@ chunk embeddings (N(0, 1)). HMLP's output layer is a `wide_dense.WideDense`
 (kernel [outputs, hidden], as PyTorch's nn.Linear stores it; see that module
 for why).
 
-Dense layers are initialised as `weight_init` says (INITS): 'torch', PyTorch's
-default Linear init (HyperMask, through hypnettorch's default), or 'xavier',
-Xavier-uniform weights and zero biases (how hypercl initialised HNET for its
-published results).
+Dense layers are initialised as `weight_init` says (config.hnet_init): 'torch',
+PyTorch's default Linear init (HyperMask, through hypnettorch's default), or
+'xavier', Xavier-uniform weights and zero biases (how hypercl initialised HNET
+for its published results).
 """
 
 import functools
@@ -28,7 +28,6 @@ from hypermask_jax.layers import torch_dense
 from hypermask_jax.wide_dense import WideDense
 
 ACTIVATIONS = {'elu': nn.elu, 'relu': nn.relu}
-INITS = ('torch', 'xavier')
 
 
 def _dense(features, fan_in, init, name):

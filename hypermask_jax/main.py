@@ -4,7 +4,7 @@ Any config field can be overridden, e.g. --config.seed=3 --config.beta=1e-3;
 `--help` lists the configs, their variants, the most used fields and the exit
 statuses. Bad input of any kind (a flag, the config, the workdir, the data)
 ends with one line on stderr and exit status 2, before anything is computed or
-written.
+written; the flags, the config and its sweep are checked before JAX is loaded.
 """
 
 import os
@@ -24,7 +24,9 @@ from hypermask_jax import config_files
 from hypermask_jax import console
 from hypermask_jax import errors
 from hypermask_jax import huge_pages
+from hypermask_jax import paths
 from hypermask_jax import preemption
+from hypermask_jax import sweep
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for the results of this run.')
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
@@ -150,6 +152,10 @@ def parse_flags(argv):
                           '--workdir=runs/my_run')
   if len(rest) > 1:
     errors.exit_bad_input(f'unexpected arguments {rest[1:]}: flags are written --name=value')
+  try:  # in a fraction of a second: JAX, imported by main, takes seconds to load
+    sweep.check(flags.FLAGS.config, paths.absolute(_WORKDIR.value), _SWEEP_SHARD.value)
+  except errors.BadInput as e:
+    errors.exit_bad_input(e)
   return rest
 
 

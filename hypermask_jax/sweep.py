@@ -163,6 +163,17 @@ def group(runs, capacity):
   return programs
 
 
+def check(config, workdir, shard=None):
+  """The runs of config and the shard's (index, count), the config, its sweep and the shard
+  checked, and the workdir checked to hold no other sweep or run: raises BadInput, writes
+  nothing. Needs no JAX, so the command line refuses bad input with it before importing JAX
+  (train_and_evaluate checks again, for callers of the library)."""
+  runs = expand(config)
+  shard = parse_shard(shard)
+  check_folder(workdir, config)
+  return runs, shard
+
+
 def parse_shard(text):
   """'i/n' (0 <= i < n) -> (i, n); None -> (0, 1). ConfigError-like BadInput otherwise."""
   if text is None:

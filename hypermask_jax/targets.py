@@ -22,10 +22,6 @@ from hypermask_jax.layers import Linear
 from hypermask_jax.layers import torch_bias_init
 from hypermask_jax.layers import torch_weight_init
 
-TARGETS = ('mlp', 'resnet20', 'zenkenet')
-BATCH_NORM_MODES = ('batch', 'running')
-ZENKENET_DROPOUT = ('architecture', 'off')
-
 
 class Head(nn.Module):
   """The output layer: num_heads heads of num_classes outputs side by side, picked by `tasks`.

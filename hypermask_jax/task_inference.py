@@ -34,7 +34,6 @@ from hypermask_jax import fecam
 from hypermask_jax import features
 from hypermask_jax import trainer as trainer_lib
 
-MODES = ('none', 'entropy', 'fecam')
 # What each mode reports, per test split of a task (%): name -> description.
 METRICS = {
     'entropy': {

@@ -165,10 +165,8 @@ def train_and_evaluate(config, workdir, allow_config_change=False, sweep_shard=N
   backend.check_environment()
   decoded_copy.enabled()  # a bad HYPERMASK_DECODED_COPY stops the run before it writes
   workdir = paths.absolute(workdir)
-  runs = sweep.expand(config)
-  shard_index, shard_count = sweep.parse_shard(sweep_shard)
+  runs, (shard_index, shard_count) = sweep.check(config, workdir, sweep_shard)
   is_sweep = sweep.is_sweep(config)
-  sweep.check_folder(workdir, config)
   run_outputs = {run.name: outputs.RunOutputs(sweep.run_folder(workdir, config, run))
                  for run in runs}
   finished = {run.name: run_outputs[run.name].finished_summary(run.config) for run in runs}

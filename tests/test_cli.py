@@ -118,8 +118,11 @@ BAD_INPUT = [
 def folders(small_mnist_data_dir, tmp_path_factory):
   tmp = tmp_path_factory.mktemp('cli')
   (tmp / 'a_file').write_text('not a folder')
+  (tmp / 'no_jax' / 'jax').mkdir(parents=True)  # a JAX that cannot be imported
+  (tmp / 'no_jax' / 'jax' / '__init__.py').write_text("raise ImportError('JAX was imported')")
   (tmp / 'empty').mkdir()
   return {'data': small_mnist_data_dir, 'file': tmp / 'a_file', 'empty': tmp / 'empty',
+          'no_jax': tmp / 'no_jax',
           'unwritable': unwritable_folder(tmp), 'damaged': corrupt_copy(small_mnist_data_dir, tmp),
           'tmp': tmp}
 
@@ -145,9 +148,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(folders, tmp_path, case
   if 'NO_WORKDIR' in args:
     args = [a for a in args if not a.startswith('--workdir') and a != 'NO_WORKDIR']
   variables = dict(a[len('ENV:'):].split('=', 1) for a in args if a.startswith('ENV:'))
-  refused_first = case.startswith(('non-numeric', 'unknown', 'misspelt', 'no-', 'empty',
-                                   'missing-config', 'extra', 'out-of-range', 'more-tasks',
-                                   'bad-backend'))
+  before_jax = case.startswith(('non-numeric', 'unknown', 'misspelt', 'no-', 'empty',
+                                'missing-config', 'extra', 'out-of-range', 'more-tasks'))
+  refused_first = before_jax or case == 'bad-backend-variable'
+  if before_jax:  # refused in a fraction of a second, before JAX loads: here it cannot
+    variables['PYTHONPATH'] = os.pathsep.join([str(folders['no_jax']), str(ROOT)])
   home = tmp_path / 'home'  # where the CPU kernels would be built (~/.cache/hypermask_jax)
   variables['HOME'] = str(home)  # a first run's: the kernels not built yet
   result = cli(*[a for a in args if not a.startswith('ENV:')], variables=variables)

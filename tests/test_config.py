@@ -5,8 +5,17 @@ import pytest
 from configs import permuted_mnist
 from configs import split_mnist
 from hypermask_jax import config_checks
+from hypermask_jax import hypernet
+from hypermask_jax import methods
 from tests.conftest import synthetic_mnist
 from hypermask_jax.data import tasks
+
+
+def test_the_checks_allow_the_choices_the_library_implements_by_name():
+  """config_checks, free of JAX, lists the choices itself; the tables that map a choice's
+  name to its implementation hold exactly those."""
+  assert tuple(methods.METHODS) == config_checks.METHODS
+  assert tuple(hypernet.ACTIVATIONS) == config_checks.CHOICES['hnet_activation']
 
 
 @pytest.mark.parametrize('field,value,message', [

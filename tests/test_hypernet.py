@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hypermask_jax import config_checks
 from hypermask_jax import hypernet
 from hypermask_jax import layout as layout_lib
 from hypermask_jax import targets
@@ -143,7 +144,7 @@ def test_build_picks_the_hypernetwork(chunk_size, expected):
 
 @pytest.mark.parametrize('form', [
     'direct', 'transposed_copy', pytest.param('ffi', marks=needs_cpu_kernels)])
-@pytest.mark.parametrize('init', hypernet.INITS)
+@pytest.mark.parametrize('init', config_checks.CHOICES['hnet_init'])
 def test_the_chunk_output_layer_is_a_dense_layer_with_a_hand_written_gradient(
     init, form, monkeypatch):
   """Same params (names, shapes, initial values) and outputs as nn.Dense; its gradients are

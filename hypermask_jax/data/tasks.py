@@ -7,7 +7,7 @@ applies each task's pixel permutation on the device; augmentation (Split
 MNIST's crops, Split CIFAR-100's crops and flips) also runs on the device,
 from the step's rng.
 
-Two data protocols (PROTOCOLS) say how the MNIST benchmarks are formed:
+Two data protocols (benchmarks.PROTOCOLS) say how the MNIST benchmarks are formed:
 - 'hypermask' (the HyperMask reference): Permuted MNIST pads 28x28 to 32x32
   (1024 inputs) and permutes every task, task 0 included, with permutations
   drawn from the run's seed; its first 5000 training images validate. Split
@@ -29,26 +29,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hypermask_jax.data import benchmarks
 from hypermask_jax.data import class_orders
 from hypermask_jax.data import tfds_io
 
-BENCHMARKS = ('permuted_mnist', 'split_mnist', 'split_cifar100', 'split_cifar100_fecam',
-              'tiny_imagenet')
-PROTOCOLS = ('hypermask', 'hypercl')
 # The TFDS dataset and the splits (train, test) each benchmark reads. Tiny ImageNet's labelled
 # validation set is its test set (its own test set has no labels), as in the reference.
 TFDS_NAMES = {'permuted_mnist': 'mnist', 'split_mnist': 'mnist', 'split_cifar100': 'cifar100',
               'split_cifar100_fecam': 'cifar100', 'tiny_imagenet': 'tiny_imagenet'}
 TFDS_SPLITS = {'tiny_imagenet': ('train', 'validation')}  # others: ('train', 'test')
-MAX_TASKS = {'split_mnist': 5, 'split_cifar100': 10, 'tiny_imagenet': 40}  # Permuted MNIST: none
 SPLIT_MNIST_MEAN, SPLIT_MNIST_STD = 0.1307, 0.3081
 CIFAR_MEAN = (0.485, 0.456, 0.406)  # the reference's (ImageNet's) normalisation
 CIFAR_STD = (0.229, 0.224, 0.225)
 HYPERCL_PERMUTATION_SEED = 42  # hypercl's data_random_seed default
 VALIDATION_SIZES = {  # per protocol: (Permuted MNIST, Split MNIST per task); 0 = none
     'hypermask': (5000, 1000), 'hypercl': (0, 0)}
-# Colour images: flipped and cropped in training, normalised per channel with CIFAR_MEAN/STD.
-IMAGE_BENCHMARKS = ('split_cifar100', 'split_cifar100_fecam', 'tiny_imagenet')
 NUM_CLASSES = {'permuted_mnist': 10, 'split_mnist': 2, 'split_cifar100': 10,
                'tiny_imagenet': 5}  # per task
 
@@ -70,13 +65,6 @@ def num_classes(config):
   if config.dataset == 'split_cifar100_fecam':
     return max(class_orders.FECAM_SCENARIOS[config.fecam_scenario])
   return NUM_CLASSES[config.dataset]
-
-
-def max_tasks(config):
-  """The most tasks config.dataset has, or None (Permuted MNIST)."""
-  if config.dataset == 'split_cifar100_fecam':
-    return len(class_orders.FECAM_SCENARIOS[config.fecam_scenario])
-  return MAX_TASKS.get(config.dataset)
 
 
 @flax.struct.dataclass
@@ -117,7 +105,7 @@ class TaskSet:
         x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
       x = x.reshape(x.shape[0], -1)
       return jnp.take_along_axis(x, jnp.broadcast_to(self.perms[tasks], x.shape), axis=1)
-    if self.benchmark in IMAGE_BENCHMARKS:
+    if self.benchmark in benchmarks.IMAGE_BENCHMARKS:
       if train:
         rng_flip, rng_crop = jax.random.split(rng)
         x = random_crop(rng_crop, random_flip(rng_flip, x), pad=4)
@@ -385,7 +373,8 @@ def _build(config, train, test):
 def synthetic_task_set(config, train_size=12000, test_size=2000):
   """Random images with config's benchmark's shapes and sizes: for timing and memory, not learning."""
   rs = np.random.RandomState(0)
-  if config.dataset in IMAGE_BENCHMARKS:  # the real sizes per class: CIFAR 500/100, Tiny 500/50
+  # The real sizes per class: CIFAR-100 500 / 100, Tiny ImageNet 500 / 50.
+  if config.dataset in benchmarks.IMAGE_BENCHMARKS:
     side, classes, test_per_class = (64, 200, 50) if config.dataset == 'tiny_imagenet' else (
         32, 100, 100)
     make = lambda n: (rs.randint(0, 256, (n, side, side, 3)).astype(np.uint8),
