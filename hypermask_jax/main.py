@@ -9,6 +9,11 @@ written; the flags, the config and its sweep are checked before JAX is loaded.
 
 import os
 
+from hypermask_jax import huge_pages
+
+if __name__ == '__main__':
+  huge_pages.restart_with_huge_pages()  # once, first: what is imported before it loads twice
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up noise; before TFDS
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # and its oneDNN notice (TF only reads data)
 
@@ -23,10 +28,8 @@ from ml_collections import config_flags
 from hypermask_jax import config_files
 from hypermask_jax import console
 from hypermask_jax import errors
-from hypermask_jax import huge_pages
 from hypermask_jax import paths
 from hypermask_jax import preemption
-from hypermask_jax import sweep
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for the results of this run.')
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
@@ -152,6 +155,7 @@ def parse_flags(argv):
                           '--workdir=runs/my_run')
   if len(rest) > 1:
     errors.exit_bad_input(f'unexpected arguments {rest[1:]}: flags are written --name=value')
+  from hypermask_jax import sweep  # pylint: disable=g-import-not-at-top  (not for a bad flag)
   try:  # in a fraction of a second: JAX, imported by main, takes seconds to load
     sweep.check(flags.FLAGS.config, paths.absolute(_WORKDIR.value), _SWEEP_SHARD.value)
   except errors.BadInput as e:
@@ -176,5 +180,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  huge_pages.restart_with_huge_pages()  # once, before JAX is imported (main imports it)
   app.run(main, flags_parser=parse_flags)
