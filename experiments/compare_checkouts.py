@@ -22,7 +22,15 @@ the other for that alone (where the two held the same code, 5% apart in one
 run and 1% in the next): run it with `--first=before` and `--first=this`.
 
 The config is read from this checkout and given to both, with the settings
-`benchmark_step.py` times under (`shortened_runs.for_step_timing`).
+`benchmark_step.py` times under (`shortened_runs.for_step_timing`). The
+compiled programs are kept in the config's compilation cache, as a run keeps
+them (`--config.compilation_cache=''` turns it off): a checkout whose program
+is the same as the other's, or as an earlier command's, loads it instead of
+compiling it. The two versions' kernels of `hypermask_jax/cpu_kernels.cc`
+are named by their source's hash, so a program is shared only where they are
+the same too. On the 2-core AMD EPYC (Zen 3), the Split MNIST small config
+at task 2 with two copies of one checkout took 45 s without the cache, 29.5 s
+with it empty and 12 s with it filled.
 
 --before_env sets environment variables while the before version is built
 and compiled, and restores them after. With --before=. it times a choice of
@@ -47,6 +55,7 @@ import numpy as np
 
 from experiments import shortened_runs
 from experiments import step_chunks
+from hypermask_jax import environment
 from hypermask_jax import errors
 
 config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
@@ -111,6 +120,7 @@ def main(argv):
   if not 1 <= _TASK.value <= config.num_tasks:
     raise errors.BadInput(f'--task must be in [1, {config.num_tasks}]; got {_TASK.value}')
   shortened_runs.for_step_timing(config, _STEPS.value, _CALLS.value)
+  environment.use_compilation_cache(config.compilation_cache)
   checkouts = {'before': before, 'this': step_chunks.THIS_CHECKOUT}
   order = ('before', 'this') if _FIRST.value == 'before' else ('this', 'before')
   versions = {name: step_chunks.build(checkouts[name], config, _TASK.value - 1, _STEPS.value,
