@@ -26,6 +26,7 @@ from absl import logging
 from etils import epath
 import numpy as np
 
+from hypermask_jax import errors
 from hypermask_jax import figures
 from hypermask_jax import metrics
 from hypermask_jax import model_stats
@@ -292,11 +293,15 @@ def write_sweep_report(paths, out_dir):
 
 
 def write_report(paths, out_dir=None):
-  """One run's report, or that of every run below `paths` by grid point; returns report.md."""
+  """One run's report, or that of every run below `paths` by grid point; returns report.md.
+  Raises errors.BadInput, before it writes, for a path that is no folder or holds no run."""
   paths = [epath.Path(p) for p in paths]
+  for path in paths:
+    if not path.is_dir():
+      raise errors.BadInput(f'{path}: no such folder; name a run\'s workdir or a folder of runs')
   runs = [r for p in paths for r in results.find_runs(p)]
   if not runs:
-    raise ValueError(f'no run (a folder with config.json) in {", ".join(map(str, paths))}')
+    raise errors.BadInput(f'no run (a folder with config.json) in {", ".join(map(str, paths))}')
   if len(runs) == 1:
     report = write_run_report(runs[0], out_dir)
   else:
@@ -305,16 +310,25 @@ def write_report(paths, out_dir=None):
   return report
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse, with a bad argument refused as every bad input is: one line, exit status 2."""
+
+  def error(self, message):
+    errors.exit_bad_input(message)
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m hypermask_jax.report',
-                                   description=__doc__.split('\n\n')[0])
+  parser = _Parser(prog='python -m hypermask_jax.report', description=__doc__.split('\n\n')[0])
   parser.add_argument('workdirs', nargs='+', metavar='WORKDIR',
                       help='a run folder, or a folder of runs (a sweep)')
   parser.add_argument('--out', help='folder for the report (default: WORKDIR/report for one '
                       'WORKDIR, else ./report)')
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)
-  write_report(args.workdirs, args.out)
+  try:
+    write_report(args.workdirs, args.out)
+  except errors.BadInput as e:
+    errors.exit_bad_input(e)
 
 
 if __name__ == '__main__':

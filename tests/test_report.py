@@ -182,6 +182,23 @@ def test_runs_and_sweeps_compared_side_by_side(tmp_path, monkeypatch):
   assert (tmp_path / 'report' / 'grid_points.png').exists()
 
 
+@pytest.mark.parametrize('argv,message', [
+    (['missing'], "missing: no such folder; name a run's workdir or a folder of runs"),
+    (['empty'], 'no run (a folder with config.json) in empty'),
+    ([], 'the following arguments are required: WORKDIR'),
+    (['empty', '--outt=x'], 'unrecognized arguments: --outt=x'),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, capsys, argv,
+                                                         message):
+  (tmp_path / 'empty').mkdir()
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit) as e:
+    report.main(argv)
+  assert e.value.code == 2
+  assert capsys.readouterr().err.splitlines() == [f'error: {message}']
+  assert sorted(p.name for p in tmp_path.rglob('*')) == ['empty']
+
+
 @pytest.mark.slow  # a short training run (mostly compiling), then the model's figures
 def test_the_model_figures_of_a_trained_hypermask_run(tmp_path, monkeypatch, synthetic_task_set):
   """Masks and features from the final checkpoint, checked against the method's own weights."""
