@@ -51,11 +51,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable
 from absl import flags
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 
 from hypermask_jax import checkpoints
 from hypermask_jax import config_checks
+from hypermask_jax import config_files
 from hypermask_jax import cpu_kernels
 from hypermask_jax import environment
 from hypermask_jax import errors
@@ -68,7 +68,7 @@ from hypermask_jax.methods import base
 from experiments import shortened_runs
 from experiments import step_chunks
 
-config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
+config_files.define_flag('configs/permuted_mnist.py', 'Config to time.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per measurement (one compiled chunk).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Measurements per task; the best is reported.')
 _TASKS = flags.DEFINE_list(

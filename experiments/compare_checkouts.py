@@ -50,15 +50,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable
 from absl import flags
 from flax import traverse_util
 import jax
-from ml_collections import config_flags
 import numpy as np
 
 from experiments import shortened_runs
 from experiments import step_chunks
+from hypermask_jax import config_files
 from hypermask_jax import environment
 from hypermask_jax import errors
 
-config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
+config_files.define_flag('configs/permuted_mnist.py', 'Config to time.')
 _BEFORE = flags.DEFINE_string('before', None, 'The other checkout (a folder holding '
                               'hypermask_jax/), e.g. a `git worktree` of an earlier commit.')
 _TASK = flags.DEFINE_integer('task', 1, 'The task to time, numbered from 1.')

@@ -23,16 +23,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable
 
 from absl import flags
 import jax
-from ml_collections import config_flags
 import numpy as np
 
 from hypermask_jax import config_checks
+from hypermask_jax import config_files
 from hypermask_jax import errors
 from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 
-config_flags.DEFINE_config_file('config', 'configs/hnet_permuted_mnist_100.py', 'Config to run.')
+config_files.define_flag('configs/hnet_permuted_mnist_100.py', 'Config to run.')
 _STEPS = flags.DEFINE_integer('steps', 2, 'Training steps per task.')
 _ONLY_TASK = flags.DEFINE_integer('only_task', None, 'Train only this task (1-based) and print '
                                   'the peak memory.')

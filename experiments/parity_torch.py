@@ -33,7 +33,6 @@ convolutions are a few 1e-2 away from its float64 ones, so float32 cannot
 resolve agreement to 1e-5 there.
 """
 
-import argparse
 import pathlib
 import sys
 
@@ -52,6 +51,7 @@ from hypnettorch import mnets
 
 from configs import permuted_mnist
 from hypermask_jax import config_checks
+from hypermask_jax import errors
 from hypermask_jax import layout as layout_lib
 from hypermask_jax import mask as mask_lib
 from hypermask_jax import trainer as trainer_lib
@@ -414,7 +414,7 @@ def run(cases):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--cases', nargs='*', default=list(CASES), choices=list(CASES))
   args = parser.parse_args(argv)
   ties = tie_rows()

@@ -48,13 +48,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable
 
 from absl import flags
 import jax
-from ml_collections import config_flags
 
 from experiments import shortened_runs
 from experiments import step_chunks
+from hypermask_jax import config_files
 from hypermask_jax import errors
 
-config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to profile.')
+config_files.define_flag('configs/permuted_mnist.py', 'Config to profile.')
 _TASK = flags.DEFINE_integer('task', 1, 'The task to profile, numbered from 1.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Steps in the profiled call (one compiled chunk).')
 _TOP = flags.DEFINE_integer('top', 25, 'How many ops to list, slowest first.')

@@ -19,9 +19,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable
 
 from absl import flags
 import jax
-from ml_collections import config_flags
 
 from hypermask_jax import config_checks
+from hypermask_jax import config_files
 from hypermask_jax import errors
 from hypermask_jax import figures
 from hypermask_jax import model_stats
@@ -30,7 +30,7 @@ from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.data import tasks
 from hypermask_jax.methods import METHODS
 
-config_flags.DEFINE_config_file('config', 'configs/permuted_mnist.py', 'Config to time.')
+config_files.define_flag('configs/permuted_mnist.py', 'Config to time.')
 
 
 def timed(name, fn):

@@ -5,9 +5,13 @@ that name the file or the variant (ml_collections' own loader reports them as
 tracebacks or defers them to the first use of the config).
 """
 
+import difflib
 import importlib.util
 import os
 import pathlib
+import re
+
+from ml_collections import config_flags
 
 from hypermask_jax import errors
 
@@ -54,3 +58,63 @@ def load(value):
   except Exception as e:  # pylint: disable=broad-except
     raise errors.BadInput(f'--config={value}: get_config({variant!r}) failed '
                           f'({type(e).__name__}: {e})') from None
+
+
+def _config_value(argv):
+  """The value given to --config (the last one, as absl takes it; None if the flag is absent)."""
+  value = None
+  for i, arg in enumerate(argv):
+    match = re.match(r'^--?config(=(.*))?$', arg)
+    if match:
+      value = match.group(2) if match.group(1) is not None else (
+          argv[i + 1] if i + 1 < len(argv) else '')
+  return value
+
+
+def _fields(config, prefix=''):
+  names = []
+  for key, value in config.items():
+    names.append(prefix + key)
+    if hasattr(value, 'items'):
+      names += _fields(value, f'{prefix}{key}.')
+  return names
+
+
+def define_flag(default, help_text):
+  """The --config flag (config_flags.DEFINE_config_file) of a command that checks its flags
+  with check_flags first: it takes any --config.FIELD (and so an unlocked config), where
+  ml_collections would refuse an unknown one with a traceback as the command is imported."""
+  return config_flags.DEFINE_config_file('config', default, help_text, lock_config=False,
+                                         accept_new_attributes=True)
+
+
+def check_flags(argv, default=None, sweep=True):
+  """Checks --config and every --config.FIELD override in argv with messages that name them.
+
+  ml_collections reports these cases with tracebacks or deferred errors; this
+  finds them first (the config file is loaded once more by the flag itself).
+  default: the config a command runs without --config (None: --config is
+  required); sweep: whether --config.sweep.FIELD is allowed.
+  """
+  value = _config_value(argv)
+  example = ('name a config file, e.g. --config=configs/permuted_mnist.py:small '
+             '(--help lists them)')
+  if value is None and default is None:
+    raise errors.BadInput(f'--config: missing; {example}')
+  if value == '':
+    raise errors.BadInput(f'--config: empty; {example}')
+  config = default if value is None else load(value)
+  fields = [f for f in _fields(config) if f.split('.')[0] != 'sweep']
+  for arg in argv:
+    match = re.match(r'^--?(?:no)?config\.([^=]+)', arg)
+    if not match:
+      continue
+    field = match.group(1)
+    swept = sweep and field.startswith('sweep.')
+    if (field[len('sweep.'):] if swept else field) not in fields:
+      close = difflib.get_close_matches(field[len('sweep.'):] if swept else field, fields, n=1,
+                                        cutoff=0.6)
+      hint = (f"did you mean --config.{'sweep.' if swept else ''}{close[0]}?" if close
+              else '--help lists the main ones')
+      what = 'no such config field to sweep' if swept else 'no such config field'
+      raise errors.BadInput(f'--config.{field}: {what} ({hint})')

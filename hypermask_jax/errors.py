@@ -6,6 +6,7 @@ is allowed. Anything else that goes wrong is a bug and keeps its traceback.
 The scripts in experiments/ take the same path (`run_script`).
 """
 
+import argparse
 import re
 import sys
 
@@ -31,6 +32,14 @@ def exit_bad_input(message):
   sys.exit(EXIT_BAD_INPUT)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse's parser for the commands that use it, a bad argument refused as every bad
+  input is: one line, exit status 2 (argparse prints its usage first)."""
+
+  def error(self, message):
+    exit_bad_input(message)
+
+
 def parse_flags(argv):
   """absl's flag parsing, a bad flag value leaving through exit_bad_input: the remaining args."""
   try:
@@ -50,9 +59,16 @@ def print_script_help():
 
 def run_script(main):
   """app.run(main) for a script: --help exits 0; a bad flag, BadInput or absl's UsageError
-  exits 2, one line; the libraries' INFO logs are kept off the console (`console`)."""
+  exits 2, one line; the libraries' INFO logs are kept off the console (`console`). A script's
+  --config and --config.FIELD flags are checked as the command line checks them."""
   if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
     print_script_help()
+  if 'config' in flags.FLAGS:
+    from hypermask_jax import config_files  # pylint: disable=g-import-not-at-top  (it imports this)
+    try:
+      config_files.check_flags(sys.argv[1:], default=flags.FLAGS['config'].default, sweep=False)
+    except BadInput as e:
+      exit_bad_input(e)
 
   def checked_main(argv):
     console.quiet_libraries()

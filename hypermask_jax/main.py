@@ -17,13 +17,10 @@ if __name__ == '__main__':
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up noise; before TFDS
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # and its oneDNN notice (TF only reads data)
 
-import difflib  # pylint: disable=g-import-not-at-top,wrong-import-position
-import re
-import sys
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from hypermask_jax import config_files
 from hypermask_jax import console
@@ -41,9 +38,8 @@ _REPORT = flags.DEFINE_bool(
 _SWEEP_SHARD = flags.DEFINE_string(
     'sweep_shard', None, 'i/n: run only the i-th of n shares of a sweep\'s programs (0 <= i < n), '
     'e.g. one per job of a SLURM array; any later run collects the finished ones.')
-# New attributes are accepted only under config.sweep (checked in check_config_flags).
-config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
-                                lock_config=False, accept_new_attributes=True)
+# New attributes are accepted only under config.sweep (checked by config_files.check_flags).
+config_files.define_flag(None, 'Experiment config file (configs/*.py[:variant]).')
 
 MOST_USED_FIELDS = (
     ('data_dir', "TFDS data dir ('' = TFDS's default); prepare MNIST offline with "
@@ -90,63 +86,13 @@ def help_text():
   return '\n'.join(lines)
 
 
-def _config_value(argv):
-  """The value given to --config (the last one, as absl takes it; None if the flag is absent)."""
-  value = None
-  for i, arg in enumerate(argv):
-    match = re.match(r'^--?config(=(.*))?$', arg)
-    if match:
-      value = match.group(2) if match.group(1) is not None else (
-          argv[i + 1] if i + 1 < len(argv) else '')
-  return value
-
-
-def _fields(config, prefix=''):
-  names = []
-  for key, value in config.items():
-    names.append(prefix + key)
-    if hasattr(value, 'items'):
-      names += _fields(value, f'{prefix}{key}.')
-  return names
-
-
-def check_config_flags(argv):
-  """Checks --config and every --config.FIELD override with messages that name them.
-
-  ml_collections reports these cases with tracebacks or deferred errors; this
-  finds them first (the config file is loaded once more by the flag itself).
-  """
-  value = _config_value(argv)
-  example = ('name a config file, e.g. --config=configs/permuted_mnist.py:small '
-             '(--help lists them)')
-  if value is None:
-    raise errors.BadInput(f'--config: missing; {example}')
-  if not value:
-    raise errors.BadInput(f'--config: empty; {example}')
-  config = config_files.load(value)
-  fields = [f for f in _fields(config) if f.split('.')[0] != 'sweep']
-  for arg in argv:
-    match = re.match(r'^--?(?:no)?config\.([^=]+)', arg)
-    if not match:
-      continue
-    field = match.group(1)
-    swept = field.startswith('sweep.')
-    if (field[len('sweep.'):] if swept else field) not in fields:
-      close = difflib.get_close_matches(field[len('sweep.'):] if swept else field, fields, n=1,
-                                        cutoff=0.6)
-      hint = (f"did you mean --config.{'sweep.' if swept else ''}{close[0]}?" if close
-              else '--help lists the main ones')
-      what = 'no such config field to sweep' if swept else 'no such config field'
-      raise errors.BadInput(f'--config.{field}: {what} ({hint})')
-
-
 def parse_flags(argv):
   """absl's flag parsing with our error path: --help exits 0, bad flags exit 2 with one line."""
   if any(arg in errors.HELP_FLAGS for arg in argv[1:]):
     print(help_text())
     sys.exit(0)
   try:
-    check_config_flags(argv[1:])
+    config_files.check_flags(argv[1:])
   except errors.BadInput as e:
     errors.exit_bad_input(e)
   rest = errors.parse_flags(argv)

@@ -17,7 +17,6 @@ point. With several arguments, each one's folder name labels its grid points
 for one argument, else to --out (default ./report).
 """
 
-import argparse
 import dataclasses
 import math
 import time
@@ -310,15 +309,9 @@ def write_report(paths, out_dir=None):
   return report
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse, with a bad argument refused as every bad input is: one line, exit status 2."""
-
-  def error(self, message):
-    errors.exit_bad_input(message)
-
-
 def main(argv=None):
-  parser = _Parser(prog='python -m hypermask_jax.report', description=__doc__.split('\n\n')[0])
+  parser = errors.ArgumentParser(prog='python -m hypermask_jax.report',
+                                 description=__doc__.split('\n\n')[0])
   parser.add_argument('workdirs', nargs='+', metavar='WORKDIR',
                       help='a run folder, or a folder of runs (a sweep)')
   parser.add_argument('--out', help='folder for the report (default: WORKDIR/report for one '

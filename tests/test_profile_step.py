@@ -58,3 +58,19 @@ def test_refuses_a_trace_dir_it_cannot_write(tmp_path):
   assert run.returncode == 2
   assert run.stderr.startswith('error: --trace_dir must name a folder it can write; got ')
   assert len(run.stderr.strip().splitlines()) == 1
+
+
+# The scripts' --config flags take the command line's checks (errors.run_script): ml_collections
+# raised the first two as tracebacks, at import and at the config's first use.
+@pytest.mark.parametrize('args,message', [
+    (['--config.num_task=3'], '--config.num_task: no such config field (did you mean '
+                              '--config.num_tasks?)'),
+    (['--config=configs/nope.py'], "--config=configs/nope.py: no such file 'configs/nope.py'"),
+    (['--config.sweep.seed=1,2'], '--config.sweep.seed: no such config field'),
+])
+def test_a_bad_config_flag_is_one_line_and_exit_2(args, message):
+  run = subprocess.run([sys.executable, 'experiments/profile_step.py', *args],
+                       capture_output=True, text=True, cwd=ROOT)
+  assert run.returncode == 2
+  lines = run.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f'error: {message}'), run.stderr[-2000:]
