@@ -2,7 +2,10 @@
 
 `load('configs/permuted_mnist.py:small')` is what --config does, with errors
 that name the file or the variant (ml_collections' own loader reports them as
-tracebacks or defers them to the first use of the config).
+tracebacks or defers them to the first use of the config). `check_flags`
+checks a command line's --config and --config.FIELD flags that way before
+absl parses them; `define_flag` defines the --config flag of a command that
+does (hypermask_jax.main, and the scripts through errors.run_script).
 """
 
 import difflib

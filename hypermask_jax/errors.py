@@ -34,7 +34,7 @@ def exit_bad_input(message):
 
 class ArgumentParser(argparse.ArgumentParser):
   """argparse's parser for the commands that use it, a bad argument refused as every bad
-  input is: one line, exit status 2 (argparse prints its usage first)."""
+  input is: one line, exit status 2 (argparse's own error prints its usage line first)."""
 
   def error(self, message):
     exit_bad_input(message)

@@ -297,7 +297,7 @@ def write_report(paths, out_dir=None):
   paths = [epath.Path(p) for p in paths]
   for path in paths:
     if not path.is_dir():
-      raise errors.BadInput(f'{path}: no such folder; name a run\'s workdir or a folder of runs')
+      raise errors.BadInput(f'{path}: not a folder; name a run\'s workdir or a folder of runs')
   runs = [r for p in paths for r in results.find_runs(p)]
   if not runs:
     raise errors.BadInput(f'no run (a folder with config.json) in {", ".join(map(str, paths))}')

@@ -183,7 +183,7 @@ def test_runs_and_sweeps_compared_side_by_side(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize('argv,message', [
-    (['missing'], "missing: no such folder; name a run's workdir or a folder of runs"),
+    (['missing'], "missing: not a folder; name a run's workdir or a folder of runs"),
     (['empty'], 'no run (a folder with config.json) in empty'),
     ([], 'the following arguments are required: WORKDIR'),
     (['empty', '--outt=x'], 'unrecognized arguments: --outt=x'),
