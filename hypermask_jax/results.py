@@ -12,6 +12,7 @@ import json
 from etils import epath
 import numpy as np
 
+from hypermask_jax import errors
 from hypermask_jax import fields
 from hypermask_jax import metrics
 from hypermask_jax import outputs
@@ -53,8 +54,17 @@ class Run:
     return metrics.summary(self.accuracy) if self.tasks_done else {}
 
 
+def _parsed(path, text):
+  """json.loads(text), text read from path; errors.BadInput naming the file if it is damaged."""
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise errors.BadInput(f'{path}: damaged ({e.msg}, line {e.lineno}); a run writes it '
+                          'whole, so something else cut or changed it') from None
+
+
 def _json(path, default=None):
-  return json.loads(path.read_text()) if path.exists() else default
+  return _parsed(path, path.read_text()) if path.exists() else default
 
 
 def load_run(path):
@@ -64,11 +74,11 @@ def load_run(path):
   for i, row in enumerate(rows):
     accuracy[i, :i + 1] = row[:i + 1]
   metrics_file = path / outputs.METRICS
-  records = ([json.loads(line) for line in metrics_file.read_text().splitlines()]
+  records = ([_parsed(metrics_file, line) for line in metrics_file.read_text().splitlines()]
              if metrics_file.exists() else [])
   embeddings = _json(path / outputs.EMBEDDINGS)
   config = {k: tuple(v) if isinstance(v, list) else v  # hashable: runs are grouped by value
-            for k, v in json.loads((path / outputs.CONFIG).read_text()).items()}
+            for k, v in _json(path / outputs.CONFIG).items()}
   return Run(path=path, config=config, records=records,
              accuracy=accuracy, summary=_json(path / outputs.SUMMARY),
              embeddings=None if embeddings is None else np.asarray(embeddings),

@@ -199,6 +199,20 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, 
   assert sorted(p.name for p in tmp_path.rglob('*')) == ['empty']
 
 
+@pytest.mark.parametrize('name', ['config.json', 'metrics.jsonl'])
+def test_a_damaged_run_file_is_named_in_one_line_exit_2(tmp_path, capsys, name):
+  run = tmp_path / 'run'
+  fake_runs.write_fake_run(run, fake_runs.fake_accuracy(3, 1))
+  (run / name).write_text((run / name).read_text()[:-5])  # cut short
+  with pytest.raises(SystemExit) as e:
+    report.main([str(run)])
+  assert e.value.code == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f'error: {run / name}: damaged ('), lines
+  assert lines[0].endswith('a run writes it whole, so something else cut or changed it')
+  assert not (run / 'report').exists()
+
+
 @pytest.mark.slow  # a short training run (mostly compiling), then the model's figures
 def test_the_model_figures_of_a_trained_hypermask_run(tmp_path, monkeypatch, synthetic_task_set):
   """Masks and features from the final checkpoint, checked against the method's own weights."""
