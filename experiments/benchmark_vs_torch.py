@@ -22,6 +22,10 @@ with the real datasets' sizes and shapes (timing does not depend on pixels).
   training loop with the same schedule; batches preprocessed with batched
   torch ops.
 
+Before the runs, hypermask_jax's C++ kernels are built for this CPU (`python -m
+hypermask_jax.cpu_kernels`, once per machine, as an install step would); its line is printed
+first and kept in the JSON, and the table does not count it.
+
 Columns: wall time of the whole run; training steps/s (hypermask_jax: the
 compiling call excluded; in both, the best-validation checks every
 `selection_every_steps` steps count as training time, since hypermask_jax
@@ -33,8 +37,10 @@ framework's own process, so neither counts the other; ratio = PyTorch time /
 hypermask_jax time (> 1: hypermask_jax is faster).
 """
 
+import importlib.util
 import json
 import logging
+import os
 import pathlib
 import subprocess
 import sys
@@ -224,12 +230,26 @@ def worker(framework, name):
   print(RESULT + json.dumps(result), flush=True)
 
 
+def build_kernels():
+  """Builds hypermask_jax's C++ kernels for this CPU before the timed runs, as an install step
+  would (`python -m hypermask_jax.cpu_kernels`; 8-20 s once per machine, like the compiled
+  code PyTorch's wheel brings), so that the first config's first task does not wait for them.
+  Prints and returns the command's line."""
+  run = subprocess.run([sys.executable, '-m', 'hypermask_jax.cpu_kernels'], capture_output=True,
+                       text=True, cwd=REPO,
+                       env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  line = run.stdout.strip() or (f'hypermask_jax C++ kernels: the command failed (exit '
+                                f'{run.returncode}): {run.stderr.strip()[-500:]}')
+  print(f'{line} (before the runs; not counted in the table)', flush=True)
+  return line
+
+
 def launch(framework, name):
   """Runs one worker in its own process and returns its result (None if it failed)."""
   cmd = [sys.executable, __file__, f'--worker={framework}', f'--configs={name}',
          f'--tasks={_TASKS.value}', f'--steps={_STEPS.value}']
   run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                       env={**__import__('os').environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+                       env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
   lines = [l for l in run.stdout.splitlines() if l.startswith(RESULT)]
   if run.returncode or not lines:
     print(f'{name} / {framework} failed (exit {run.returncode}):\n{run.stderr[-3000:]}')
@@ -257,24 +277,48 @@ def main(argv):
   unknown = set(_CONFIGS.value) - set(CONFIGS)
   if unknown:
     raise errors.BadInput(f'unknown configs {sorted(unknown)}: choose from {CONFIGS}')
+  for flag in (_TASKS, _STEPS):
+    if flag.value < 1:
+      raise errors.BadInput(f'--{flag.name} must be at least 1; got {flag.value}')
+  unknown = set(_FRAMEWORKS.value) - {'jax', 'torch'}
+  if unknown or not _FRAMEWORKS.value:
+    raise errors.BadInput('--frameworks takes jax, torch or both; got '
+                          f'{",".join(_FRAMEWORKS.value)!r}')
+  out = pathlib.Path(_OUT.value)
+  if out.is_dir() or not out.parent.is_dir():  # found now, not after the runs
+    raise errors.BadInput(f'--out must be a file in an existing folder; got {_OUT.value}')
   if _WORKER.value:
     return worker(_WORKER.value, _CONFIGS.value[0])
-  rows = []
+  missing = [m for m in ('torch', 'hypnettorch') if importlib.util.find_spec(m) is None]
+  if 'torch' in _FRAMEWORKS.value and missing:
+    raise errors.BadInput(f'--frameworks=torch needs {" and ".join(missing)}: pip install -r '
+                          'requirements-torch.txt (or --frameworks=jax)')
+  kernels = build_kernels() if 'jax' in _FRAMEWORKS.value else None
+  rows, failed = [], []
   for name in _CONFIGS.value:
     results = {fw: launch(fw, name) for fw in _FRAMEWORKS.value}
     for fw, result in results.items():
-      if result is not None:
+      if result is None:
+        failed.append(f'{name} / {fw}')
+      else:
         rows.append({'config': name, 'framework': fw, 'result': result})
     if all(results.get(fw) for fw in ('jax', 'torch')):
       jx, tr = results['jax'], results['torch']
       rows[-1]['ratio'] = {'wall': tr['wall'] / jx['wall'],
                            'first_task': tr['task_seconds'][0] / jx['task_seconds'][0],
                            'last_task': tr['task_seconds'][-1] / jx['task_seconds'][-1]}
-    print('\n'.join(table(rows).splitlines()[-len(results):]), flush=True)
+    added = [row for row in rows if row['config'] == name]
+    if added:
+      print('\n'.join(table(added).splitlines()[2:]), flush=True)
   print(table(rows))
-  pathlib.Path(_OUT.value).write_text(json.dumps(
-      {'tasks': _TASKS.value, 'steps': _STEPS.value, 'rows': rows}, indent=1))
+  out.write_text(json.dumps(
+      {'tasks': _TASKS.value, 'steps': _STEPS.value, 'kernels': kernels, 'rows': rows},
+      indent=1))
   print(f'written: {_OUT.value}')
+  if failed:
+    print(f'failed (their errors above): {", ".join(failed)}')
+    return 1
+  return 0
 
 
 if __name__ == '__main__':

@@ -8,11 +8,17 @@ and WideRows (wide_dense.wide_rows_ffi). They are compiled on first use
 with the C++ compiler ($CXX, else g++) against the XLA FFI headers that ship
 with jaxlib, for this machine's CPU (-march=native), into one library in
 ~/.cache/hypermask_jax/kernels (one file per source, jaxlib, compiler and
-CPU; 8-15 s of one core, once: processes that need it at the same time
-wait for the first to build it). Where that fails (no compiler, say),
-`unavailable_reason` says why, and backend.py chooses XLA's own code with a
-warning. They take float32 operands; the layers that call them use XLA's code
-for other types (experiments/parity_torch.py runs in float64).
+CPU; 8-20 s of one core, once: processes that need it at the same time
+wait for the first to build it, and both log what they do). Where that fails
+(no compiler, say), `unavailable_reason` says why, and backend.py chooses
+XLA's own code with a warning. They take float32 operands; the layers that
+call them use XLA's code for other types (experiments/parity_torch.py runs in
+float64).
+
+`python -m hypermask_jax.cpu_kernels` builds them now, as an install step
+would, and prints where they are (or why they cannot be built): a first run,
+or a benchmark's first timed task (experiments/benchmark_vs_torch.py), then
+does not wait for them.
 """
 
 import ctypes
@@ -25,8 +31,11 @@ import pathlib
 import platform
 import re
 import subprocess
+import sys
 import tempfile
+import time
 
+from absl import logging
 import jax
 
 SOURCE = pathlib.Path(__file__).with_name('cpu_kernels.cc')
@@ -58,35 +67,58 @@ def _cpu_id():
     return platform.processor()
 
 
+def _path():
+  """Where the library for this source, jaxlib, compiler, flags and CPU is kept."""
+  key = hashlib.sha256(b'\0'.join([
+      _SOURCE_TEXT.encode(), jax.lib.__version__.encode(), _compiler().encode(),
+      ' '.join(FLAGS).encode(),
+      platform.machine().encode(), _cpu_id().encode()])).hexdigest()[:16]
+  return pathlib.Path(os.path.expanduser(CACHE)) / f'cpu_kernels-{key}.so'
+
+
+def _compiler():
+  return os.environ.get('CXX', 'g++')
+
+
+def _built():
+  """The library's path, built first if it is not there yet.
+
+  Processes that start together on one host (a test run's workers, a sweep's processes)
+  build it once: the others wait for the first, then find it built. Both say so in the log.
+  """
+  path = _path()
+  if path.exists():
+    return path
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path.with_suffix('.lock'), 'w') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info('waiting for another process to build the C++ kernels into %s', path)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    if not path.exists():
+      logging.info('building the C++ kernels for this CPU into %s (once per machine and '
+                   'version: 8-20 s)', path)
+      tic = time.perf_counter()
+      _build(_compiler(), path)
+      logging.info('built the C++ kernels in %.1f s', time.perf_counter() - tic)
+  return path
+
+
 @functools.cache
 def library():
   """The compiled kernels, registered with XLA under TARGETS' names; builds them if needed.
   Raises OSError or subprocess.CalledProcessError where they cannot be built or loaded."""
-  compiler = os.environ.get('CXX', 'g++')
-  key = hashlib.sha256(b'\0'.join([
-      _SOURCE_TEXT.encode(), jax.lib.__version__.encode(), compiler.encode(),
-      ' '.join(FLAGS).encode(),
-      platform.machine().encode(), _cpu_id().encode()])).hexdigest()[:16]
-  folder = pathlib.Path(os.path.expanduser(CACHE))
-  path = folder / f'cpu_kernels-{key}.so'
-  if not path.exists():
-    folder.mkdir(parents=True, exist_ok=True)
-    # Processes that start together on one host (a test run's workers, a sweep's processes)
-    # build it once: the others wait here for the first, then find it built.
-    with open(folder / f'cpu_kernels-{key}.lock', 'w') as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)
-      if not path.exists():
-        _build(compiler, folder, path)
-  loaded = ctypes.cdll.LoadLibrary(str(path))
+  loaded = ctypes.cdll.LoadLibrary(str(_built()))
   for symbol, target in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(loaded, symbol)),
                                 platform='cpu')
   return loaded
 
 
-def _build(compiler, folder, path):
+def _build(compiler, path):
   """Compiles the library into `path`, which appears whole or not at all."""
-  fd, tmp = tempfile.mkstemp(dir=folder, suffix='.so.tmp')
+  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.so.tmp')
   os.close(fd)
   try:
     subprocess.run([compiler, *FLAGS, '-isystem', jax.ffi.include_dir(), '-x', 'c++', '-',
@@ -103,6 +135,11 @@ def unavailable_reason():
   """Why the kernels cannot run here ('' where they can): not on CPU, or they did not build."""
   if jax.default_backend() != 'cpu':
     return f'they run only on CPU (the backend is {jax.default_backend()})'
+  return _build_failure()
+
+
+def _build_failure():
+  """Why the library cannot be built or loaded ('' where it can)."""
   try:
     library()
   except subprocess.CalledProcessError as e:
@@ -159,3 +196,21 @@ def _taps(size, padding):
   padded by `padding`, summed over the size + 2 padding - 2 outputs."""
   return sum(0 <= out + tap - padding < size
              for out in range(size + 2 * padding - 2) for tap in range(3))
+
+
+def main():
+  """Builds the kernels now, whatever the backend, and prints one line: where they are, and
+  whether they were there or the seconds until they were (built by this process, or by one it
+  waited for), or why they cannot be built (exit status 1)."""
+  tic, existed = time.perf_counter(), _path().exists()
+  failure = _build_failure()
+  if failure:
+    print(f"hypermask_jax C++ kernels: {failure}; the steps use XLA's own code instead")
+    return 1
+  done = 'already built' if existed else f'built in {time.perf_counter() - tic:.1f} s'
+  print(f'hypermask_jax C++ kernels: {_path()} ({done})')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

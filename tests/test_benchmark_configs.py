@@ -1,5 +1,7 @@
 """The benchmarks: the shortened configs they name run as written; the step benchmark's floors."""
 
+import json
+import os
 import pathlib
 import re
 import subprocess
@@ -137,3 +139,73 @@ def test_conv_benchmark_refuses_an_unknown_form():
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1] == (
       'error: --forms must list some of nhwc_vjp,im2col,xla,ffi; got nhwc_vjp,cudnn')
+
+
+def run_vs_torch(*args, pythonpath=None, prelude=''):
+  """experiments/benchmark_vs_torch.py with `args`; `prelude`: Python run first in its process."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  code = (f'{prelude}\nimport runpy, sys\nsys.argv = {["benchmark_vs_torch.py", *args]!r}\n'
+          "runpy.run_path('experiments/benchmark_vs_torch.py', run_name='__main__')")
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(p for p in (pythonpath, str(root)) if p)}
+  return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=root,
+                        env=env)
+
+
+@pytest.mark.parametrize('args,error', [
+    (['--frameworks=jax,tf'], "--frameworks takes jax, torch or both; got 'jax,tf'"),
+    (['--configs=split_mnist,mnist'], "unknown configs ['mnist']: choose from " +
+     str(shortened_runs.CONFIGS)),
+    (['--steps=0'], '--steps must be at least 1; got 0'),
+    (['--out=no_such_folder/table.json'],
+     '--out must be a file in an existing folder; got no_such_folder/table.json'),
+    (['--frameworks=torch'], '--frameworks=torch needs torch: pip install -r '
+     'requirements-torch.txt (or --frameworks=jax)'),
+])
+def test_vs_torch_benchmark_refuses_bad_flags_before_any_run(args, error, tmp_path):
+  """One line, exit 2, nothing run and nothing written; PyTorch missing is found up front (here
+  hidden from the script), not in each config's worker."""
+  hide_torch = ('import importlib.util\nfind = importlib.util.find_spec\n'
+                "importlib.util.find_spec = lambda name, *a: None if name == 'torch' "
+                'else find(name, *a)')
+  out = [] if args[0].startswith('--out') else [f'--out={tmp_path / "t.json"}']
+  run = run_vs_torch(*args, *out, prelude=hide_torch)
+  assert run.returncode == 2, run.stderr[-3000:]
+  assert run.stderr.strip().splitlines() == [f'error: {error}']
+  assert run.stdout == '' and not list(tmp_path.iterdir())
+
+
+def test_vs_torch_benchmark_names_the_runs_that_failed(tmp_path):
+  """A worker that fails (here PyTorch raising on import) is named, with its error, the table
+  of the others is written, and the exit status is 1."""
+  for module in ('torch', 'hypnettorch'):
+    (tmp_path / module).mkdir()
+    (tmp_path / module / '__init__.py').write_text(f'raise ImportError("no {module} here")\n')
+  out = tmp_path / 'table.json'
+  run = run_vs_torch('--frameworks=torch', '--configs=split_mnist', '--tasks=1', '--steps=2',
+                     f'--out={out}', pythonpath=str(tmp_path))
+  assert run.returncode == 1, run.stderr[-3000:]
+  assert 'split_mnist / torch failed (exit 1):' in run.stdout
+  assert 'ImportError: no torch here' in run.stdout
+  assert run.stdout.splitlines()[-1] == 'failed (their errors above): split_mnist / torch'
+  assert json.loads(out.read_text()) == {'tasks': 1, 'steps': 2, 'kernels': None, 'rows': []}
+
+
+@needs_cpu_kernels
+@pytest.mark.slow
+def test_vs_torch_benchmark_runs_the_jax_side_and_writes_its_table(tmp_path):
+  """--frameworks=jax: the kernels are built first (their line printed and kept), then a
+  shortened run whose row holds each task's time."""
+  out = tmp_path / 'table.json'
+  run = run_vs_torch('--frameworks=jax', '--configs=hnet_split_mnist', '--tasks=2', '--steps=5',
+                     f'--out={out}')
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert re.match(r'hypermask_jax C\+\+ kernels: \S+\.so \((already built|built in [\d.]+ s)\) '
+                  r'\(before the runs; not counted in the table\)\n', run.stdout)
+  table = json.loads(out.read_text())
+  assert table['kernels'] == run.stdout.splitlines()[0].split(' (before the runs')[0]
+  [row] = table['rows']
+  assert (row['config'], row['framework']) == ('hnet_split_mnist', 'jax')
+  result = row['result']
+  assert (result['num_tasks'], result['steps_per_task']) == (2, 5)
+  assert len(result['task_seconds']) == 2 and result['steps_per_sec'] > 0
+  assert result['wall'] >= sum(result['task_seconds']) * 0.99 and result['peak_bytes'] > 0

@@ -7,6 +7,7 @@ checked in tests/test_factored_adam.py."""
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -333,27 +334,47 @@ def test_the_kernel_source_compiles_without_warnings(tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
 
 
+def build_command(home, compiler):
+  """`python -m hypermask_jax.cpu_kernels` with its cache under `home`, as a process."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  return subprocess.Popen([sys.executable, '-m', 'hypermask_jax.cpu_kernels'], cwd=root,
+                          text=True, env={**os.environ, 'HOME': str(home), 'CXX': str(compiler)},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_the_build_command_says_why_the_kernels_cannot_be_built(tmp_path):
+  """No compiler: one line with the reason, exit status 1, and no library."""
+  proc = build_command(tmp_path, tmp_path / 'no-such-compiler')
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 1, err[-3000:]
+  assert len(out.splitlines()) == 1
+  assert out.startswith("hypermask_jax C++ kernels: compiling them failed (FileNotFoundError: ")
+  assert out.rstrip().endswith("; the steps use XLA's own code instead")
+  assert not list(tmp_path.rglob('*.so'))
+
+
 @needs_cpu_kernels
 @pytest.mark.slow
 def test_processes_that_need_the_kernels_at_once_build_them_once(tmp_path):
   """Two processes (a test run's workers, a sweep's) start on a fresh cache together: the
-  compiler runs once, the second waits for it, and both load the library."""
+  compiler runs once, the second waits for it, and both find the library; a third finds it
+  built. Each says so in one line (`python -m hypermask_jax.cpu_kernels`)."""
   count = tmp_path / 'compiler_calls'
   compiler = tmp_path / 'counting-cxx'
   compiler.write_text(f'#!/bin/sh\necho call >> {count}\n'
                       f'exec {os.environ.get("CXX", "g++")} "$@"\n')
   compiler.chmod(0o755)
-  code = (f'from hypermask_jax import cpu_kernels\ncpu_kernels.CACHE = {str(tmp_path)!r}\n'
-          'cpu_kernels.library()\nprint("loaded")')
-  root = pathlib.Path(__file__).resolve().parents[1]
-  procs = [subprocess.Popen([sys.executable, '-c', code], cwd=root, text=True,
-                            env={**os.environ, 'CXX': str(compiler)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-  for proc in procs:
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0 and out.strip() == 'loaded', err[-3000:]
+  built = [tmp_path / '.cache' / 'hypermask_jax' / 'kernels']
+  for together in (2, 1):  # the third starts once the first two are done
+    procs = [build_command(tmp_path, compiler) for _ in range(together)]
+    for proc in procs:
+      out, err = proc.communicate(timeout=600)
+      assert proc.returncode == 0, err[-3000:]
+      assert re.fullmatch(rf'hypermask_jax C\+\+ kernels: {re.escape(str(built[0]))}/'
+                          r'cpu_kernels-\w+\.so \((built in [\d.]+ s|already built)\)\n', out)
+      assert ('already built' in out) == (together == 1)
   assert count.read_text().splitlines() == ['call']
-  assert len(list(tmp_path.glob('cpu_kernels-*.so'))) == 1
+  assert len(list(built[0].glob('cpu_kernels-*.so'))) == 1
 
 
 @needs_cpu_kernels
