@@ -158,15 +158,15 @@ def run_vs_torch(*args, pythonpath=None, prelude=''):
     (['--steps=0'], '--steps must be at least 1; got 0'),
     (['--out=no_such_folder/table.json'],
      '--out must be a file in an existing folder; got no_such_folder/table.json'),
-    (['--frameworks=torch'], '--frameworks=torch needs torch: pip install -r '
+    (['--frameworks=torch'], '--frameworks=torch needs torch and hypnettorch: pip install -r '
      'requirements-torch.txt (or --frameworks=jax)'),
 ])
 def test_vs_torch_benchmark_refuses_bad_flags_before_any_run(args, error, tmp_path):
   """One line, exit 2, nothing run and nothing written; PyTorch missing is found up front (here
-  hidden from the script), not in each config's worker."""
+  hidden from the script, as where it is not installed), not in each config's worker."""
   hide_torch = ('import importlib.util\nfind = importlib.util.find_spec\n'
-                "importlib.util.find_spec = lambda name, *a: None if name == 'torch' "
-                'else find(name, *a)')
+                "importlib.util.find_spec = lambda name, *a: (None if name in ('torch', "
+                "'hypnettorch') else find(name, *a))")
   out = [] if args[0].startswith('--out') else [f'--out={tmp_path / "t.json"}']
   run = run_vs_torch(*args, *out, prelude=hide_torch)
   assert run.returncode == 2, run.stderr[-3000:]
