@@ -364,17 +364,17 @@ def test_processes_that_need_the_kernels_at_once_build_them_once(tmp_path):
   compiler.write_text(f'#!/bin/sh\necho call >> {count}\n'
                       f'exec {os.environ.get("CXX", "g++")} "$@"\n')
   compiler.chmod(0o755)
-  built = [tmp_path / '.cache' / 'hypermask_jax' / 'kernels']
+  folder = tmp_path / '.cache' / 'hypermask_jax' / 'kernels'  # cpu_kernels.CACHE under HOME
   for together in (2, 1):  # the third starts once the first two are done
     procs = [build_command(tmp_path, compiler) for _ in range(together)]
     for proc in procs:
       out, err = proc.communicate(timeout=600)
       assert proc.returncode == 0, err[-3000:]
-      assert re.fullmatch(rf'hypermask_jax C\+\+ kernels: {re.escape(str(built[0]))}/'
+      assert re.fullmatch(rf'hypermask_jax C\+\+ kernels: {re.escape(str(folder))}/'
                           r'cpu_kernels-\w+\.so \((built in [\d.]+ s|already built)\)\n', out)
       assert ('already built' in out) == (together == 1)
   assert count.read_text().splitlines() == ['call']
-  assert len(list(built[0].glob('cpu_kernels-*.so'))) == 1
+  assert len(list(folder.glob('cpu_kernels-*.so'))) == 1
 
 
 @needs_cpu_kernels
