@@ -128,10 +128,10 @@ def id_split(sizes):
                                              for n in (2, 7, 100))])
 def test_permuted_position_is_a_permutation(n):
   rounds = tasks.permutation_rounds(n)
-  perm = np.asarray(tasks.permuted_position(jax.random.key(0), jnp.arange(n), n, rounds))
+  perm = np.asarray(tasks.permuted_position([jax.random.key(0)], jnp.arange(n), n, rounds))
   np.testing.assert_array_equal(np.sort(perm), np.arange(n))
   if n >= 100:  # and a well-shuffled one
-    other = np.asarray(tasks.permuted_position(jax.random.key(1), jnp.arange(n), n, rounds))
+    other = np.asarray(tasks.permuted_position([jax.random.key(1)], jnp.arange(n), n, rounds))
     assert not np.array_equal(perm, other)
     assert abs(np.corrcoef(np.arange(n), perm)[0, 1]) < 0.1
     assert np.sum(perm == np.arange(n)) < 10  # about 1 fixed point expected
@@ -163,20 +163,36 @@ def test_permuted_position_equals_the_rounds_written_out(n):
   rounds = tasks.permutation_rounds(n)
   positions = np.arange(0, n, max(1, n // 300))
   key = jax.random.key(n)
-  np.testing.assert_array_equal(tasks.permuted_position(key, jnp.asarray(positions), n, rounds),
+  np.testing.assert_array_equal(tasks.permuted_position([key], jnp.asarray(positions), n, rounds),
                                 swap_or_not_written_out(key, positions, n, rounds))
 
 
+def test_each_position_goes_through_its_own_keys_rounds():
+  """With two keys and a chain per position (a batch across two epochs), each position is where
+  its own key's permutation puts it, as the rounds written out give it."""
+  n, keys = 4500, [jax.random.key(3), jax.random.key(4)]
+  rounds = tasks.permutation_rounds(n)
+  positions = np.arange(0, n, 37)
+  chain = np.arange(len(positions)) % 3 == 1
+  got = tasks.permuted_position(keys, jnp.asarray(positions), n, rounds, jnp.asarray(chain, int))
+  want = np.where(chain, swap_or_not_written_out(keys[1], positions, n, rounds),
+                  swap_or_not_written_out(keys[0], positions, n, rounds))
+  np.testing.assert_array_equal(got, want)
+  assert not np.array_equal(got[chain], swap_or_not_written_out(keys[0], positions[chain], n,
+                                                                rounds))
+
+
 def test_the_shuffle_compiles_to_few_fusions_and_the_image_gather_reads_a_stored_index():
-  """XLA:CPU compiles and runs each fusion on its own: the shuffle's rounds (2 x 84 for an MNIST
-  task) were once one fusion each; and the rounds fused into the image gather ran again for every
-  pixel. A fusion holding the round function holds murmur3's constant 0x85EBCA6B."""
+  """XLA:CPU compiles and runs each fusion on its own: the shuffle's rounds (84 for an MNIST task,
+  once in each of two epochs' chains) were once one fusion each; and the rounds fused into the
+  image gather ran again for every pixel. A fusion holding the round function holds murmur3's
+  constant 0x85EBCA6B: one, for the one chain the positions of both epochs go through."""
   split = id_split([12000, 11000]).replace(images=jnp.zeros((23000, 28, 28, 1), jnp.uint8))
   draw = jax.jit(tasks.draw_batch, static_argnums=4)
   hlo = draw.lower(split, 1, jax.random.key(0), 5, 128).compile().as_text()
   computations = re.findall(r'^%[\w.-]+ \(.*?^}', hlo, re.S | re.M)
   rounds = [c for c in computations if f'constant({0x85EBCA6B})' in c]
-  assert 1 <= len(rounds) <= 2  # the two epochs' chains
+  assert len(rounds) == 1
   gathers = [c for c in computations if c.splitlines()[0].endswith('-> u8[128,28,28,1] {')]
   assert len(gathers) == 1 and gathers[0] not in rounds
 
