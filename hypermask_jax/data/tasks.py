@@ -161,9 +161,9 @@ def permuted_position(keys, positions, n, rounds, chain=None):
   the whole is a bijection of range(n) for any n; computing one element costs
   `rounds` steps, so a batch needs no sort of the whole set (a sort-based
   jax.random.permutation of 60k indices took 70 ms per call on CPU). The rounds
-  are unrolled into straight-line code: as a loop, each of a GPU's 2 x 96
-  rounds per Permuted MNIST step (two epochs' chains) waited for the host to
-  test the loop's end, 1.8 ms per loop.
+  are unrolled into straight-line code: as a loop, each round of a Permuted
+  MNIST step on a GPU (2 x 96 then, in two epochs' chains) waited for the
+  host to test the loop's end, 1.8 ms per loop.
 
   Each element takes its own key's K and F through one chain of rounds, so a
   batch that spans two epochs (draw_batch) runs one chain, not one per key with
