@@ -54,17 +54,28 @@ class Run:
     return metrics.summary(self.accuracy) if self.tasks_done else {}
 
 
-def _parsed(path, text):
-  """json.loads(text), text read from path; errors.BadInput naming the file if it is damaged."""
+def _parsed(path, text, first_line=1):
+  """json.loads(text), text read from path at its line first_line; errors.BadInput naming the
+  file and line if it is damaged."""
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:
-    raise errors.BadInput(f'{path}: damaged ({e.msg}, line {e.lineno}); a run writes it '
-                          'whole, so something else cut or changed it') from None
+    raise errors.BadInput(f'{path}: damaged ({e.msg}, line {first_line + e.lineno - 1}); a run '
+                          'writes it whole, so something else cut or changed it') from None
 
 
 def _json(path, default=None):
   return _parsed(path, path.read_text()) if path.exists() else default
+
+
+def _records(path):
+  """The metrics log's records. A run appends one line per record, so a last line without its
+  newline is a record whose writing was cut (the run killed, or still writing): it is left out,
+  as the run itself drops it when it resumes. Damage anywhere else is an error."""
+  if not path.exists():
+    return []
+  lines = path.read_text().split('\n')[:-1]  # the text after the last newline is never whole
+  return [_parsed(path, line, i + 1) for i, line in enumerate(lines)]
 
 
 def load_run(path):
@@ -73,9 +84,7 @@ def load_run(path):
   accuracy = np.full((len(rows), len(rows)), np.nan)
   for i, row in enumerate(rows):
     accuracy[i, :i + 1] = row[:i + 1]
-  metrics_file = path / outputs.METRICS
-  records = ([_parsed(metrics_file, line) for line in metrics_file.read_text().splitlines()]
-             if metrics_file.exists() else [])
+  records = _records(path / outputs.METRICS)
   embeddings = _json(path / outputs.EMBEDDINGS)
   config = {k: tuple(v) if isinstance(v, list) else v  # hashable: runs are grouped by value
             for k, v in _json(path / outputs.CONFIG).items()}

@@ -199,18 +199,44 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, 
   assert sorted(p.name for p in tmp_path.rglob('*')) == ['empty']
 
 
-@pytest.mark.parametrize('name', ['config.json', 'metrics.jsonl'])
-def test_a_damaged_run_file_is_named_in_one_line_exit_2(tmp_path, capsys, name):
+def cut_config(text):
+  return text[:-5]
+
+
+def cut_third_record(text):
+  lines = text.split('\n')
+  lines[2] = lines[2][:-5]
+  return '\n'.join(lines)
+
+
+@pytest.mark.parametrize('name,cut,line', [('config.json', cut_config, 'line '),
+                                           ('metrics.jsonl', cut_third_record, 'line 3)')])
+def test_a_damaged_run_file_is_named_in_one_line_exit_2(tmp_path, capsys, name, cut, line):
   run = tmp_path / 'run'
   fake_runs.write_fake_run(run, fake_runs.fake_accuracy(3, 1))
-  (run / name).write_text((run / name).read_text()[:-5])  # cut short
+  (run / name).write_text(cut((run / name).read_text()))
   with pytest.raises(SystemExit) as e:
     report.main([str(run)])
   assert e.value.code == 2
   lines = capsys.readouterr().err.splitlines()
   assert len(lines) == 1 and lines[0].startswith(f'error: {run / name}: damaged ('), lines
+  assert line in lines[0]
   assert lines[0].endswith('a run writes it whole, so something else cut or changed it')
   assert not (run / 'report').exists()
+
+
+def test_a_metrics_record_cut_while_being_written_is_left_out(tmp_path):
+  """A run killed (or read) while appending a record leaves a last line with no newline: the
+  report is made from the whole records before it."""
+  run = fake_runs.write_fake_run(tmp_path / 'run', fake_runs.fake_accuracy(3, 1))
+  whole = results.load_run(run).records
+  metrics_file = run / 'metrics.jsonl'
+  with metrics_file.open('a') as f:
+    f.write('{"task": 3, "step": 150, "global_step": 3')
+  assert results.load_run(run).records == whole
+  assert len(whole) == len(fake_runs.fake_records(3)) == 6
+  report.main([str(run)])
+  assert (run / 'report' / 'report.md').exists()
 
 
 @pytest.mark.slow  # a short training run (mostly compiling), then the model's figures
