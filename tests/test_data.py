@@ -96,7 +96,7 @@ def test_split_mnist_tasks():
 
 def test_random_crop_stays_in_padded_image():
   images = jnp.ones((64, 28, 28, 1))
-  crops = tasks.random_crop(jax.random.key(0), images, pad=4)
+  crops = jax.jit(tasks.random_crop, static_argnames='pad')(jax.random.key(0), images, pad=4)
   assert crops.shape == images.shape
   # Each crop is a 28x28 window of the zero-padded image: at most 4 zero rows/cols per side.
   rows_kept = np.asarray(crops[..., 0].max(axis=2) > 0).sum(axis=1)
@@ -115,6 +115,10 @@ def test_draw_batch_stays_inside_the_task():
   assert set(np.asarray(labels).tolist()) == {0, 1} and task == 3
 
 
+# The shuffle compiled, as the batch draw runs it (op by op, its rounds take seconds to dispatch).
+permuted_position = jax.jit(tasks.permuted_position, static_argnums=(2, 3))
+
+
 def id_split(sizes):
   """A split whose labels are the examples' global indices."""
   n = sum(sizes)
@@ -128,10 +132,10 @@ def id_split(sizes):
                                              for n in (2, 7, 100))])
 def test_permuted_position_is_a_permutation(n):
   rounds = tasks.permutation_rounds(n)
-  perm = np.asarray(tasks.permuted_position([jax.random.key(0)], jnp.arange(n), n, rounds))
+  perm = np.asarray(permuted_position([jax.random.key(0)], jnp.arange(n), n, rounds))
   np.testing.assert_array_equal(np.sort(perm), np.arange(n))
   if n >= 100:  # and a well-shuffled one
-    other = np.asarray(tasks.permuted_position([jax.random.key(1)], jnp.arange(n), n, rounds))
+    other = np.asarray(permuted_position([jax.random.key(1)], jnp.arange(n), n, rounds))
     assert not np.array_equal(perm, other)
     assert abs(np.corrcoef(np.arange(n), perm)[0, 1]) < 0.1
     assert np.sum(perm == np.arange(n)) < 10  # about 1 fixed point expected
@@ -163,7 +167,7 @@ def test_permuted_position_equals_the_rounds_written_out(n):
   rounds = tasks.permutation_rounds(n)
   positions = np.arange(0, n, max(1, n // 300))
   key = jax.random.key(n)
-  np.testing.assert_array_equal(tasks.permuted_position([key], jnp.asarray(positions), n, rounds),
+  np.testing.assert_array_equal(permuted_position([key], jnp.asarray(positions), n, rounds),
                                 swap_or_not_written_out(key, positions, n, rounds))
 
 
@@ -174,7 +178,7 @@ def test_each_position_goes_through_its_own_keys_rounds():
   rounds = tasks.permutation_rounds(n)
   positions = np.arange(0, n, 37)
   chain = np.arange(len(positions)) % 3 == 1
-  got = tasks.permuted_position(keys, jnp.asarray(positions), n, rounds, jnp.asarray(chain, int))
+  got = permuted_position(keys, jnp.asarray(positions), n, rounds, jnp.asarray(chain, int))
   want = np.where(chain, swap_or_not_written_out(keys[1], positions, n, rounds),
                   swap_or_not_written_out(keys[0], positions, n, rounds))
   np.testing.assert_array_equal(got, want)

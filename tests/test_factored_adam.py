@@ -150,8 +150,8 @@ def test_factored_gradients_are_the_dense_ones(synthetic_task_set, task):
   config = tiny_config()
   data = synthetic_task_set
   method = HyperMask(config, data.input_shape, data.num_classes)
-  params = method.init_params(jax.random.key(0))
-  memory = method.begin_task(jax.tree.map(lambda p: p - 0.01, params))  # targets moved away
+  params = jax.jit(method.init_params)(jax.random.key(0))
+  memory = jax.jit(method.begin_task)(jax.tree.map(lambda p: p - 0.01, params))  # targets moved
   x = data.inputs(data.train.images[:32], task, None, train=False)
   batch, hp = (x, data.train.labels[:32], task), trainer_lib.run_hyperparams(config)
   tx = optax.adam(1e-3)
@@ -164,13 +164,18 @@ def test_factored_gradients_are_the_dense_ones(synthetic_task_set, task):
   factored = jax.jit(lambda: gradients(True))()
   grad = factored['hnet']['out']['kernel']
   live = int(grad.live)
-  ct = grad.ct()
-  assert live == 1 + task and ct.shape[0] > live  # rows past live are left out
-  kernel = params['hnet']['out']['kernel']
-  d_x = jnp.zeros_like(grad.x).at[:live].set(ct[:live] @ kernel)
-  rest = {**factored, 'hnet': {**factored['hnet'], 'out': {**factored['hnet']['out'],
-                                                           'kernel': ct[:live].T @ grad.x[:live]}}}
-  got = factored_adam._add(rest, grad.backprop(d_x))
+  assert live == 1 + task and grad.ct().shape[0] > live  # rows past live are left out
+
+  @jax.jit
+  def dense_by_hand(factored):  # the kernel's product over the live rows, the rest by backprop
+    grad = factored['hnet']['out']['kernel']
+    ct = grad.ct()
+    d_x = jnp.zeros_like(grad.x).at[:live].set(ct[:live] @ params['hnet']['out']['kernel'])
+    rest = {**factored, 'hnet': {**factored['hnet'], 'out': {
+        **factored['hnet']['out'], 'kernel': ct[:live].T @ grad.x[:live]}}}
+    return factored_adam._add(rest, grad.backprop(d_x))
+
+  got = dense_by_hand(factored)
   assert float(jnp.abs(want['hnet']['dense_0']['kernel']).max()) > 0
   for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * float(jnp.abs(w).max()),

@@ -41,17 +41,17 @@ def method_and_batch(data, config):
 def test_generates_every_target_weight_and_every_tasks_head(synthetic_task_set):
   config = tiny_config()  # output_heads='per_task': 4 heads of 10 in one output layer
   method, (x, _, _) = method_and_batch(synthetic_task_set, config)
-  params = method.init_params(jax.random.key(0))
+  params = jax.jit(method.init_params)(jax.random.key(0))
   assert set(params) == {'hnet'}  # the target has no weights of its own
-  weights = method.eval_weights(params, jnp.int32(2), None)
+  weights = jax.jit(method.eval_weights)(params, jnp.int32(2), None)
   assert sum(w.size for w in jax.tree.leaves(weights)) == 1024 * 16 + 16 + 16 * 40 + 40
   counts = method.param_counts(params)
   assert counts['compression'] == counts['hnet'] / counts['target']
   # Task t reads its own slice of the 40 outputs.
   hidden = jax.nn.relu(x @ weights['dense_0']['weight'].T + weights['dense_0']['bias'])
   all_heads = hidden @ weights['head']['weight'].T + weights['head']['bias']
-  np.testing.assert_allclose(method.predict(weights, {}, x, jnp.int32(2)), all_heads[:, 20:30],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(method.predict)(weights, {}, x, jnp.int32(2)),
+                             all_heads[:, 20:30], rtol=1e-5, atol=1e-5)
 
 
 def test_one_task_for_the_batch_multiplies_only_its_head_and_changes_no_number():
@@ -59,7 +59,7 @@ def test_one_task_for_the_batch_multiplies_only_its_head_and_changes_no_number()
   example (joint training's path, every head computed), in value and gradient; its params are
   nn.Dense's with PyTorch's init, as before it existed, laid out as nn.Linear's [out, in]."""
   target = targets.MLP(hidden=(12,), num_classes=4, num_heads=3)
-  params = target.init(jax.random.key(0), jnp.zeros((1, 20)))['params']
+  params = jax.jit(target.init)(jax.random.key(0), jnp.zeros((1, 20)))['params']
 
   class Before(nn.Module):  # the output layer as it was: torch_dense, every head, then picked
     @nn.compact
@@ -67,7 +67,7 @@ def test_one_task_for_the_batch_multiplies_only_its_head_and_changes_no_number()
       x = nn.relu(layers.torch_dense(12, 20, name='dense_0')(x))
       return layers.torch_dense(12, 12, name='head')(x)
 
-  before = Before().init(jax.random.key(0), jnp.zeros((1, 20)))['params']
+  before = jax.jit(Before().init)(jax.random.key(0), jnp.zeros((1, 20)))['params']
   for name in ('dense_0', 'head'):
     np.testing.assert_array_equal(params[name]['weight'], before[name]['kernel'].T)
     np.testing.assert_array_equal(params[name]['bias'], before[name]['bias'])
@@ -78,11 +78,10 @@ def test_one_task_for_the_batch_multiplies_only_its_head_and_changes_no_number()
     logits = target.apply({'params': params}, x, tasks)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
   for task in range(3):
-    (want, want_logits), want_grad = jax.value_and_grad(loss, has_aux=True)(
-        params, jnp.full((6,), task, jnp.int32))
-    (got, got_logits), got_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(
-        params, jnp.int32(task))
+    (want, want_logits), want_grad = value_and_grad(params, jnp.full((6,), task, jnp.int32))
+    (got, got_logits), got_grad = value_and_grad(params, jnp.int32(task))
     np.testing.assert_allclose(got_logits, want_logits, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     head_grad = np.asarray(got_grad['head']['weight'])

@@ -43,7 +43,7 @@ def test_chunked_distances_equal_the_direct_sums_in_value_and_gradient(num_outpu
   Gram matrices (3 rows of 6 chunks of 40 outputs from 2 hidden units), or from the outputs."""
   model = hypernet.ChunkedHMLP(num_outputs=num_outputs, max_tasks=4, embedding_size=4,
                                hidden=(6, 2), chunk_size=40, chunk_embedding_size=2)
-  init = lambda key: model.init(key, jnp.zeros((1,), jnp.int32))['params']
+  init = jax.jit(lambda key: model.init(key, jnp.zeros((1,), jnp.int32))['params'])
   snapshot = init(jax.random.key(0))
   params = jax.tree.map(lambda a, b: a + 0.01 * b, snapshot, init(jax.random.key(1)))
   rows = jnp.array(rows)
@@ -60,12 +60,12 @@ def test_chunked_distances_equal_the_direct_sums_in_value_and_gradient(num_outpu
   assert hidden(params).shape == (len(rows), 6, 2)
   shapes = {v.aval.shape for e in jax.make_jaxpr(distances)(params).jaxpr.eqns for v in e.outvars}
   assert ((len(rows), 6, 40) not in shapes) == gram  # the Gram form never builds the outputs
-  want, got = direct(params), jax.jit(distances)(params)
+  want, got = jax.jit(direct)(params), jax.jit(distances)(params)
   assert float(want.min()) > 0
   np.testing.assert_allclose(got, want, rtol=2e-5)
   weights = jnp.arange(1.0, len(rows) + 1.0)
-  want_grad = jax.grad(lambda p: jnp.sum(direct(p) * weights))(params)
-  got_grad = jax.grad(lambda p: jnp.sum(distances(p) * weights))(params)
+  want_grad = jax.jit(jax.grad(lambda p: jnp.sum(direct(p) * weights)))(params)
+  got_grad = jax.jit(jax.grad(lambda p: jnp.sum(distances(p) * weights)))(params)
   for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
     np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-6 * float(jnp.abs(w).max()))
   np.testing.assert_array_equal(distances(snapshot), 0.0)

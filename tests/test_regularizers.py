@@ -37,9 +37,9 @@ HNETS = {'hmlp': lambda max_tasks: hypernet.HMLP(num_outputs=37, max_tasks=max_t
 def test_batched_output_regulariser_equals_loop(max_tasks, bucketed, hnet):
   """Both forms, outputs_and_output_reg and output_reg_and_grad, with their gradients."""
   model = HNETS[hnet](max_tasks)
-  params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
   targets = jax.random.normal(jax.random.key(1), (max_tasks, 37))
-  apply = lambda p, t, live_rows=None: model.apply({'params': p}, t, live_rows)
+  apply = jax.jit(lambda p, t, live_rows=None: model.apply({'params': p}, t, live_rows))
   hnet_fn = lambda t, live_rows=None: apply(params, t, live_rows)
   with_targets = lambda p: lambda t, live_rows, rows: model.apply({'params': p}, t, live_rows,
                                                                   (targets, rows))
@@ -63,13 +63,14 @@ def test_batched_output_regulariser_equals_loop(max_tasks, bucketed, hnet):
     np.testing.assert_allclose(out, hnet_fn(jnp.array([task]))[0], rtol=1e-5, atol=1e-6)
     loop_reg = lambda p, task=task: sum(
         jnp.sum((apply(p, jnp.array([j]))[0] - targets[j]) ** 2) for j in range(task)) / max(task, 1)
-    want = jax.grad(lambda p: loss(apply(p, jnp.array([task]))[0], loop_reg(p)))(params)
+    want = jax.jit(jax.grad(lambda p: loss(apply(p, jnp.array([task]))[0], loop_reg(p))))(params)
     got = loss_grad(params, jnp.int32(task))
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
     reg, grads = with_grad(jnp.int32(task))
     np.testing.assert_allclose(float(reg), expected, rtol=1e-5)
-    expected_grads = jax.tree.map(lambda b, r: b + 0.5 * r, base, jax.grad(loop_reg)(params))
+    expected_grads = jax.tree.map(lambda b, r: b + 0.5 * r, base,
+                                  jax.jit(jax.grad(loop_reg))(params))
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     if task == 0:  # nothing regularised: the gradient passes through unchanged
@@ -88,7 +89,7 @@ def test_regulariser_gradient_reaches_previous_embeddings_only_through_reg(bucke
     return regularizers.outputs_and_output_reg(
         lambda t, live_rows, rows: model.apply({'params': p}, t, live_rows, (targets, rows)),
         task, buckets)[1]
-  grads = jax.grad(reg)(params, jnp.int32(2))['embeddings']
+  grads = jax.jit(jax.grad(reg))(params, jnp.int32(2))['embeddings']
   assert np.all(np.abs(grads[:2]) > 0) and np.all(grads[2:] == 0)
 
 

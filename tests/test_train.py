@@ -65,8 +65,9 @@ def test_the_train_step_runs_no_loop_but_the_loop_over_steps(synthetic_task_set,
   data = synthetic_task_set
   method = METHODS[config.method](config, data.input_shape, data.num_classes)
   trainer = trainer_lib.Trainer(config, method)
-  state, data, hp = fresh_program(trainer, data)
-  state = trainer.begin_task(state, 1, hp)
+  hp = trainer_lib.hyperparams([config])
+  data = tasks.for_runs(data, [config.seed])
+  state = jax.eval_shape(trainer.begin_task, jax.eval_shape(trainer.init_state, hp), 1, hp)
   program = trainer.train_steps.trace(state, data, hp, np.int32(3)).lower(
       lowering_platforms=('cuda',)).as_text()
   assert program.count('stablehlo.while') == 1
