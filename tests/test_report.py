@@ -200,7 +200,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, 
 
 
 def cut_config(text):
-  return text[:-5]
+  return text[:-5]  # inside the last field's string, on the last line left
 
 
 def cut_third_record(text):
@@ -209,18 +209,20 @@ def cut_third_record(text):
   return '\n'.join(lines)
 
 
-@pytest.mark.parametrize('name,cut,line', [('config.json', cut_config, 'line '),
-                                           ('metrics.jsonl', cut_third_record, 'line 3)')])
+@pytest.mark.parametrize('name,cut,line', [
+    ('config.json', cut_config, lambda text: text.count('\n') + 1),
+    ('metrics.jsonl', cut_third_record, lambda text: 3)])
 def test_a_damaged_run_file_is_named_in_one_line_exit_2(tmp_path, capsys, name, cut, line):
   run = tmp_path / 'run'
   fake_runs.write_fake_run(run, fake_runs.fake_accuracy(3, 1))
-  (run / name).write_text(cut((run / name).read_text()))
+  damaged = cut((run / name).read_text())
+  (run / name).write_text(damaged)
   with pytest.raises(SystemExit) as e:
     report.main([str(run)])
   assert e.value.code == 2
   lines = capsys.readouterr().err.splitlines()
   assert len(lines) == 1 and lines[0].startswith(f'error: {run / name}: damaged ('), lines
-  assert line in lines[0]
+  assert f', line {line(damaged)}); ' in lines[0], lines
   assert lines[0].endswith('a run writes it whole, so something else cut or changed it')
   assert not (run / 'report').exists()
 
