@@ -76,6 +76,18 @@ def synthetic_mnist(n_train=600, n_test=200, seed=0):
   return make(n_train), make(n_test)
 
 
+def normals(seed, *shapes, dtype=np.float32):
+  """Standard normal test inputs, one array per shape, from numpy's generator seeded `seed`.
+
+  jax.random.normal outside a compiled function compiles a program for each
+  shape and dtype (the threefry bits and the inverse error function): 0.5-2.8 s
+  each on the 2-core AMD EPYC, a fifth of the fast tests' compiling. numpy's
+  take microseconds, and the tests need only the numbers.
+  """
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(rng.standard_normal(shape).astype(dtype)) for shape in shapes]
+
+
 def write_idx(path, array):
   """One gzipped IDX file (the MNIST format) of an unsigned-byte array."""
   header = bytes([0, 0, 8, array.ndim]) + b''.join(d.to_bytes(4, 'big') for d in array.shape)

@@ -16,6 +16,7 @@ from hypermask_jax.methods import METHODS
 from tests import test_hnet
 from tests import test_train
 from tests.conftest import fresh_program
+from tests.conftest import normals
 
 
 def test_conv_defaults_to_the_kernels_else_nhwc_vjp_on_cpu_and_xla_elsewhere(monkeypatch):
@@ -218,9 +219,8 @@ def test_the_state_initialisation_with_quick_compile_is_the_same_state(synthetic
 
 def test_both_vector_widths_give_the_same_update():
   """A wide-layer gradient and Adam step (elementwise and reductions) compiled both ways."""
-  keys = jax.random.split(jax.random.key(0), 3)
-  params = {'kernel': jax.random.normal(keys[0], (3000, 20)), 'bias': jnp.zeros(3000)}
-  x = jax.random.normal(keys[1], (5, 20))
+  kernel, x = normals(0, (3000, 20), (5, 20))
+  params = {'kernel': kernel, 'bias': jnp.zeros(3000)}
   tx = optax.adam(1e-3)
 
   def step(params, state):

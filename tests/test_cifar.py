@@ -27,6 +27,7 @@ from hypermask_jax.methods import HNET
 from hypermask_jax.methods import HyperMask
 from tests.conftest import epochs_with_a_ruinous_last
 from tests.conftest import fresh_program
+from tests.conftest import normals
 from tests.conftest import run_chunk
 
 CONV = 9  # 3x3 kernels
@@ -100,7 +101,7 @@ def test_masked_resnet_keeps_batch_norm_params_and_head_bias_unmasked():
 
 
 def test_batch_norm_normalises_with_the_statistics_of_the_valid_examples():
-  x = jax.random.normal(jax.random.key(0), (6, 2, 2, 3)) * 3 + 1
+  x = normals(0, (6, 2, 2, 3))[0] * 3 + 1
   valid = jnp.array([True, True, True, True, False, False])
   bn = targets.BatchNorm()
   variables = bn.init(jax.random.key(1), x, 0, False)
@@ -123,12 +124,10 @@ def test_batch_norms_gradient_is_the_derivative_of_its_expressions(padded):
     return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + offset, mean, var
 
   with jax.enable_x64(True):
-    keys = jax.random.split(jax.random.key(0), 6)
-    x = jax.random.normal(keys[0], (5, 3, 4, 6), jnp.float64) * 2 + 0.5
+    x, scale, offset, ct, ct_mean, ct_var = normals(
+        0, (5, 3, 4, 6), (6,), (6,), (5, 3, 4, 6), (6,), (6,), dtype=np.float64)
+    x = x * 2 + 0.5
     weight = jnp.array([1, 1, 1, 0, 0] if padded else [1] * 5, jnp.float64)
-    scale, offset = (jax.random.normal(k, (6,), jnp.float64) for k in keys[1:3])
-    ct, ct_mean, ct_var = (jax.random.normal(k, shape, jnp.float64)
-                           for k, shape in zip(keys[3:], (x.shape, (6,), (6,))))
     loss = lambda f: lambda x, scale, offset: sum(
         jnp.sum(a * c) for a, c in zip(f(x, weight, scale, offset), (ct, ct_mean, ct_var)))
     ours = lambda x, w, s, o: targets.batch_normalize(x, w, s, o, 1e-5)
@@ -298,7 +297,7 @@ def test_resnet20_small_config_learns_remembers_and_resumes_mid_task_to_identica
 def test_zenkenet_dropout_drops_channels_then_elements_or_is_off():
   """'architecture': whole channels after each conv stage, elements after the dense layer."""
   net, off = targets.ZenkeNet(10, dropout='architecture'), targets.ZenkeNet(10)
-  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  x, = normals(0, (4, 32, 32, 3))
   params = net.init({'params': jax.random.key(1)}, x)
   run = lambda seed: net.apply(params, x, 0, True, rngs={'dropout': jax.random.key(seed)})
   np.testing.assert_array_equal(run(2), run(2))
@@ -367,8 +366,7 @@ def test_hnet_with_per_task_running_statistics(synthetic_cifar_task_set):
 
 
 def test_the_cpu_convolution_equals_xla_convolution():
-  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 5))
-  kernel = jax.random.normal(jax.random.key(1), (3, 3, 5, 4))
+  x, kernel = normals(0, (2, 9, 9, 5), (3, 3, 5, 4))
   for stride, padding in ((1, 1), (2, 1), (1, 0)):
     want = jax.lax.conv_general_dilated(x, kernel, (stride,) * 2, ((padding, padding),) * 2,
                                         dimension_numbers=layers.NHWC)
@@ -385,13 +383,12 @@ def test_the_nhwc_vjp_convolutions_gradients_are_the_convolutions_gradients(padd
   if piece_bytes:
     monkeypatch.setattr(layers, 'KERNEL_GRAD_PIECE_BYTES', piece_bytes)
   with jax.enable_x64(True):
-    x = jax.random.normal(jax.random.key(0), (4, 8, 7, 5), jnp.float64)
-    kernel = jax.random.normal(jax.random.key(1), (3, 3, 5, 4), jnp.float64)
+    x, kernel = normals(0, (4, 8, 7, 5), (3, 3, 5, 4), dtype=np.float64)
     conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((padding, padding),) * 2,
                                                      dimension_numbers=layers.NHWC)
     out, vjp = jax.vjp(conv, x, kernel)
     got, got_vjp = jax.vjp(lambda x, k: layers.nhwc_vjp_conv3x3(x, k, padding), x, kernel)
-    ct = jax.random.normal(jax.random.key(2), out.shape, jnp.float64)
+    ct, = normals(2, out.shape, dtype=np.float64)
     assert layers.kernel_grad_pieces(ct) == (4 if piece_bytes else 1)
     np.testing.assert_array_equal(got, out)
     for g, want in zip(got_vjp(ct), vjp(ct)):
@@ -437,7 +434,7 @@ def test_the_convolution_branches_give_the_same_numbers(monkeypatch):
   """HYPERMASK_CONV=xla runs on CPU what GPUs and TPUs run, =im2col the CPU's form before
   nhwc_vjp, =ffi the C++ kernels (where they build): outputs and gradients agree with
   nhwc_vjp's."""
-  x = jax.random.normal(jax.random.key(0), (2, 13, 13, 3))
+  x, = normals(0, (2, 13, 13, 3))
   params = ConvStack().init(jax.random.key(1), x)['params']
   results = {}
   branches = ('nhwc_vjp', 'im2col', 'xla') + (() if cpu_kernels.unavailable_reason() else ('ffi',))

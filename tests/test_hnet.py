@@ -19,6 +19,7 @@ from hypermask_jax import trainer as trainer_lib
 from hypermask_jax.methods.hnet import HNET
 from tests.conftest import fresh_program
 from tests.conftest import needs_cpu_kernels
+from tests.conftest import normals
 from tests.conftest import run_chunk
 
 
@@ -71,7 +72,7 @@ def test_one_task_for_the_batch_multiplies_only_its_head_and_changes_no_number()
   for name in ('dense_0', 'head'):
     np.testing.assert_array_equal(params[name]['weight'], before[name]['kernel'].T)
     np.testing.assert_array_equal(params[name]['bias'], before[name]['bias'])
-  x = jax.random.normal(jax.random.key(2), (6, 20))
+  x, = normals(2, (6, 20))
   y = jnp.array([0, 1, 2, 3, 0, 1])
 
   def loss(params, tasks):
@@ -96,14 +97,14 @@ def flat_output_loss(target):
   output [P] holds, a flat output): for an MLP of two hidden layers and 3 heads of 4 classes."""
   shapes = jax.eval_shape(target.init, jax.random.key(0), jnp.zeros((1, 20)))['params']
   flat_layout = layout.Layout.of(shapes, layout.is_weight)
-  x = jax.random.normal(jax.random.key(2), (6, 20))
+  x, = normals(2, (6, 20))
   y = jnp.array([0, 1, 2, 3, 0, 1])
 
   def loss(target, flat, tasks):
     logits = target.apply({'params': flat_layout.unflatten(flat_layout.split(flat))}, x, tasks)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
-  return loss, jax.random.normal(jax.random.key(1), (flat_layout.size,))
+  return loss, normals(1, (flat_layout.size,))[0]
 
 
 def test_a_target_from_a_flat_output_equals_the_dense_layers_written_out():
@@ -112,7 +113,7 @@ def test_a_target_from_a_flat_output_equals_the_dense_layers_written_out():
   nn.Linear reads it (x @ W^T + b): layout.split hands the tensors over without reordering."""
   target = targets.MLP(hidden=(12, 9), num_classes=4, num_heads=3)
   loss, flat = flat_output_loss(target)
-  x = jax.random.normal(jax.random.key(2), (6, 20))  # flat_output_loss's batch
+  x, = normals(2, (6, 20))  # flat_output_loss's batch
   y = jnp.array([0, 1, 2, 3, 0, 1])
 
   def written_out(flat):

@@ -12,6 +12,7 @@ from hypermask_jax import hypernet
 from hypermask_jax import layout as layout_lib
 from hypermask_jax import targets
 from tests.conftest import needs_cpu_kernels
+from tests.conftest import normals
 
 
 def test_chunked_output_equals_a_per_chunk_loop():
@@ -151,13 +152,12 @@ def test_the_chunk_output_layer_is_a_dense_layer_with_a_hand_written_gradient(
   those computed by hand: kernel x^T ct, bias the sum of ct over every row, input ct kernel^T
   (in each of the backward pass's forms)."""
   monkeypatch.setenv('HYPERMASK_CHUNK_BACKWARD', form)
-  x = jax.random.normal(jax.random.key(1), (2, 12, 10))
+  x, ct = normals(1, (2, 12, 10), (2, 12, 300))
   dense = hypernet._dense(300, 10, init, None)
   ours = hypernet.ChunkDense(300, init)
   params = dense.init(jax.random.key(0), x)
   assert jax.tree.all(jax.tree.map(jnp.array_equal, params, ours.init(jax.random.key(0), x)))
   np.testing.assert_allclose(ours.apply(params, x), dense.apply(params, x), rtol=1e-6, atol=1e-6)
-  ct = jax.random.normal(jax.random.key(2), (2, 12, 300))
   grad, d_x = jax.grad(lambda p, x: jnp.sum(ours.apply(p, x) * ct), (0, 1))(params, x)
   grad = grad['params']
   np.testing.assert_allclose(d_x, jnp.einsum('abo,io->abi', ct, params['params']['kernel']),
@@ -175,10 +175,9 @@ def test_the_chunk_layers_kernel_and_bias_gradients_are_matmuls_written_as_the_p
   product (a copy of the layer's gradient, as one matmul of [x, 1] made) and no reduction over
   the rows (YNNPACK's, slow)."""
   monkeypatch.setenv('HYPERMASK_CHUNK_BACKWARD', form)
-  x = jax.random.normal(jax.random.key(1), (12, 10))
+  x, ct = normals(1, (12, 10), (12, 4200))
   layer = hypernet.ChunkDense(4200)
   params = layer.init(jax.random.key(0), x)
-  ct = jax.random.normal(jax.random.key(2), (12, 4200))
   grad = jax.jit(jax.grad(lambda p, x, ct: jnp.sum(layer.apply(p, x) * ct)))
   hlo = grad.lower(params, x, ct).compile().as_text()  # arguments: nothing folds as a constant
   assert not re.findall(r'f32\[10,4200\][^ ]* (?:slice|copy)\(', hlo)

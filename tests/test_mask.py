@@ -8,6 +8,7 @@ import pytest
 from hypermask_jax import layout as layout_lib
 from hypermask_jax import mask as mask_lib
 from hypermask_jax import targets
+from tests.conftest import normals
 
 
 def raw_for(a):
@@ -82,7 +83,7 @@ def test_sparsity_cuts_every_mask_but_the_output_biass():
   """The output bias's mask only weights its L1 drift; the reference does not sparsify it."""
   _, params = small_target((6,))
   layout = layout_lib.Layout.of(params, layout_lib.is_weight)
-  flat = jax.random.normal(jax.random.key(3), (layout.size,))
+  flat, = normals(3, (layout.size,))
   pieces = layout.split(flat)
   masks = mask_lib.masks_from_tensors(params, pieces, 50.0, sparse=True)
   np.testing.assert_allclose(masks['head']['bias'], np.abs(np.tanh(pieces[('head', 'bias')])),

@@ -7,6 +7,7 @@ import pytest
 
 from hypermask_jax import hypernet
 from hypermask_jax import regularizers
+from tests.conftest import normals
 
 
 def test_bucket_sizes():
@@ -38,7 +39,7 @@ def test_batched_output_regulariser_equals_loop(max_tasks, bucketed, hnet):
   """Both forms, outputs_and_output_reg and output_reg_and_grad, with their gradients."""
   model = HNETS[hnet](max_tasks)
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
-  targets = jax.random.normal(jax.random.key(1), (max_tasks, 37))
+  targets, probe = normals(1, (max_tasks, 37), (37,))
   apply = jax.jit(lambda p, t, live_rows=None: model.apply({'params': p}, t, live_rows))
   hnet_fn = lambda t, live_rows=None: apply(params, t, live_rows)
   with_targets = lambda p: lambda t, live_rows, rows: model.apply({'params': p}, t, live_rows,
@@ -46,12 +47,12 @@ def test_batched_output_regulariser_equals_loop(max_tasks, bucketed, hnet):
   buckets = regularizers.row_sizes(max_tasks, bucketed=bucketed)
   fn = jax.jit(lambda t: regularizers.outputs_and_output_reg(with_targets(params), t, buckets))
   # The gradient of a loss on the current output and the regulariser, against the loop's.
-  probe = jax.random.normal(jax.random.key(3), (37,))
   loss = lambda out, reg: jnp.sum(jnp.tanh(out) * probe) + 3.0 * reg
   loss_grad = jax.jit(jax.grad(lambda p, t: loss(*regularizers.outputs_and_output_reg(
       with_targets(p), t, buckets))))
   # A gradient to add to (as HNET's task gradient), scaled as by beta.
-  base = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
+  leaves, tree = jax.tree.flatten(params)
+  base = jax.tree.unflatten(tree, normals(2, *(p.shape for p in leaves)))
   distances = lambda p, rows: jnp.sum(jnp.square(apply(p, rows) - targets[rows]), 1)
   with_grad = jax.jit(lambda t: regularizers.output_reg_and_grad(
       distances, lambda: params, base, 0.5, t, buckets))
@@ -100,7 +101,7 @@ def test_a_random_subset_keeps_the_hypernetworks_row_switch_across_runs():
   max_tasks, subset = 10, 3
   model = hypernet.HMLP(num_outputs=37, max_tasks=max_tasks, embedding_size=5, hidden=(7,))
   params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))['params']
-  targets = jax.random.normal(jax.random.key(1), (max_tasks, 37))
+  targets, = normals(1, (max_tasks, 37))
   sizes = regularizers.row_sizes(max_tasks, subset, bucketed=False)
 
   def reg(rng, task):

@@ -9,6 +9,7 @@ import pytest
 from hypermask_jax import hypernet
 from hypermask_jax import layers
 from hypermask_jax import wide_dense
+from tests.conftest import normals
 
 
 def plain(x, kernel, bias):
@@ -22,11 +23,8 @@ def plain(x, kernel, bias):
     pytest.param(4096, 3, marks=pytest.mark.slow),
     pytest.param(997, wide_dense.FUSED_ROWS + 2, marks=pytest.mark.slow)])
 def test_value_and_gradients_equal_the_plain_layer(rows, outputs):
-  keys = jax.random.split(jax.random.key(0), 4)
-  x = jax.random.normal(keys[0], (rows, 7))
-  kernel = jax.random.normal(keys[1], (outputs, 7))
-  bias = jax.random.normal(keys[2], (outputs,))
-  probe = jax.random.normal(keys[3], (rows, outputs))  # a loss that weights every output
+  # probe: a loss that weights every output
+  x, kernel, bias, probe = normals(0, (rows, 7), (outputs, 7), (outputs,), (rows, outputs))
   loss = lambda f: lambda *args: jnp.sum(jnp.tanh(f(*args)) * probe)
   every_row = lambda x, kernel, bias: wide_dense.wide_dense(x, kernel, bias, rows)
   np.testing.assert_allclose(every_row(x, kernel, bias), plain(x, kernel, bias),
@@ -49,11 +47,7 @@ def test_rows_past_live_rows_count_as_zero_inputs(monkeypatch, materialised):
   its dead rows zeroed: outputs, and gradients (the dead rows' input gradient is 0)."""
   materialise_every_kernel(monkeypatch, materialised)
   rows, outputs = 10, 4096
-  keys = jax.random.split(jax.random.key(1), 4)
-  x = jax.random.normal(keys[0], (rows, 7))
-  kernel = jax.random.normal(keys[1], (outputs, 7))
-  bias = jax.random.normal(keys[2], (outputs,))
-  probe = jax.random.normal(keys[3], (rows, outputs))
+  x, kernel, bias, probe = normals(1, (rows, 7), (outputs, 7), (outputs,), (rows, outputs))
   loss = lambda f: lambda *args: jnp.sum(jnp.tanh(f(*args)) * probe)
   masked = lambda x, kernel, bias, live: plain(jnp.where(jnp.arange(rows)[:, None] < live, x, 0),
                                                kernel, bias)
@@ -89,13 +83,9 @@ def test_distances_equal_the_plain_layers_outputs_minus_targets(monkeypatch, row
   to their targets (0 past live_rows), and the gradients of a loss on both."""
   materialise_every_kernel(monkeypatch, materialised)
   outputs = 4096
-  keys = jax.random.split(jax.random.key(2), 6)
-  x = jax.random.normal(keys[0], (rows, 7))
-  kernel = jax.random.normal(keys[1], (outputs, 7))
-  bias = jax.random.normal(keys[2], (outputs,))
-  table = jax.random.normal(keys[3], (rows + 3, outputs))
-  target_rows = jax.random.permutation(keys[4], rows + 3)[:rows - 1]
-  probe = jax.random.normal(keys[5], (outputs,))
+  x, kernel, bias, table, probe = normals(2, (rows, 7), (outputs, 7), (outputs,),
+                                          (rows + 3, outputs), (outputs,))
+  target_rows = jnp.asarray(np.random.default_rng(2).permutation(rows + 3)[:rows - 1])
   weights = jnp.arange(1.0, rows)  # a loss that weights every distance differently
 
   def loss(out, distances):
@@ -183,9 +173,7 @@ def test_one_rows_input_gradient_is_its_vector_matrix_product(monkeypatch, m, fo
   dividing m; none for a prime m, or with the accelerators' form: two rows), equals the
   float64 product."""
   monkeypatch.setenv('HYPERMASK_ROW_INPUT_GRAD', form)
-  keys = jax.random.split(jax.random.key(5), 2)
-  c = jax.random.normal(keys[0], (m,))
-  kernel = jax.random.normal(keys[1], (m, 13))
+  c, kernel = normals(5, (m,), (m, 13))
   product = lambda c, kernel: wide_dense._row_times_kernel(c, kernel)  # pylint: disable=protected-access
   got = jax.jit(product)(c, kernel)  # a new function: traced with this test's form
   want = np.asarray(c, np.float64) @ np.asarray(kernel, np.float64)
@@ -206,13 +194,11 @@ def test_a_probe_gets_the_output_rows_cotangent_whose_product_with_x_is_the_kern
   probe gets ct [k, m] as factors, and ct^T @ (x's live rows) and (ct's live rows) @ kernel are the
   kernel's and x's gradients the layer gives without a probe; the bias's is unchanged."""
   rows, outputs, live = 4, 997, 3
-  keys = jax.random.split(jax.random.key(3), 5)
-  x = jax.random.normal(keys[0], (rows, 7))
-  weights = jax.random.normal(keys[1], (rows, outputs))
-  table = jax.random.normal(keys[2], (rows + 2, outputs))
+  x, weights, table = normals(3, (rows, 7), (rows, outputs), (rows + 2, outputs))
   target_rows = jnp.array([4, 0, 2])
   layer = wide_dense.WideDense(outputs)
-  params = nn.Module.init(layer, keys[3], x)['params']  # its field `init` hides the method
+  key = jax.random.key(3)
+  params = nn.Module.init(layer, key, x)['params']  # its field `init` hides the method
 
   def loss(params, x, probes):
     variables = {'params': params, **({'probes': {'rows': probes}} if probes is not None else {})}
