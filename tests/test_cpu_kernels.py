@@ -27,12 +27,11 @@ from hypermask_jax.methods.hnet import HNET
 from tests import test_hnet
 from tests.conftest import fresh_program
 from tests.conftest import needs_cpu_kernels
+from tests.conftest import normals
 
 
 def operands(rows, n, m, seed=0):
-  r = np.random.default_rng(seed)
-  return tuple(jnp.asarray(r.standard_normal(shape), jnp.float32)
-               for shape in ((rows, n), (rows, m), (n, m)))
+  return tuple(normals(seed, (rows, n), (rows, m), (n, m)))
 
 
 @needs_cpu_kernels
