@@ -12,6 +12,7 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
 | HYPERMASK_CPU_YNNPACK | `on`, `off` | on CPU: `off` for HNET unless its chunk layer's backward pass is `ffi`, `on` for the others |
 | HYPERMASK_FACTORED_ADAM | `ffi`, `xla` | `ffi` on CPU with one device where the kernels build, else `xla` |
 | HYPERMASK_WIDE_PRODUCT | `ffi`, `xla` | `ffi` on CPUs without AVX-512 with one device where the kernels build, else `xla` |
+| HYPERMASK_SHUFFLE_ROUNDS | `unrolled`, `loop` | `loop` on CPU, `unrolled` elsewhere |
 
 - HYPERMASK_CONV: how layers.Conv3x3 computes its convolution. Inside a loop
   XLA:CPU runs the gradient convolutions JAX derives 15-40x slower than their
@@ -173,6 +174,20 @@ it, so that tests on CPU can run (and compare) the branch accelerators run:
   orders, so they differ by float rounding. The runs of a program split over
   several devices, and a machine where the kernels cannot be built, use
   `xla`; on GPU and TPU XLA's dot is the product.
+- HYPERMASK_SHUFFLE_ROUNDS: how `tasks.permuted_position` runs the batch
+  shuffle's swap-or-not rounds (6 ceil(log2 n): 84 for a Split MNIST task, 96 for
+  Permuted MNIST), once per step. `unrolled`: straight-line code; a GPU
+  needs it, as each turn of a loop in a compiled program waits for the host
+  there (1.8 ms per loop and step). `loop`: a loop of 6 rounds a turn.
+  XLA:CPU compiles the unrolled rounds as one large fusion (0.5 s of LLVM's
+  time in the HNET Split MNIST train chunk). On the 2-core AMD EPYC (Zen 3)
+  that chunk compiled in 4.8-6.5 s with the loop against 7.8-8.4 s unrolled
+  (three each, alternating), and the steps took the same time
+  (`compare_checkouts.py --before=. --before_env=HYPERMASK_SHUFFLE_ROUNDS=unrolled`,
+  the median ratio of the paired calls: HNET Split MNIST 0.996 at task 2,
+  HNET Permuted MNIST 0.993 and 0.993 with either built first), the
+  parameters the same to the bit. Both are integer arithmetic: the positions
+  are the same (tests/test_data.py).
 
 The variables are read when a function is traced (the compiler options,
 HYPERMASK_CPU_VECTOR_WIDTH and HYPERMASK_CPU_YNNPACK, when a Trainer is
@@ -196,7 +211,8 @@ CHOICES = {'HYPERMASK_CONV': ('nhwc_vjp', 'im2col', 'xla', 'ffi'),
            'HYPERMASK_ROW_INPUT_GRAD': ('fold', 'two_rows'),
            'HYPERMASK_CPU_YNNPACK': ('on', 'off'),
            'HYPERMASK_FACTORED_ADAM': ('ffi', 'xla'),
-           'HYPERMASK_WIDE_PRODUCT': ('ffi', 'xla')}
+           'HYPERMASK_WIDE_PRODUCT': ('ffi', 'xla'),
+           'HYPERMASK_SHUFFLE_ROUNDS': ('unrolled', 'loop')}
 
 
 # On CPU, every compiled function. XLA's copy insertion by region analysis finds that a
@@ -287,6 +303,12 @@ def row_input_grad():
   """'fold' or 'two_rows': how WideDense computes one row's input gradient (see above)."""
   return _forced('HYPERMASK_ROW_INPUT_GRAD') or ('fold' if jax.default_backend() == 'cpu'
                                                  else 'two_rows')
+
+
+def shuffle_rounds():
+  """'unrolled' or 'loop': how tasks.permuted_position runs its rounds (see above)."""
+  return _forced('HYPERMASK_SHUFFLE_ROUNDS') or ('loop' if jax.default_backend() == 'cpu'
+                                                 else 'unrolled')
 
 
 def cpu_has_avx512():

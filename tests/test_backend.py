@@ -53,15 +53,19 @@ def test_the_chunk_backward_is_xlas_direct_products_off_cpu_unless_forced(monkey
   assert backend.chunk_backward(10) == 'transposed_copy'
 
 
-def test_one_rows_input_gradient_is_folded_on_cpu_only_unless_forced(monkeypatch):
-  monkeypatch.delenv('HYPERMASK_ROW_INPUT_GRAD', raising=False)
+@pytest.mark.parametrize('variable,choice,on_cpu,elsewhere', [
+    ('HYPERMASK_ROW_INPUT_GRAD', backend.row_input_grad, 'fold', 'two_rows'),  # one row's product
+    ('HYPERMASK_SHUFFLE_ROUNDS', backend.shuffle_rounds, 'loop', 'unrolled')])
+def test_the_cpu_forms_are_the_defaults_on_cpu_only_unless_forced(monkeypatch, variable, choice,
+                                                                  on_cpu, elsewhere):
+  monkeypatch.delenv(variable, raising=False)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
-  assert backend.row_input_grad() == 'fold'
+  assert choice() == on_cpu
   for accelerator in ('gpu', 'tpu'):
     monkeypatch.setattr(jax, 'default_backend', lambda accelerator=accelerator: accelerator)
-    assert backend.row_input_grad() == 'two_rows'
-  monkeypatch.setenv('HYPERMASK_ROW_INPUT_GRAD', 'fold')
-  assert backend.row_input_grad() == 'fold'
+    assert choice() == elsewhere
+  monkeypatch.setenv(variable, on_cpu)
+  assert choice() == on_cpu
 
 
 def test_512_bit_vectors_on_avx512_cpus_unless_forced(monkeypatch):

@@ -161,13 +161,20 @@ def swap_or_not_written_out(key, positions, n, rounds):
   return x
 
 
-@pytest.mark.parametrize('n', [7, 60000, *(pytest.param(n, marks=pytest.mark.slow)
-                                          for n in (1, 4500))])
-def test_permuted_position_equals_the_rounds_written_out(n):
+@pytest.mark.parametrize('n,form', [
+    (7, 'loop'), (7, 'unrolled'), (60000, 'loop'),
+    *(pytest.param(n, form, marks=pytest.mark.slow)
+      for n, form in ((60000, 'unrolled'), (1, 'loop'), (4500, 'loop')))])
+def test_permuted_position_equals_the_rounds_written_out(monkeypatch, n, form):
+  """Either form of the rounds (HYPERMASK_SHUFFLE_ROUNDS: a loop on CPU, straight-line code on
+  accelerators) gives the positions of the rounds written out in NumPy."""
+  monkeypatch.setenv('HYPERMASK_SHUFFLE_ROUNDS', form)
   rounds = tasks.permutation_rounds(n)
   positions = np.arange(0, n, max(1, n // 300))
   key = jax.random.key(n)
-  np.testing.assert_array_equal(permuted_position([key], jnp.asarray(positions), n, rounds),
+  # A new function: traced with this test's form.
+  draw = jax.jit(lambda *args: tasks.permuted_position(*args), static_argnums=(2, 3))
+  np.testing.assert_array_equal(draw([key], jnp.asarray(positions), n, rounds),
                                 swap_or_not_written_out(key, positions, n, rounds))
 
 

@@ -56,11 +56,14 @@ def test_train_step_traces_once_across_tasks(synthetic_task_set):
     dict(method='hnet', chunk_size=50, lookahead=True),
     dict(method='joint'),  # batches drawn across tasks
 ])
-def test_the_train_step_runs_no_loop_but_the_loop_over_steps(synthetic_task_set, overrides):
+def test_the_train_step_runs_no_loop_but_the_loop_over_steps(synthetic_task_set, overrides,
+                                                             monkeypatch):
   """A GPU waits for the host at every turn of a loop in a compiled program (1.8 ms per
   Permuted MNIST step for the batch shuffle's 78 rounds, as a loop); the steps' own loop is
   the only one a train call may hold. The program is lowered for a GPU, which needs none
-  (JAX's CPU lowering of its random bits is itself a loop, the GPU's is not)."""
+  (JAX's CPU lowering of its random bits is itself a loop, the GPU's is not), with the
+  shuffle's rounds unrolled as on a GPU (on CPU they are a loop, backend.shuffle_rounds)."""
+  monkeypatch.setenv('HYPERMASK_SHUFFLE_ROUNDS', 'unrolled')
   config = tiny_config(**overrides)
   data = synthetic_task_set
   method = METHODS[config.method](config, data.input_shape, data.num_classes)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hypermask_jax import backend
 from hypermask_jax.data import benchmarks
 from hypermask_jax.data import class_orders
 from hypermask_jax.data import tfds_io
@@ -161,9 +162,11 @@ def permuted_position(keys, positions, n, rounds, chain=None):
   the whole is a bijection of range(n) for any n; computing one element costs
   `rounds` steps, so a batch needs no sort of the whole set (a sort-based
   jax.random.permutation of 60k indices took 70 ms per call on CPU). The rounds
-  are unrolled into straight-line code: as a loop, each round of a Permuted
-  MNIST step on a GPU (2 x 96 then, in two epochs' chains) waited for the
-  host to test the loop's end, 1.8 ms per loop.
+  are unrolled into straight-line code on accelerators: as a loop, each
+  round of a Permuted MNIST step on a GPU (2 x 96 then, in two epochs'
+  chains) waited for the host to test the loop's end, 1.8 ms per loop. On
+  CPU they are a loop of 6 rounds a turn, which XLA:CPU compiles in about
+  half the time (HYPERMASK_SHUFFLE_ROUNDS, backend.py).
 
   Each element takes its own key's K and F through one chain of rounds, so a
   batch that spans two epochs (draw_batch) runs one chain, not one per key with
@@ -199,7 +202,9 @@ def permuted_position(keys, positions, n, rounds, chain=None):
     swap = (_mix32(jnp.maximum(x, partner) ^ salts[r]) & 1) == 1
     return jnp.where(swap, partner, x)
 
-  x = jax.lax.fori_loop(0, rounds, swap_or_not, positions.astype(jnp.uint32), unroll=True)
+  # rounds is a multiple of 6 (permutation_rounds): as a loop, 6 rounds a turn, no remainder.
+  unroll = True if backend.shuffle_rounds() == 'unrolled' else 6
+  x = jax.lax.fori_loop(0, rounds, swap_or_not, positions.astype(jnp.uint32), unroll=unroll)
   return (x % n).astype(jnp.int32)
 
 
