@@ -165,8 +165,8 @@ def permuted_position(keys, positions, n, rounds, chain=None):
   are unrolled into straight-line code on accelerators: as a loop, each
   round of a Permuted MNIST step on a GPU (2 x 96 then, in two epochs'
   chains) waited for the host to test the loop's end, 1.8 ms per loop. On
-  CPU they are a loop of 6 rounds a turn, which XLA:CPU compiles in about
-  half the time (HYPERMASK_SHUFFLE_ROUNDS, backend.py).
+  CPU they are a loop of 6 rounds a turn, which XLA:CPU compiles faster and
+  runs as fast (HYPERMASK_SHUFFLE_ROUNDS; the figures are in backend.py).
 
   Each element takes its own key's K and F through one chain of rounds, so a
   batch that spans two epochs (draw_batch) runs one chain, not one per key with
